@@ -1,0 +1,30 @@
+"""``stelab info``: what is registered (STEs with their properties, forward quantizers, Lloyd resolutions)."""
+
+from __future__ import annotations
+
+import argparse
+
+from .. import quantizers, ste
+from ..io import markdown_table
+from ..lloyd import lloyd_alpha
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("info", help="list registered STEs, forward quantizers and default resolutions")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    rows = []
+    for name in ste.names():
+        s = ste.get(name)
+        params = ", ".join(f"{k}={v}" for k, v in s.params.items()) or "-"
+        rows.append([name, params, s.monotone, s.zero_below, s.scale_invariant])
+    print("Straight-through estimators\n")
+    print(markdown_table(["STE", "parameters", "monotone", "zero for x<=0", "scale-invariant"], rows))
+    print("Forward quantizers\n")
+    print(markdown_table(["forward", "max bits", "definition"],
+                         [[n, quantizers.get(n).max_bits, quantizers.get(n).doc] for n in quantizers.names()]))
+    print("Lloyd resolutions (half standard Gaussian, round-to-nearest)\n")
+    print(markdown_table(["bits", "alpha"], [[b, f"{lloyd_alpha(b):.4f}"] for b in range(1, 9)]))
+    return 0

@@ -1,0 +1,97 @@
+"""Convert any ``nn.Module``: swap its activations for :class:`QuantReLU`, and list what is quantized."""
+
+from __future__ import annotations
+
+import copy
+import fnmatch
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from torch import nn
+
+from .config import QuantConfig
+from .io import markdown_table
+from .modules import QuantReLU
+
+#: Module types that :func:`quantize_activations` replaces.
+ACTIVATION_TYPES: tuple[type[nn.Module], ...] = (nn.ReLU, nn.ReLU6, nn.Hardtanh)
+
+
+def _matches(name: str, patterns: Iterable[str] | str | None) -> bool:
+    if patterns is None:
+        return False
+    if isinstance(patterns, str):
+        patterns = [patterns]
+    return any(fnmatch.fnmatchcase(name, p) for p in patterns)
+
+
+def quantize_activations(
+    model: nn.Module,
+    bits: int = 2,
+    ste: str = "clipped_relu",
+    alpha: float | None = None,
+    include: Iterable[str] | str | None = None,
+    exclude: Iterable[str] | str | None = None,
+    overrides: Mapping[str, Mapping[str, Any] | QuantConfig] | None = None,
+    *,
+    forward: str = "staircase",
+    learn_alpha: bool = False,
+    alpha_rule: str = "mean",
+    inplace: bool = False,
+) -> nn.Module:
+    """Return ``model`` (a deep copy unless ``inplace``) with its ReLU/ReLU6/Hardtanh modules quantized.
+
+    ``include``/``exclude`` are glob patterns on the module's qualified name (``"features.*"``, ``"*.act2"``); with
+    ``include`` given only matching modules are swapped, and ``exclude`` always wins. ``overrides`` maps a pattern to
+    the config fields that differ for the modules it matches (``{"layer3.*": {"bits": 4}}``); later patterns win.
+    ``nn.Hardtanh`` becomes a binary ``sign`` quantizer with the hardtanh STE at ``alpha = max_val`` unless an
+    override says otherwise, since a ReLU staircase would change its range. Weights and state dict keys are kept: a
+    fixed-resolution QuantReLU has no persistent state, so float and quantized state dicts load into each other.
+    """
+    base = QuantConfig(bits=bits, ste=ste, forward=forward, alpha=alpha, learn_alpha=learn_alpha,
+                       alpha_rule=alpha_rule)
+    target = model if inplace else copy.deepcopy(model)
+    swaps = []
+    for name, module in target.named_modules():
+        if not name or not isinstance(module, ACTIVATION_TYPES) or isinstance(module, QuantReLU):
+            continue
+        if include is not None and not _matches(name, include):
+            continue
+        if _matches(name, exclude):
+            continue
+        config = base
+        if isinstance(module, nn.Hardtanh) and not isinstance(module, nn.ReLU6):
+            config = config.replace(bits=1, forward="sign", ste="hardtanh", alpha=float(module.max_val))
+        for pattern, change in (overrides or {}).items():
+            if _matches(name, pattern):
+                config = change if isinstance(change, QuantConfig) else config.replace(**dict(change))
+        swaps.append((name, QuantReLU(config=config)))
+    if include is not None and not swaps:
+        raise ValueError(f"include={include!r} matched no activation module; candidates: {activation_names(model)}")
+    for name, replacement in swaps:
+        parent_name, _, child = name.rpartition(".")
+        parent = target.get_submodule(parent_name) if parent_name else target
+        setattr(parent, child, replacement)
+    return target
+
+
+def activation_names(model: nn.Module) -> list[str]:
+    """Qualified names of the modules :func:`quantize_activations` could swap."""
+    return [n for n, m in model.named_modules() if n and isinstance(m, ACTIVATION_TYPES)]
+
+
+def quantized_modules(model: nn.Module) -> list[tuple[str, QuantReLU]]:
+    """Every :class:`QuantReLU` in ``model`` with its qualified name."""
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, QuantReLU)]
+
+
+def summary(model: nn.Module) -> str:
+    """A Markdown table of every quantized activation: name, bits, forward, alpha, STE, learned or fixed."""
+    rows = []
+    for name, m in quantized_modules(model):
+        c = m.config
+        mode = f"learned ({c.alpha_rule})" if c.learn_alpha else "fixed"
+        rows.append([name, c.bits, c.forward, f"{m.current_alpha():.4f}", m.ste.label, mode])
+    if not rows:
+        return "no quantized activations\n"
+    return markdown_table(["name", "bits", "forward", "alpha", "STE", "alpha mode"], rows)

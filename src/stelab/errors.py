@@ -1,0 +1,37 @@
+"""Argument checking shared by every public entry point: one place that formats "what was wrong, what is valid"."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+
+def unknown_name(kind: str, name: object, valid: Iterable[str]) -> ValueError:
+    """The error for a name that is not registered, listing the valid choices."""
+    choices = ", ".join(sorted(valid))
+    return ValueError(f"unknown {kind} {name!r}; valid choices: {choices}")
+
+
+def check_bits(bits: object, low: int = 1, high: int = 16) -> int:
+    if isinstance(bits, bool) or not isinstance(bits, int):
+        raise TypeError(f"bits must be an int in {low}..{high}, got {bits!r} ({type(bits).__name__})")
+    if not low <= bits <= high:
+        raise ValueError(f"bits must be in {low}..{high}, got {bits}")
+    return bits
+
+
+def check_alpha(alpha: object) -> float:
+    try:
+        value = float(alpha)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise TypeError(f"alpha must be a positive finite number, got {alpha!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"alpha must be a positive finite number, got {alpha!r}")
+    return value
+
+
+def check_choice(kind: str, value: object, valid: Iterable[str]) -> str:
+    valid = tuple(valid)
+    if value not in valid:
+        raise unknown_name(kind, value, valid)
+    return value  # type: ignore[return-value]

@@ -1,0 +1,373 @@
+r"""Straight-through estimators: the backward pass of a quantized activation.
+
+A quantizer :math:`q` is a staircase, so :math:`q'(x) = 0` almost everywhere. An STE replaces :math:`q'` by the
+derivative of a *proxy* function :math:`\mu` in the backward pass only:
+
+.. math::  \frac{\partial \ell}{\partial x} := \frac{\partial \ell}{\partial q(x)}\,\mu'(x).
+
+The resulting "coarse gradient" is not the gradient of any function in general (Yin et al., ICLR 2019).
+
+Conventions. Every STE is evaluated as ``mu'(x; top)`` where ``top`` is the top level of the forward quantizer
+(``L * alpha`` for the staircase and round quantizers, ``alpha`` for sign). Proxies with a shape of their own are
+defined in units of ``top``: :math:`\mu(x) = \mathrm{top}\cdot f(x/\mathrm{top})`, so
+:math:`\mu'(x) = f'(x/\mathrm{top})`.
+Identity, relu and leaky relu do not depend on ``top`` at all.
+
+Each STE states three properties as data:
+
+* ``monotone``: :math:`\mu` is non-decreasing, i.e. :math:`\mu' \ge 0` everywhere (the class of Long, Yin & Xin 2021).
+* ``zero_below``: :math:`\mu'(x) = 0` for :math:`x \le 0`.
+* ``scale_invariant``: :math:`\mu'(cx) = \mu'(x)` for every :math:`c > 0` (identity, relu and leaky relu are; clipped
+  relu is not, since it has a clip level). This is why identity/relu coarse gradients keep the scale symmetry of a
+  bias-free binary network and clipped relu breaks it (Gongyo & Ishikawa 2021).
+
+STEs whose derivative is piecewise constant with breakpoints at fixed multiples of ``top`` also declare that shape
+(``piecewise``), which lets the autograd op save one byte per element (a mask or region code) instead of the input.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .errors import unknown_name
+
+DerivativeFn = Callable[..., Tensor]
+
+
+@dataclass(frozen=True)
+class Piecewise:
+    """``mu'`` is ``values[i]`` on region ``i``; region ``i`` is ``breaks[i-1]*top < x <= breaks[i]*top``."""
+
+    breaks: tuple[float, ...]
+    values: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        if len(self.values) != len(self.breaks) + 1:
+            raise ValueError("Piecewise needs exactly one more value than breakpoints")
+        if list(self.breaks) != sorted(self.breaks):
+            raise ValueError("Piecewise breakpoints must be sorted")
+
+
+@dataclass(frozen=True)
+class STE:
+    """A named straight-through estimator: the proxy derivative ``mu'(x; top)`` plus its declared properties."""
+
+    name: str
+    derivative_fn: DerivativeFn = field(repr=False)
+    proxy_fn: DerivativeFn | None = field(default=None, repr=False)
+    monotone: bool = True
+    zero_below: bool = False
+    scale_invariant: bool = False
+    piecewise: Piecewise | None = None
+    params: Mapping[str, Any] = field(default_factory=dict)
+    doc: str = field(default="", repr=False)
+
+    def derivative(self, x: Tensor, top: float | Tensor = 1.0) -> Tensor:
+        """``mu'(x; top)``, same shape and dtype as ``x``."""
+        out = self.derivative_fn(x, top, **self.params)
+        if not isinstance(out, Tensor):
+            out = torch.as_tensor(out, dtype=x.dtype, device=x.device)
+        return out.to(x.dtype).expand_as(x)
+
+    def proxy(self, x: Tensor, top: float | Tensor = 1.0) -> Tensor:
+        """``mu(x; top)`` (for plots and documentation); raises if the STE was registered by its derivative only."""
+        if self.proxy_fn is None:
+            raise ValueError(f"STE {self.name!r} was registered by its derivative only; it has no proxy function")
+        return self.proxy_fn(x, top, **self.params)
+
+    @property
+    def label(self) -> str:
+        """``name`` or ``name(k=v, ...)`` — also the string :func:`get` parses back."""
+        if not self.params:
+            return self.name
+        inner = ", ".join(f"{k}={v!r}" for k, v in sorted(self.params.items()))
+        return f"{self.name}({inner})"
+
+    @property
+    def is_monotone(self) -> bool:
+        """True when the proxy ``mu`` is non-decreasing (``mu' >= 0`` everywhere)."""
+        return self.monotone
+
+
+@dataclass(frozen=True)
+class _Entry:
+    factory: Callable[..., STE]
+    defaults: Mapping[str, Any]
+
+
+_REGISTRY: dict[str, _Entry] = {}
+
+
+def names() -> list[str]:
+    """Registered STE names, sorted."""
+    return sorted(_REGISTRY)
+
+
+def get(name: str | STE, **params: Any) -> STE:
+    """The STE called ``name``; parameters as keywords or in the name: ``get("leaky_relu(slope=0.05)")``.
+
+    An :class:`STE` instance is returned as it is (so every API that takes a name also takes an STE).
+    """
+    if isinstance(name, STE):
+        if params:
+            raise ValueError("parameters cannot be given together with an STE instance")
+        return name
+    if not isinstance(name, str):
+        raise TypeError(f"STE must be a name (str) or an STE, got {type(name).__name__}; valid names: {names()}")
+    base, parsed = _parse(name)
+    if base not in _REGISTRY:
+        raise unknown_name("STE", base, _REGISTRY)
+    entry = _REGISTRY[base]
+    merged = {**parsed, **params}
+    unknown = set(merged) - set(entry.defaults)
+    if unknown:
+        valid = ", ".join(sorted(entry.defaults)) or "none"
+        raise ValueError(f"STE {base!r} has no parameter(s) {sorted(unknown)}; its parameters: {valid}")
+    return entry.factory(**{**entry.defaults, **merged})
+
+
+_CALL = re.compile(r"^\s*([A-Za-z_][\w\-]*)\s*(?:\((.*)\))?\s*$")
+
+
+def _parse(text: str) -> tuple[str, dict[str, Any]]:
+    match = _CALL.match(text)
+    if not match:
+        raise ValueError(f"cannot parse STE spec {text!r}; expected 'name' or 'name(param=value, ...)'")
+    base, inner = match.group(1), match.group(2)
+    params: dict[str, Any] = {}
+    if inner and inner.strip():
+        for part in inner.split(","):
+            key, sep, value = part.partition("=")
+            if not sep:
+                raise ValueError(f"STE parameter {part.strip()!r} in {text!r} must be written key=value")
+            try:
+                params[key.strip()] = float(value)
+            except ValueError:
+                raise ValueError(f"STE parameter {key.strip()!r} must be a number, got {value.strip()!r}") from None
+    return base, params
+
+
+def register(
+    name: str,
+    derivative: DerivativeFn | None = None,
+    *,
+    proxy: DerivativeFn | None = None,
+    monotone: bool | None = None,
+    zero_below: bool | None = None,
+    scale_invariant: bool | None = None,
+    piecewise: Piecewise | None = None,
+    doc: str = "",
+    overwrite: bool = False,
+) -> None:
+    """Register an STE under ``name``.
+
+    Give ``derivative(x, top, **params) -> mu'(x)``, or ``proxy(x, top, **params) -> mu(x)`` (elementwise; its
+    derivative is then taken by autograd). Keyword parameters with defaults in the function's signature become the
+    STE's parameters. Properties left as ``None`` are measured numerically on a grid (see :func:`measure_properties`).
+    """
+    if not isinstance(name, str) or not _CALL.match(name) or "(" in name:
+        raise ValueError(f"STE name must be an identifier, got {name!r}")
+    if name in _REGISTRY and not overwrite:
+        raise ValueError(f"STE {name!r} is already registered; pass overwrite=True to replace it")
+    if derivative is None and proxy is None:
+        raise ValueError("register needs a derivative (mu') or a proxy (mu)")
+    fn = derivative if derivative is not None else _autograd_derivative(proxy)  # type: ignore[arg-type]
+    defaults = _defaults(derivative if derivative is not None else proxy)  # type: ignore[arg-type]
+
+    def factory(**params: Any) -> STE:
+        ste = STE(name, fn, proxy, True, False, False, piecewise, MappingProxyType(dict(params)), doc)
+        measured = measure_properties(ste)
+        return STE(
+            name,
+            fn,
+            proxy,
+            measured["monotone"] if monotone is None else monotone,
+            measured["zero_below"] if zero_below is None else zero_below,
+            measured["scale_invariant"] if scale_invariant is None else scale_invariant,
+            piecewise,
+            MappingProxyType(dict(params)),
+            doc or (derivative or proxy).__doc__ or "",
+        )
+
+    _REGISTRY[name] = _Entry(factory, MappingProxyType(defaults))
+
+
+def unregister(name: str) -> None:
+    if name not in _REGISTRY:
+        raise unknown_name("STE", name, _REGISTRY)
+    del _REGISTRY[name]
+
+
+def _defaults(fn: Callable) -> dict[str, Any]:
+    out = {}
+    for i, p in enumerate(inspect.signature(fn).parameters.values()):
+        if i < 2:  # x, top
+            continue
+        if p.default is inspect.Parameter.empty:
+            raise ValueError(f"STE parameter {p.name!r} of {fn.__name__} needs a default value")
+        out[p.name] = p.default
+    return out
+
+
+def _autograd_derivative(proxy: DerivativeFn) -> DerivativeFn:
+    def derivative(x: Tensor, top: float | Tensor, **params: Any) -> Tensor:
+        with torch.enable_grad():
+            leaf = x.detach().requires_grad_(True)
+            (grad,) = torch.autograd.grad(proxy(leaf, top, **params).sum(), leaf)
+        return grad
+
+    return derivative
+
+
+def measure_properties(ste: STE, top: float = 1.0, points: int = 4001) -> dict[str, bool]:
+    """Measure ``monotone``, ``zero_below`` and ``scale_invariant`` on a float64 grid over ``[-4 top, 4 top]``.
+
+    A grid can only refute a property, so this is what :func:`register` infers for properties not declared.
+    """
+    x = torch.linspace(-4 * top, 4 * top, points, dtype=torch.float64)
+    d = ste.derivative(x, top)
+    scaled = [ste.derivative(c * x, top) for c in (0.25, 3.0)]
+    return {
+        "monotone": bool((d >= -1e-12).all()),
+        "zero_below": bool((d[x <= 0] == 0).all()),
+        "scale_invariant": all(bool(torch.allclose(s, d, atol=1e-12)) for s in scaled),
+    }
+
+
+def _builtin(
+    name: str,
+    *,
+    monotone: bool,
+    zero_below: bool,
+    scale_invariant: bool,
+    piecewise: Callable[..., Piecewise | None] | None = None,
+    proxy: DerivativeFn | None = None,
+    flags: Callable[..., dict[str, bool]] | None = None,
+) -> Callable[[DerivativeFn], DerivativeFn]:
+    """Register a built-in STE whose properties are known analytically (``flags`` adjusts them per parameter)."""
+
+    def wrap(fn: DerivativeFn) -> DerivativeFn:
+        defaults = _defaults(fn)
+
+        def factory(**params: Any) -> STE:
+            props = {"monotone": monotone, "zero_below": zero_below, "scale_invariant": scale_invariant}
+            if flags is not None:
+                props.update(flags(**params))
+            shape = piecewise(**params) if piecewise is not None else None
+            return STE(name, fn, proxy, piecewise=shape, params=MappingProxyType(dict(params)), doc=fn.__doc__ or "",
+                       **props)
+
+        _REGISTRY[name] = _Entry(factory, MappingProxyType(defaults))
+        return fn
+
+    return wrap
+
+
+def _ones_like(x: Tensor) -> Tensor:
+    return torch.ones_like(x)
+
+
+@_builtin("identity", monotone=True, zero_below=False, scale_invariant=True,
+          piecewise=lambda: Piecewise((), (1.0,)), proxy=lambda x, top: x)
+def _identity(x: Tensor, top: float | Tensor) -> Tensor:
+    r"""Identity STE. :math:`\mu(x) = x`, :math:`\mu'(x) = 1`. Unstable near minima (Yin et al. 2019)."""
+    return torch.ones_like(x)
+
+
+@_builtin("relu", monotone=True, zero_below=True, scale_invariant=True,
+          piecewise=lambda: Piecewise((0.0,), (0.0, 1.0)), proxy=lambda x, top: torch.relu(x))
+def _relu(x: Tensor, top: float | Tensor) -> Tensor:
+    r"""Vanilla ReLU STE. :math:`\mu(x) = \max(x, 0)`, :math:`\mu'(x) = 1\{x > 0\}`."""
+    return (x > 0).to(x.dtype)
+
+
+@_builtin("clipped_relu", monotone=True, zero_below=True, scale_invariant=False,
+          piecewise=lambda: Piecewise((0.0, 1.0), (0.0, 1.0, 0.0)),
+          proxy=lambda x, top: torch.minimum(torch.relu(x), torch.as_tensor(top, dtype=x.dtype)))
+def _clipped_relu(x: Tensor, top: float | Tensor) -> Tensor:
+    r"""Clipped ReLU STE, clipped at the top level of the staircase.
+    :math:`\mu(x) = \min(\max(x, 0), \mathrm{top})`, :math:`\mu'(x) = 1\{0 < x \le \mathrm{top}\}`."""
+    return ((x > 0) & (x <= top)).to(x.dtype)
+
+
+def _leaky_proxy(x: Tensor, top: float | Tensor, slope: float = 0.1) -> Tensor:
+    return torch.where(x > 0, x, slope * x)
+
+
+@_builtin("leaky_relu", monotone=True, zero_below=False, scale_invariant=True,
+          piecewise=lambda slope=0.1: Piecewise((0.0,), (float(slope), 1.0)), proxy=_leaky_proxy,
+          flags=lambda slope=0.1: {"monotone": slope >= 0, "zero_below": slope == 0})
+def _leaky_relu(x: Tensor, top: float | Tensor, slope: float = 0.1) -> Tensor:
+    r"""Leaky ReLU STE. :math:`\mu(x) = x` for :math:`x > 0`, ``slope``:math:`\cdot x` otherwise;
+    :math:`\mu'(x) = 1` for :math:`x > 0`, ``slope`` for :math:`x \le 0`. Monotone iff ``slope >= 0``."""
+    if not math.isfinite(slope):
+        raise ValueError(f"leaky_relu slope must be finite, got {slope}")
+    return torch.where(x > 0, torch.ones_like(x), torch.full_like(x, slope))
+
+
+def _log_tailed_proxy(x: Tensor, top: float | Tensor) -> Tensor:
+    tail = top + torch.log1p(torch.clamp(x - top, min=0))
+    return torch.where(x <= 0, torch.zeros_like(x), torch.where(x <= top, x, tail))
+
+
+@_builtin("log_tailed_relu", monotone=True, zero_below=True, scale_invariant=False, proxy=_log_tailed_proxy)
+def _log_tailed_relu(x: Tensor, top: float | Tensor) -> Tensor:
+    r"""Log-tailed ReLU STE (HWGQ, Cai et al. 2017): linear on the staircase, logarithmic above it.
+    :math:`\mu(x) = 0` for :math:`x \le 0`, :math:`x` for :math:`0 < x \le \mathrm{top}`,
+    :math:`\mathrm{top} + \log(x - \mathrm{top} + 1)` above; so
+    :math:`\mu'(x) = 1\{0 < x \le \mathrm{top}\} + 1\{x > \mathrm{top}\}/(x - \mathrm{top} + 1)`."""
+    tail = 1.0 / (torch.clamp(x - top, min=0) + 1.0)
+    return torch.where(x <= 0, torch.zeros_like(x), torch.where(x <= top, torch.ones_like(x), tail))
+
+
+@_builtin("hardtanh", monotone=True, zero_below=False, scale_invariant=False,
+          piecewise=lambda: Piecewise((-1.0, 1.0), (0.0, 1.0, 0.0)),
+          proxy=lambda x, top: torch.clamp(x, -top, top) if isinstance(top, float) else torch.maximum(
+              torch.minimum(x, top), -top))
+def _hardtanh(x: Tensor, top: float | Tensor) -> Tensor:
+    r"""Hardtanh STE, the usual one for ``sign`` (BinaryConnect/BNN).
+    :math:`\mu(x) = \mathrm{clamp}(x, -\mathrm{top}, \mathrm{top})`,
+    :math:`\mu'(x) = 1\{-\mathrm{top} < x \le \mathrm{top}\}` (the boundary convention matches the region code)."""
+    return ((x > -top) & (x <= top)).to(x.dtype)
+
+
+def _swish_sign_proxy(x: Tensor, top: float | Tensor, beta: float = 5.0) -> Tensor:
+    u = beta * x / top
+    s = torch.sigmoid(u)
+    return top * (2 * s * (1 + u * (1 - s)) - 1)
+
+
+@_builtin("swish_sign", monotone=False, zero_below=False, scale_invariant=False, proxy=_swish_sign_proxy)
+def _swish_sign(x: Tensor, top: float | Tensor, beta: float = 5.0) -> Tensor:
+    r"""SignSwish STE (BNN+, Darabi et al. 2018), with :math:`u = x/\mathrm{top}`:
+    :math:`f(u) = 2\sigma(\beta u)[1 + \beta u (1 - \sigma(\beta u))] - 1`,
+    :math:`\mu'(x) = f'(u) = \beta\,[2 - \beta u \tanh(\beta u / 2)] / [1 + \cosh(\beta u)]`.
+    Not monotone: :math:`\mu'` is negative for :math:`|\beta u| > 2.4`, so it is the library's non-monotone proxy."""
+    if not (math.isfinite(beta) and beta > 0):
+        raise ValueError(f"swish_sign beta must be positive and finite, got {beta}")
+    u = beta * x / top
+    # cosh overflows for |u| > 710 in float64; the derivative is 0 there to every digit.
+    u = torch.clamp(u, -80.0, 80.0)
+    return beta * (2 - u * torch.tanh(u / 2)) / (1 + torch.cosh(u))
+
+
+def _approx_sign_proxy(x: Tensor, top: float | Tensor) -> Tensor:
+    u = torch.clamp(x / top, -1.0, 1.0)
+    return top * (2 * u - u * u.abs())
+
+
+@_builtin("approx_sign", monotone=True, zero_below=False, scale_invariant=False, proxy=_approx_sign_proxy)
+def _approx_sign(x: Tensor, top: float | Tensor) -> Tensor:
+    r"""ApproxSign STE (Bi-Real Net, Liu et al. 2018), with :math:`u = x/\mathrm{top}`:
+    :math:`f(u) = 2u - u|u|` on :math:`|u| < 1` and :math:`\mathrm{sign}(u)` outside,
+    :math:`\mu'(x) = \max(0, 2 - 2|u|)`."""
+    return torch.clamp(2 - 2 * (x / top).abs(), min=0)
