@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from .errors import check_alpha, check_bits, check_choice
@@ -48,7 +48,8 @@ class QuantConfig(JsonConfig):
 
     ``ste`` is a registered name, optionally with parameters: ``"leaky_relu(slope=0.05)"``.
     ``alpha=None`` means the forward's default (Lloyd's half-Gaussian step; 1 for sign).
-    ``learn_alpha`` makes the resolution a parameter trained with the ``alpha_rule`` gradient.
+    ``learn_alpha`` makes the resolution a parameter trained with the ``alpha_rule`` gradient (``ae`` only for sign).
+    ``check_nan`` makes the module raise on NaN inputs (one reduction and host sync per call).
     """
 
     bits: int = 2
@@ -57,18 +58,23 @@ class QuantConfig(JsonConfig):
     alpha: float | None = None
     learn_alpha: bool = False
     alpha_rule: str = "mean"
-    check_nan: bool = field(default=True)
+    check_nan: bool = True
 
     def __post_init__(self) -> None:
         from . import quantizers
         from . import ste as ste_registry
-        from .ops import ALPHA_RULES
+        from .ops import ALPHA_RULES, check_learned
 
-        quantizers.get(self.forward).check_bits(self.bits)
         check_bits(self.bits)
+        quantizers.get(self.forward).check_bits(self.bits)
+        if not isinstance(self.ste, str):
+            raise TypeError(f"ste must be a registered name (str) so the config stays JSON, got {self.ste!r}")
         ste_registry.get(self.ste)  # raises with the valid names
         if self.alpha is not None:
             object.__setattr__(self, "alpha", check_alpha(self.alpha))
         check_choice("alpha rule", self.alpha_rule, ALPHA_RULES)
-        if not isinstance(self.learn_alpha, bool):
-            raise TypeError(f"learn_alpha must be a bool, got {self.learn_alpha!r}")
+        for flag in ("learn_alpha", "check_nan"):
+            if not isinstance(getattr(self, flag), bool):
+                raise TypeError(f"{flag} must be a bool, got {getattr(self, flag)!r}")
+        if self.learn_alpha:
+            check_learned(self.forward, self.alpha_rule)

@@ -37,6 +37,7 @@ def quantize_activations(
     forward: str = "staircase",
     learn_alpha: bool = False,
     alpha_rule: str = "mean",
+    check_nan: bool = True,
     inplace: bool = False,
 ) -> nn.Module:
     """Return ``model`` (a deep copy unless ``inplace``) with its ReLU/ReLU6/Hardtanh modules quantized.
@@ -45,11 +46,12 @@ def quantize_activations(
     ``include`` given only matching modules are swapped, and ``exclude`` always wins. ``overrides`` maps a pattern to
     the config fields that differ for the modules it matches (``{"layer3.*": {"bits": 4}}``); later patterns win.
     ``nn.Hardtanh`` becomes a binary ``sign`` quantizer with the hardtanh STE at ``alpha = max_val`` unless an
-    override says otherwise, since a ReLU staircase would change its range. Weights and state dict keys are kept: a
+    override says otherwise, since a ReLU staircase would change its range (a learned one uses the ``ae`` rule).
+    Weights and state dict keys are kept: a
     fixed-resolution QuantReLU has no persistent state, so float and quantized state dicts load into each other.
     """
     base = QuantConfig(bits=bits, ste=ste, forward=forward, alpha=alpha, learn_alpha=learn_alpha,
-                       alpha_rule=alpha_rule)
+                       alpha_rule=alpha_rule, check_nan=check_nan)
     target = model if inplace else copy.deepcopy(model)
     swaps = []
     for name, module in target.named_modules():
@@ -61,7 +63,11 @@ def quantize_activations(
             continue
         config = base
         if isinstance(module, nn.Hardtanh) and not isinstance(module, nn.ReLU6):
-            config = config.replace(bits=1, forward="sign", ste="hardtanh", alpha=float(module.max_val))
+            if module.min_val != -module.max_val:
+                raise ValueError(f"{name}: Hardtanh({module.min_val}, {module.max_val}) is not symmetric, so no "
+                                 "sign quantizer matches its range; exclude it or give an override")
+            config = config.replace(bits=1, forward="sign", ste="hardtanh", alpha=float(module.max_val),
+                                    alpha_rule="ae" if config.learn_alpha else config.alpha_rule)
         for pattern, change in (overrides or {}).items():
             if _matches(name, pattern):
                 config = change if isinstance(change, QuantConfig) else config.replace(**dict(change))

@@ -13,6 +13,7 @@ def unknown_name(kind: str, name: object, valid: Iterable[str]) -> ValueError:
 
 
 def check_bits(bits: object, low: int = 1, high: int = 16) -> int:
+    """``bits`` itself if it is an int (not a bool) in ``low..high``; TypeError / ValueError saying so otherwise."""
     if isinstance(bits, bool) or not isinstance(bits, int):
         raise TypeError(f"bits must be an int in {low}..{high}, got {bits!r} ({type(bits).__name__})")
     if not low <= bits <= high:
@@ -21,6 +22,7 @@ def check_bits(bits: object, low: int = 1, high: int = 16) -> int:
 
 
 def check_alpha(alpha: object) -> float:
+    """``alpha`` as a float if it is a positive finite number; TypeError / ValueError saying so otherwise."""
     try:
         value = float(alpha)  # type: ignore[arg-type]
     except (TypeError, ValueError):
@@ -31,6 +33,7 @@ def check_alpha(alpha: object) -> float:
 
 
 def check_choice(kind: str, value: object, valid: Iterable[str]) -> str:
+    """``value`` if it is one of ``valid``; otherwise the :func:`unknown_name` error listing them."""
     valid = tuple(valid)
     if value not in valid:
         raise unknown_name(kind, value, valid)

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import Tensor, nn
 
 from . import quantizers
 from . import ste as ste_registry
 from .config import QuantConfig
-from .ops import _QuantizeFixed, _QuantizeLearned, check_input
+from .errors import check_alpha
+from .ops import _QuantizeFixed, _QuantizeLearned, check_input, forward_keeps_nan
 
 
 class QuantReLU(nn.Module):
@@ -19,6 +18,9 @@ class QuantReLU(nn.Module):
     ``QuantReLU(bits=2, ste="clipped_relu")`` is the staircase of Yin et al. (2019) at Lloyd's resolution.
     The resolution lives in ``self.alpha``: a non-persistent buffer when fixed (so the state dict keys are those of
     the float model it replaces), a parameter when learned (a float state dict still loads: alpha keeps its value).
+    A fixed resolution is set by the config; :meth:`current_alpha` is the value in use, snapped to the exact grid
+    (:func:`stelab.quantizers.grid_alpha`). ``check_nan`` rejects NaN inputs at the cost of one reduction and a host
+    sync per call (measured in BENCHMARKS.md).
     """
 
     def __init__(
@@ -39,32 +41,28 @@ class QuantReLU(nn.Module):
         self.config = config
         self.quantizer = quantizers.get(config.forward)
         self.ste = ste_registry.get(config.ste)
-        value = self.quantizer.default_alpha(config.bits) if config.alpha is None else config.alpha
+        value = self.quantizer.resolution(config.bits, self.quantizer.default_alpha(config.bits)
+                                          if config.alpha is None else config.alpha)
         if config.learn_alpha:
             self.alpha = nn.Parameter(torch.tensor(value, dtype=torch.float32))
         else:
             self.register_buffer("alpha", torch.tensor(value, dtype=torch.float32), persistent=False)
         self._value = value
-        self._tables: dict[Any, tuple[Tensor, Tensor]] = {}
+        self._top = self.quantizer.top(config.bits, value)
 
     @property
     def bits(self) -> int:
         return self.config.bits
 
-    def _fixed_tables(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        key = (x.dtype, x.device)
-        if key not in self._tables:
-            q, b, a = self.quantizer, self.config.bits, self._value
-            self._tables[key] = (q.thresholds(b, a).to(x.device, x.dtype), q.levels(b, a).to(x.device, x.dtype))
-        return self._tables[key]
-
     def forward(self, x: Tensor) -> Tensor:
         check_input(x, self.config.check_nan)
         if self.config.learn_alpha:
+            if not torch.compiler.is_compiling():  # training can push alpha through zero; say so, do not mirror
+                check_alpha(float(self.alpha.detach()))
             return _QuantizeLearned.apply(x, self.alpha, self.quantizer.name, self.bits, self.ste,
                                           self.config.alpha_rule)
-        thresholds, levels = self._fixed_tables(x)
-        return _QuantizeFixed.apply(x, thresholds, levels, self.ste, self.quantizer.top(self.bits, self._value))
+        return _QuantizeFixed.apply(x, self.quantizer.name, self.bits, self._value, self.ste, self._top,
+                                    forward_keeps_nan(self.config.check_nan))
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs):
@@ -73,11 +71,11 @@ class QuantReLU(nn.Module):
         # A float model's state dict has no alpha: keep the initial resolution instead of failing strict loading.
         if prefix + "alpha" in missing_keys:
             missing_keys.remove(prefix + "alpha")
-        if self.config.learn_alpha and prefix + "alpha" in state_dict:
-            self._value = float(state_dict[prefix + "alpha"])
 
     def current_alpha(self) -> float:
-        return float(self.alpha.detach()) if self.config.learn_alpha else self._value
+        if self.config.learn_alpha:
+            return float(self.quantizer.resolution(self.bits, self.alpha.detach()))
+        return self._value
 
     def extra_repr(self) -> str:
         c = self.config

@@ -92,6 +92,11 @@ class STE:
         inner = ", ".join(f"{k}={v!r}" for k, v in sorted(self.params.items()))
         return f"{self.name}({inner})"
 
+    def __reduce__(self):
+        # Copies and pickles (deepcopy of a model, torch.save) go by name: the functions may be closures or
+        # lambdas, and the registry rebuilds the same STE from its name and parameters.
+        return (_get_with, (self.name, dict(self.params)))
+
     @property
     def is_monotone(self) -> bool:
         """True when the proxy ``mu`` is non-decreasing (``mu' >= 0`` everywhere)."""
@@ -105,6 +110,7 @@ class _Entry:
 
 
 _REGISTRY: dict[str, _Entry] = {}
+_CACHE: dict[tuple, STE] = {}
 
 
 def names() -> list[str]:
@@ -132,7 +138,19 @@ def get(name: str | STE, **params: Any) -> STE:
     if unknown:
         valid = ", ".join(sorted(entry.defaults)) or "none"
         raise ValueError(f"STE {base!r} has no parameter(s) {sorted(unknown)}; its parameters: {valid}")
-    return entry.factory(**{**entry.defaults, **merged})
+    full = {**entry.defaults, **merged}
+    key = (base, tuple(sorted(full.items())))
+    try:
+        return _CACHE[key]
+    except KeyError:  # a user STE measures its properties when built: do that once per parameter set
+        _CACHE[key] = entry.factory(**full)
+        return _CACHE[key]
+    except TypeError:  # an unhashable parameter value: build it every time
+        return entry.factory(**full)
+
+
+def _get_with(name: str, params: dict[str, Any]) -> STE:
+    return get(name, **params)
 
 
 _CALL = re.compile(r"^\s*([A-Za-z_][\w\-]*)\s*(?:\((.*)\))?\s*$")
@@ -199,12 +217,14 @@ def register(
         )
 
     _REGISTRY[name] = _Entry(factory, MappingProxyType(defaults))
+    _CACHE.clear()
 
 
 def unregister(name: str) -> None:
     if name not in _REGISTRY:
         raise unknown_name("STE", name, _REGISTRY)
     del _REGISTRY[name]
+    _CACHE.clear()
 
 
 def _defaults(fn: Callable) -> dict[str, Any]:
@@ -331,8 +351,8 @@ def _log_tailed_relu(x: Tensor, top: float | Tensor) -> Tensor:
 
 @_builtin("hardtanh", monotone=True, zero_below=False, scale_invariant=False,
           piecewise=lambda: Piecewise((-1.0, 1.0), (0.0, 1.0, 0.0)),
-          proxy=lambda x, top: torch.clamp(x, -top, top) if isinstance(top, float) else torch.maximum(
-              torch.minimum(x, top), -top))
+          proxy=lambda x, top: torch.maximum(torch.minimum(x, torch.as_tensor(top, dtype=x.dtype)),
+                                             -torch.as_tensor(top, dtype=x.dtype)))
 def _hardtanh(x: Tensor, top: float | Tensor) -> Tensor:
     r"""Hardtanh STE, the usual one for ``sign`` (BinaryConnect/BNN).
     :math:`\mu(x) = \mathrm{clamp}(x, -\mathrm{top}, \mathrm{top})`,

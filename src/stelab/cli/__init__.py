@@ -9,7 +9,7 @@ import importlib
 import sys
 
 # Sub-command modules, in the order `stelab --help` lists them.
-COMMANDS = ("info",)
+COMMANDS = ("info", "data", "train", "reproduce", "classify", "theory", "symmetry", "diagnose")
 
 
 def build_parser() -> argparse.ArgumentParser:

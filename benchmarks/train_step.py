@@ -1,0 +1,149 @@
+"""Training throughput (images/s) of each model with quantized activations beside its float twin.
+
+One SGD step (momentum 0.9, weight decay 1e-4) = forward, cross-entropy, backward, update, on synthetic batches
+that already sit on the device (the data pipeline is not timed). The variants of a model take turns step by step
+(float, quant-relu, quant-clipped, float, ...), so a change in machine load hits them all alike; each round sums
+every variant's step times, the ratio quantized/float is taken within each round and its median reported.
+
+    python benchmarks/train_step.py                       # all models, CPU, 2-bit relu and clipped_relu STEs
+    python benchmarks/train_step.py --models resnet20 --device cuda --steps 50 --channels-last
+    python benchmarks/train_step.py --threads 1 --check-nan both   # quantized with and without the NaN scan
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+import stelab
+from stelab.data import STATS, DeviceLoader, synthetic
+from stelab.io import markdown_table, write_json, write_text
+from stelab.models import DEFAULT_DATASET, build
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--models", nargs="+", default=stelab.models.names(), choices=stelab.models.names())
+    p.add_argument("--bits", type=int, default=2)
+    p.add_argument("--stes", nargs="+", default=["relu", "clipped_relu"])
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--steps", type=int, default=20, help="timed steps per variant per round")
+    p.add_argument("--vgg-steps", type=int, default=4, help="timed steps per round for vgg11 (slow on CPU)")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps per variant before the first round")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--channels-last", action="store_true", help="NHWC weights and inputs")
+    p.add_argument("--check-nan", choices=["on", "off", "both"], default="on",
+                   help="QuantConfig.check_nan of the quantized variants (the library default is on)")
+    p.add_argument("--out", default=None, help="run folder for results.json/results.md (default runs/bench-...)")
+    return p.parse_args(argv)
+
+
+def make_batches(dataset: str, batch_size: int, device: str, channels_last: bool, count: int = 4):
+    images, labels = synthetic(dataset, batch_size * count, seed=0)
+    mean, std = STATS[dataset]
+    loader = DeviceLoader(images, labels, batch_size=batch_size, shuffle=True, augment=dataset == "cifar10",
+                          mean=mean, std=std, device=device, channels_last=channels_last)
+    return list(loader)
+
+
+class Variant:
+    def __init__(self, label: str, model: nn.Module, device: str) -> None:
+        self.label = label
+        self.model = model.to(device).train()
+        self.opt = torch.optim.SGD(self.model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
+        self.loss_fn = nn.CrossEntropyLoss()
+
+    def step(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        self.opt.zero_grad(set_to_none=True)
+        self.loss_fn(self.model(x), y).backward()
+        self.opt.step()
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def time_steps(variant: Variant, batches, steps: int, device: str) -> float:
+    sync(device)
+    start = time.perf_counter()
+    for i in range(steps):
+        variant.step(*batches[i % len(batches)])
+    sync(device)
+    return time.perf_counter() - start
+
+
+def bench_model(name: str, args: argparse.Namespace, bar: tqdm) -> list[dict]:
+    dataset = DEFAULT_DATASET[name]
+    batches = make_batches(dataset, args.batch_size, args.device, args.channels_last)
+    torch.manual_seed(0)
+    float_model = build(name, channels_last=args.channels_last)
+    variants = [Variant("float", float_model, args.device)]
+    checks = {"on": [True], "off": [False], "both": [True, False]}[args.check_nan]
+    for ste in args.stes:
+        for check in checks:
+            quant = stelab.QuantConfig(bits=args.bits, ste=ste, check_nan=check)
+            model = build(name, quant, channels_last=args.channels_last)
+            model.load_state_dict(float_model.state_dict())  # the same weights: a quantized twin
+            label = f"{args.bits}-bit {ste}" + ("" if check else ", no NaN check")
+            variants.append(Variant(label, model, args.device))
+    steps = args.vgg_steps if name == "vgg11" else args.steps
+    for v in variants:
+        time_steps(v, batches, args.warmup, args.device)
+    seconds: dict[str, list[float]] = {v.label: [] for v in variants}
+    for _ in range(args.rounds):
+        spent = dict.fromkeys(seconds, 0.0)
+        for i in range(steps):  # alternate variants step by step, so load changes hit every variant alike
+            for v in variants[i % len(variants):] + variants[:i % len(variants)]:  # and rotate who goes first
+                spent[v.label] += time_steps(v, batches[i % len(batches):], 1, args.device)
+        for label, t in spent.items():
+            seconds[label].append(t)
+        bar.update(len(variants))
+    images = steps * args.batch_size
+    rows = []
+    for v in variants:
+        ratios = [f / q for f, q in zip(seconds["float"], seconds[v.label])]  # time ratio = throughput ratio
+        rows.append({"model": name, "variant": v.label, "steps_per_round": steps, "seconds": seconds[v.label],
+                     "images_per_s": images / statistics.median(seconds[v.label]),
+                     "ratio_vs_float": statistics.median(ratios)})
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    total = len(args.models) * (1 + len(args.stes) * (2 if args.check_nan == "both" else 1)) * args.rounds
+    with tqdm(total=total, desc="train_step", unit="timing") as bar:
+        rows = [row for name in args.models for row in bench_model(name, args, bar)]
+    env = {"device": args.device, "torch": torch.__version__, "threads": torch.get_num_threads(),
+           "batch_size": args.batch_size, "rounds": args.rounds, "channels_last": args.channels_last,
+           "check_nan": args.check_nan, "python": sys.version.split()[0],
+           "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None}
+    table = markdown_table(["model", "activations", "images/s", "x float"],
+                           [[r["model"], r["variant"], f"{r['images_per_s']:.1f}", f"{r['ratio_vs_float']:.2f}"]
+                            for r in rows])
+    header = (f"train_step on {env['gpu'] or 'CPU'} ({env['threads']} threads), batch {args.batch_size}, "
+              f"median of {args.rounds} interleaved rounds, channels_last={args.channels_last}, "
+              f"check_nan={env['check_nan']}\n\n")
+    print("\n" + header + table)
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    out = Path(args.out or f"runs/bench-train-step-{stamp}")
+    write_json(out / "results.json", {"env": env, "args": vars(args), "rows": rows})
+    write_text(out / "results.md", header + table)
+    print(f"written to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,5 @@
+import sys
+
+from stelab.cli import main
+
+sys.exit(main())

@@ -1,0 +1,99 @@
+"""``stelab classify``: monotone STEs and multi-class classification with a quantized two-linear-layer network
+(Long, Yin & Xin 2021). Synthetic experiment by default; ``--mnist`` adds the MNIST one. Writes ``classify.md``,
+``classify.json`` and PNG figures to ``runs/classify-<timestamp>`` or ``--out``."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(t) for t in text.split(",") if t.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _names(text: str) -> tuple[str, ...]:
+    # STE specs may contain commas inside parentheses: "leaky_relu(slope=0.05),relu"
+    out, depth, cur = [], 0, ""
+    for ch in text:
+        depth += (ch == "(") - (ch == ")")
+        if ch == "," and depth == 0:
+            out.append(cur.strip())
+            cur = ""
+        else:
+            cur += ch
+    if cur.strip():
+        out.append(cur.strip())
+    return tuple(out)
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("classify", help="monotone STEs: coarse gradient descent on non-linearly-separable classes",
+                       description=__doc__)
+    p.add_argument("--out", type=Path, default=None, help="run folder (default runs/classify-<timestamp>)")
+    p.add_argument("--stes", type=_names, default=(), help="comma-separated STEs (default: all, plus hat, half_hat)")
+    p.add_argument("--bits", type=_ints, default=(1, 2, 4), help="bit-widths of the synthetic main grid")
+    p.add_argument("--seeds", type=_ints, default=(0, 1), help="seeds of the synthetic experiment")
+    p.add_argument("--kinds", type=_names, default=("subspaces", "cones"), help="synthetic data kinds")
+    p.add_argument("--steps", type=int, default=2000, help="maximum coarse GD steps per synthetic run")
+    p.add_argument("--lr", type=float, default=0.1)
+    p.add_argument("--hidden", type=int, default=32, help="hidden neurons (fixed class-assigned readout)")
+    p.add_argument("--per-class", type=int, default=50)
+    p.add_argument("--quick", action="store_true", help="tiny grid for a smoke test (seconds)")
+    p.add_argument("--no-synthetic", action="store_true", help="skip the synthetic experiment")
+    p.add_argument("--mnist", action="store_true", help="also run the MNIST experiment (needs the data set)")
+    p.add_argument("--data-dir", default=None, help="directory holding MNIST (default: stelab.data.find_data_dir)")
+    p.add_argument("--mnist-bits", type=_ints, default=(1, 2, 4))
+    p.add_argument("--mnist-seeds", type=_ints, default=(0, 1, 2))
+    p.add_argument("--mnist-subset", type=int, default=60000, help="training images used")
+    p.add_argument("--mnist-epochs", type=int, default=1)
+    p.add_argument("--threads", type=int, default=1, help="torch threads (the matrices are small: 1 is fastest)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..theory.classify_data import KINDS
+    from ..theory.classify_report import MnistSettings, SyntheticSettings, monotone_table, run_mnist, run_synthetic
+    from ..theory.classify_report import write_report as write
+    from ..theory.classify_ste import resolve_ste
+
+    torch.set_num_threads(max(1, args.threads))
+    for ste in args.stes:
+        resolve_ste(ste)  # fail before any work, with the valid names
+    for kind in args.kinds:
+        if kind not in KINDS:
+            raise ValueError(f"unknown synthetic data kind {kind!r}; valid choices: {', '.join(KINDS)}")
+    if args.no_synthetic and not args.mnist:
+        raise ValueError("nothing to do: --no-synthetic without --mnist")
+    for name in ("steps", "hidden", "per_class", "mnist_subset", "mnist_epochs"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(args, name)}")
+    out = args.out or Path("runs") / f"classify-{time.strftime('%Y%m%d-%H%M%S')}"
+    progress = not args.no_progress
+    result: dict = {"monotone": monotone_table(args.stes)}
+    if not args.no_synthetic:
+        settings = SyntheticSettings(kinds=tuple(args.kinds), stes=tuple(args.stes), bits=tuple(args.bits),
+                                     seeds=tuple(args.seeds), steps=args.steps, lr=args.lr, hidden=args.hidden,
+                                     per_class=args.per_class)
+        if args.quick:
+            settings = settings.replace(stes=args.stes or ("relu", "clipped_relu", "swish_sign"), bits=(2,),
+                                        seeds=(0,), steps=min(args.steps, 300), per_class=min(args.per_class, 20),
+                                        minibatch_bits=(2,), trained_readout_bits=())
+        result["synthetic"] = run_synthetic(settings, progress)
+    if args.mnist:
+        mnist = MnistSettings(stes=tuple(args.stes), bits=tuple(args.mnist_bits), seeds=tuple(args.mnist_seeds),
+                              train_subset=args.mnist_subset, epochs=args.mnist_epochs, data_dir=args.data_dir)
+        if args.quick:
+            mnist = mnist.replace(stes=args.stes or ("relu",), bits=(2,), seeds=(0,),
+                                  train_subset=min(args.mnist_subset, 2000))
+        result["mnist"] = run_mnist(mnist, progress)
+    paths = write(result, out)
+    print(f"wrote {', '.join(str(p) for p in paths)}")
+    return 0

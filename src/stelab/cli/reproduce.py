@@ -1,0 +1,89 @@
+"""``stelab reproduce table1|instability``: the experiments of Yin et al. (2019); see REPRODUCTION.md."""
+
+from __future__ import annotations
+
+import argparse
+
+from .train import add_train_arguments
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("reproduce", help="reproduce Table 1 or the instability experiment of Yin et al. (2019)")
+    what = p.add_subparsers(dest="experiment", metavar="EXPERIMENT")
+    what.required = True
+
+    t = what.add_parser("table1", help="float model, then every (bits, STE) cell from it; writes table1.md")
+    t.add_argument("--dataset", choices=("mnist", "cifar10"), default="mnist")
+    t.add_argument("--models", nargs="+", default=None, help="default: lenet5 (mnist) or vgg11 resnet20 (cifar10)")
+    t.add_argument("--bits", type=int, nargs="+", default=[2, 4])
+    t.add_argument("--stes", nargs="+", default=["identity", "relu", "clipped_relu"])
+    t.add_argument("--seeds", type=int, default=1, help="number of seeds: FIRST..FIRST+N-1")
+    t.add_argument("--first-seed", type=int, default=0, help="first seed (to split seeds over processes/machines)")
+    t.add_argument("--epochs-scale", type=float, default=1.0, help="fraction of the paper's epochs (50 / 200)")
+    t.add_argument("--out", default=None, help="output folder (default runs/table1-<dataset>)")
+    add_train_arguments(t)
+    t.set_defaults(func=run_table1_cmd)
+
+    i = what.add_parser("instability", help="continue good-STE minima with a poorer STE at a tiny rate")
+    i.add_argument("--dataset", choices=("mnist", "cifar10"), default="mnist")
+    i.add_argument("--model", default="lenet5")
+    i.add_argument("--pairs", nargs="+", default=["4:relu->identity", "4:clipped_relu->identity",
+                                                  "2:clipped_relu->relu"], metavar="BITS:FROM->TO")
+    i.add_argument("--switch-lr", type=float, default=1e-5, help="rate after the switch (default 1e-5)")
+    i.add_argument("--switch-epochs", type=int, default=20, help="epochs after the switch (default 20)")
+    i.add_argument("--seed", type=int, default=0)
+    i.add_argument("--table1-dir", default=None, help="a table1 output folder holding the minima (else trained)")
+    i.add_argument("--epochs-scale", type=float, default=1.0, help="for minima trained here")
+    i.add_argument("--no-control", action="store_true", help="skip the same-STE control runs")
+    i.add_argument("--out", default=None, help="output folder (default runs/instability-<model>-<dataset>)")
+    add_train_arguments(i)
+    i.set_defaults(func=run_instability_cmd)
+
+
+def _train_fields(args: argparse.Namespace) -> dict:
+    return dict(lr=args.lr, lr_milestones=tuple(args.lr_milestones), lr_gamma=args.lr_gamma,
+                batch_size=args.batch_size, momentum=args.momentum, weight_decay=args.weight_decay,
+                nesterov=args.nesterov, augment=args.augment, data_dir=args.data_dir, device=args.device,
+                compile=args.compile, channels_last=args.channels_last, limit_train=args.limit_train,
+                limit_test=args.limit_test, synthetic=args.synthetic, eval_batch_size=args.eval_batch_size)
+
+
+def _check_models(names) -> None:
+    from .. import models
+    from ..errors import unknown_name
+
+    for name in names:
+        if name not in models.names():
+            raise unknown_name("model", name, models.names())
+
+
+def run_table1_cmd(args: argparse.Namespace) -> int:
+    from ..reproduce import run_table1
+
+    if args.models:
+        _check_models(args.models)
+    out = args.out or f"runs/table1-{args.dataset}"
+    results = run_table1(args.dataset, out, models=args.models, bits=args.bits, stes=args.stes, seeds=args.seeds,
+                         first_seed=args.first_seed, epochs_scale=args.epochs_scale, progress=not args.no_progress,
+                         **_train_fields(args))
+    from ..reproduce.table1 import table1_markdown
+
+    print(table1_markdown(results))
+    print(f"written to {out}/table1.md, results.json and *-curves.png")
+    return 0
+
+
+def run_instability_cmd(args: argparse.Namespace) -> int:
+    from ..reproduce import parse_pair, run_instability
+    from ..reproduce.instability import instability_markdown
+
+    _check_models([args.model])
+    pairs = [parse_pair(p) for p in args.pairs]
+    out = args.out or f"runs/instability-{args.model}-{args.dataset}"
+    results = run_instability(out, dataset=args.dataset, model=args.model, pairs=pairs, switch_lr=args.switch_lr,
+                              switch_epochs=args.switch_epochs, seed=args.seed, table1_dir=args.table1_dir,
+                              epochs_scale=args.epochs_scale, control=not args.no_control,
+                              progress=not args.no_progress, **_train_fields(args))
+    print(instability_markdown(results))
+    print(f"written to {out}/instability.md, instability.json and instability.png")
+    return 0

@@ -1,0 +1,45 @@
+"""The networks of Yin et al. (2019): LeNet-5 (MNIST), VGG-11 and ResNet-20 (CIFAR-10), with pluggable activations.
+
+``build(name, quant=None, num_classes=10)``: with ``quant=None`` every activation is a float ``nn.ReLU``; with a
+:class:`stelab.QuantConfig` every one is ``QuantReLU(config=quant)``. Float and quantized twins have the same
+state dict keys, so a trained float model initialises its quantized twin with ``load_state_dict``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from ..config import QuantConfig
+from ..errors import unknown_name
+from .lenet5 import LeNet5
+from .resnet import BasicBlock, CifarResNet, resnet20
+from .vgg import VGG, vgg11
+
+_BUILDERS: dict[str, Callable[..., nn.Module]] = {"lenet5": LeNet5, "vgg11": vgg11, "resnet20": resnet20}
+#: The data set each model is made for (its input shape).
+DEFAULT_DATASET = {"lenet5": "mnist", "vgg11": "cifar10", "resnet20": "cifar10"}
+
+
+def names() -> list[str]:
+    return list(_BUILDERS)
+
+
+def build(name: str, quant: QuantConfig | None = None, num_classes: int = 10, *, channels_last: bool = False,
+          **kwargs) -> nn.Module:
+    """Model ``name`` (see :func:`names`) with float (``quant=None``) or quantized activations.
+
+    ``channels_last`` converts the weights to NHWC memory format (feed it NHWC inputs too, e.g. from
+    ``DeviceLoader(channels_last=True)``). Extra keyword arguments go to the model (``in_channels``, ...).
+    """
+    if name not in _BUILDERS:
+        raise unknown_name("model", name, _BUILDERS)
+    if quant is not None and not isinstance(quant, QuantConfig):
+        raise TypeError(f"quant must be a stelab.QuantConfig or None, got {type(quant).__name__}")
+    model = _BUILDERS[name](quant=quant, num_classes=num_classes, **kwargs)
+    return model.to(memory_format=torch.channels_last) if channels_last else model
+
+
+__all__ = ["DEFAULT_DATASET", "VGG", "BasicBlock", "CifarResNet", "LeNet5", "build", "names", "resnet20", "vgg11"]

@@ -1,0 +1,195 @@
+"""Table 1 of Yin et al. (2019): a float model per (model, seed), then every (bits, STE) cell fine-tuned from it.
+
+Layout of the output folder ``root``::
+
+    root/<model>/seed<s>/float/               the float run (ReLU), trained once
+    root/<model>/seed<s>/<bits>bit-<ste>/     one cell, initialised from the float run
+    root/results.json, root/table1.md, root/<model>-curves.png
+
+A cell whose folder holds a finished (or diverged) summary is skipped and an unfinished one is resumed, so an
+interrupted sweep continues where it stopped. Means and standard deviations are over the seeds whose run finished
+with a finite loss (``n`` says how many); diverged runs are counted and marked, never averaged.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import sys
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from ..io import markdown_table, save_figure, write_json, write_text
+from ..train import MODEL_EPOCHS, TrainConfig, epoch_records, is_done, read_summary, train
+from .paper import MODELS_BY_DATASET, STES, paper_cell
+
+
+def scaled_epochs(model: str, scale: float) -> int:
+    return max(1, round(MODEL_EPOCHS[model] * scale))
+
+
+def float_dir(root: Path, model: str, seed: int) -> Path:
+    return root / model / f"seed{seed}" / "float"
+
+
+def cell_dir(root: Path, model: str, seed: int, bits: int, ste: str) -> Path:
+    return root / model / f"seed{seed}" / f"{bits}bit-{ste}"
+
+
+def run_or_resume(config: TrainConfig, progress: bool = True) -> dict[str, Any]:
+    """Train ``config`` into ``config.out`` unless it is done there already; resume an unfinished folder."""
+    out = Path(config.out)
+    if is_done(out):
+        print(f"skip {out} (done)", file=sys.stderr)
+        return read_summary(out)  # type: ignore[return-value]
+    print(f"train {out}", file=sys.stderr)
+    return train(config, resume=(out / "config.json").is_file(), progress=progress)
+
+
+def run_table1(dataset: str, root: str | Path, *, models: Sequence[str] | None = None, bits: Iterable[int] = (2, 4),
+               stes: Iterable[str] = STES, seeds: int = 1, epochs_scale: float = 1.0, progress: bool = True,
+               first_seed: int = 0, **train_fields: Any) -> dict[str, Any]:
+    """Run (or finish) the sweep over seeds ``first_seed .. first_seed + seeds - 1`` and write ``results.json``,
+    ``table1.md`` and the curve plots under ``root``. The table covers every seed folder present under ``root``,
+    so seeds trained by separate invocations (``first_seed``) end up in one table."""
+    root = Path(root)
+    models = tuple(models or MODELS_BY_DATASET[dataset])
+    bits, stes = tuple(bits), tuple(stes)
+    if seeds < 1 or first_seed < 0 or not epochs_scale > 0:
+        raise ValueError(f"need seeds >= 1, first_seed >= 0 and epochs_scale > 0, got {seeds}, {first_seed} and "
+                         f"{epochs_scale}")
+    for model in models:
+        epochs = scaled_epochs(model, epochs_scale)
+        for seed in range(first_seed, first_seed + seeds):
+            base = TrainConfig(model=model, dataset=dataset, seed=seed, epochs=epochs, **train_fields)
+            float_run = float_dir(root, model, seed)
+            summary = run_or_resume(base.replace(bits=None, out=str(float_run)), progress)
+            if summary["status"] != "finished":  # no float minimum to start the cells from
+                continue
+            for b in bits:
+                for ste in stes:
+                    out = cell_dir(root, model, seed, b, ste)
+                    run_or_resume(base.replace(bits=b, ste=ste, init=str(float_run), out=str(out)), progress)
+    runs = collect_runs(root, models, bits, stes, epochs_scale)
+    seeds_present = sorted({r["seed"] for r in runs})
+    results = {"dataset": dataset, "models": models, "bits": bits, "stes": stes, "seeds": len(seeds_present),
+               "seed_list": seeds_present,
+               "epochs_scale": epochs_scale, "cells": aggregate(runs, models, bits, stes), "runs": runs}
+    write_json(root / "results.json", results)
+    write_text(root / "table1.md", table1_markdown(results))
+    for model in models:
+        plot_model_curves(root, model, bits, stes)
+    return results
+
+
+def collect_runs(root: Path, models: Sequence[str], bits: Sequence[int], stes: Sequence[str],
+                 epochs_scale: float) -> list[dict]:
+    """The summaries of every seed folder under ``root`` (this invocation's and earlier ones') trained for the
+    same number of epochs; a cell whose float run diverged is listed as skipped."""
+    runs: list[dict[str, Any]] = []
+    for model in models:
+        seed_dirs = sorted((root / model).glob("seed*"), key=lambda p: int(p.name[4:]) if p.name[4:].isdigit() else -1)
+        for seed_dir in seed_dirs:
+            if not seed_dir.name[4:].isdigit():
+                continue
+            seed = int(seed_dir.name[4:])
+            float_summary = read_summary(float_dir(root, model, seed))
+            if float_summary is None or float_summary.get("epochs") != scaled_epochs(model, epochs_scale):
+                continue
+            runs.append({**float_summary, "dir": str(float_dir(root, model, seed))})
+            for b in bits:
+                for ste in stes:
+                    out = cell_dir(root, model, seed, b, ste)
+                    cell = read_summary(out)
+                    if cell is not None and cell.get("epochs") == float_summary["epochs"]:
+                        runs.append({**cell, "dir": str(out)})
+                    elif float_summary["status"] != "finished":
+                        runs.append({"status": "skipped (float diverged)", "model": model, "bits": b, "ste": ste,
+                                     "seed": seed, "dir": str(out)})
+    return runs
+
+
+def _finite(run: dict[str, Any]) -> bool:
+    loss = run.get("train_loss")
+    return run.get("status") == "finished" and isinstance(loss, float) and math.isfinite(loss)
+
+
+def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
+    if not values:
+        return None, None
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def aggregate(runs: list[dict[str, Any]], models, bits, stes) -> list[dict[str, Any]]:
+    """One entry per (model, bits, ste) plus the float rows: mean/std of the final training loss and test accuracy
+    over the finite runs."""
+    cells = []
+    keys = [(m, None, "float") for m in models] + [(m, b, s) for m in models for b in bits for s in stes]
+    for model, b, ste in keys:
+        mine = [r for r in runs if r.get("model") == model and r.get("bits") == b and r.get("ste") == ste]
+        finite = [r for r in mine if _finite(r)]
+        loss_mean, loss_std = _mean_std([r["train_loss"] for r in finite])
+        acc_mean, acc_std = _mean_std([100 * r["test_acc"] for r in finite])
+        paper = paper_cell(model, b, ste) if b is not None else None
+        cells.append({"model": model, "bits": b, "ste": ste, "n": len(finite), "runs": len(mine),
+                      "diverged": sum(r.get("status") == "diverged" for r in mine),
+                      "train_loss_mean": loss_mean, "train_loss_std": loss_std,
+                      "test_acc_mean": acc_mean, "test_acc_std": acc_std,
+                      "paper_train_loss": paper[0] if paper else None, "paper_test_acc": paper[1] if paper else None})
+    return cells
+
+
+def _pm(mean: float | None, std: float | None, fmt: str) -> str:
+    if mean is None:
+        return "-"
+    return f"{mean:{fmt}} ± {std:{fmt}}" if std else f"{mean:{fmt}}"
+
+
+def table1_markdown(results: dict[str, Any]) -> str:
+    headers = ["model", "bits", "STE", "paper loss / acc (%)", "ours loss", "ours acc (%)", "n (finite/runs)",
+               "note"]
+    rows = []
+    for c in results["cells"]:
+        paper = "-" if c["paper_train_loss"] is None else f"{c['paper_train_loss']:.2e} / {c['paper_test_acc']:.2f}"
+        note = f"{c['diverged']} diverged" if c["diverged"] else ""
+        rows.append([c["model"], c["bits"] if c["bits"] is not None else "float", c["ste"], paper,
+                     _pm(c["train_loss_mean"], c["train_loss_std"], ".2e"),
+                     _pm(c["test_acc_mean"], c["test_acc_std"], ".2f"), f"{c['n']}/{c['runs']}", note])
+    scale = results["epochs_scale"]
+    epochs = ", ".join(f"{m}: {scaled_epochs(m, scale)}" for m in results["models"])
+    return (f"# Table 1 (Yin et al. 2019) on {results['dataset']}\n\n"
+            f"Epochs per run ({epochs}; scale {scale} of the paper's), {results['seeds']} seed(s). Loss: the final "
+            "epoch's mean training loss; accuracy: test accuracy after the last epoch; mean ± std over the finite "
+            "runs.\n\n" + markdown_table(headers, rows))
+
+
+def plot_model_curves(root: Path, model: str, bits: Sequence[int], stes: Sequence[str], seed: int = 0) -> Path | None:
+    """Per bit width: training loss and test accuracy per epoch of every STE (seed ``seed``) and the float run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(bits), 2, figsize=(10, 3.6 * len(bits)), squeeze=False)
+    drawn = False
+    for row, b in zip(axes, bits):
+        series = [("float", float_dir(root, model, seed))] + [(s, cell_dir(root, model, seed, b, s)) for s in stes]
+        for label, run in series:
+            records = epoch_records(run)
+            if not records:
+                continue
+            drawn = True
+            ep = [r["epoch"] for r in records]
+            style = ":" if label == "float" else "-"
+            row[0].plot(ep, [r["train_loss"] for r in records], style, label=label)
+            row[1].plot(ep, [100 * r["test_acc"] for r in records], style, label=label)
+        row[0].set(title=f"{model} {b}-bit: training loss", xlabel="epoch", yscale="log")
+        row[1].set(title=f"{model} {b}-bit: test accuracy (%)", xlabel="epoch")
+        for ax in row:
+            ax.grid(alpha=0.3)
+            ax.legend()
+    if not drawn:
+        plt.close(fig)
+        return None
+    return save_figure(fig, root / f"{model}-curves.png")

@@ -1,0 +1,97 @@
+"""Checkpoints: everything a run needs to continue bit-identically (model, optimizer, scheduler, RNG, epoch).
+
+A checkpoint is written atomically (:func:`stelab.io.save_torch`) at the end of every finished epoch, so a run
+killed at any moment leaves the previous complete checkpoint. The data order of an epoch is a pure function of
+``(seed, epoch)`` (``DeviceLoader.set_epoch``), and the remaining randomness (dropout, user hooks) comes from the
+global generators saved here, which is why a resumed run replays the uninterrupted one exactly.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..io import save_torch
+
+CHECKPOINT = "checkpoint.pt"
+BEST = "best.pt"
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain module under DDP / ``torch.compile`` wrappers (their state-dict keys carry a prefix)."""
+    while True:
+        if hasattr(model, "module") and isinstance(model.module, nn.Module):  # DistributedDataParallel
+            model = model.module
+        elif hasattr(model, "_orig_mod"):  # torch.compile
+            model = model._orig_mod
+        else:
+            return model
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(path: str | Path, *, model: nn.Module, optimizer, scheduler, epoch: int, step: int,
+                    config: dict, best: dict | None = None, elapsed_s: float = 0.0) -> Path:
+    """``epoch`` is the number of finished epochs; ``step`` the number of optimizer steps taken; ``elapsed_s`` the
+    wall time so far (a resumed run reports the total)."""
+    return save_torch(path, {
+        "model": unwrap(model).state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "rng": rng_state(),
+        "epoch": epoch,
+        "step": step,
+        "config": config,
+        "best": best,
+        "elapsed_s": elapsed_s,
+    })
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    # RNG states hold numpy objects, so this is a full (trusted, own-run) unpickle.
+    return torch.load(path, map_location=map_location, weights_only=False)
+
+
+def resolve_checkpoint(path: str | Path, checkpoint: str = "last") -> Path:
+    """A checkpoint file, or a run folder plus ``checkpoint`` in ("last", "best") -> the file."""
+    path = Path(path)
+    if path.is_dir():
+        names = {"last": CHECKPOINT, "best": BEST}
+        if checkpoint not in names:
+            raise ValueError(f"unknown checkpoint {checkpoint!r}; valid choices: best, last")
+        path = path / names[checkpoint]
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path} (a run folder holds {CHECKPOINT}; pass the folder or file)")
+    return path
+
+
+def load_weights(model: nn.Module, path: str | Path, checkpoint: str = "last") -> dict[str, Any]:
+    """Load model weights from a run folder or checkpoint file (a full checkpoint or a bare state dict).
+
+    A float model's weights load into its quantized twin: the state-dict keys match (fixed alphas are not stored).
+    """
+    blob = load_checkpoint(resolve_checkpoint(path, checkpoint))
+    state = blob["model"] if isinstance(blob, dict) and "model" in blob else blob
+    unwrap(model).load_state_dict(state)
+    return blob if isinstance(blob, dict) else {}

@@ -1,0 +1,116 @@
+r"""``TrainConfig``: every hyper-parameter of a training run, round-tripping to the run's ``config.json``.
+
+Learning-rate schedule (step decay, ``MultiStepLR``):
+
+.. math::  \eta_t = \eta_0 \, \gamma^{\#\{m \in M : m \le t\}}, \qquad M = \{\lfloor f E \rfloor : f \in F\}
+
+with ``E`` the number of epochs and ``F = lr_milestones`` given as *fractions* of the run, so a shortened run
+(``--epochs-scale``) keeps the same shape. Defaults: ``F = (0.5, 0.75)``, ``gamma = 0.1`` -- the schedule of
+He et al. (2016) for CIFAR ResNets (decay at 50% and 75% of training), which the paper's VGG/ResNet baselines follow;
+``eta_0 = 0.1`` for a float model trained from scratch and ``0.01`` for a quantized model, which starts from the
+trained float minimum (Yin et al. 2019) and would be thrown out of its basin by the from-scratch rate.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..config import JsonConfig, QuantConfig
+from ..errors import check_choice
+
+MODEL_EPOCHS = {"lenet5": 50, "vgg11": 200, "resnet20": 200}  # the paper's protocol
+DATASETS = ("mnist", "cifar10")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class TrainConfig(JsonConfig):
+    """One training run. ``bits=None`` trains the float model (ReLU activations).
+
+    ``init`` is a float (or quantized) checkpoint file or run folder whose weights start the run.
+    ``lr=None`` picks 0.1 for float and 0.01 for quantized runs; ``epochs=None`` the paper's count for the model.
+    ``limit_train``/``limit_test`` keep the first N images (0 = all); ``synthetic`` > 0 replaces the data set by
+    that many random images of the data set's shape (tests, benchmarks). ``augment=None`` means on for CIFAR-10.
+    """
+
+    model: str = "lenet5"
+    dataset: str = "mnist"
+    bits: int | None = 2
+    ste: str = "clipped_relu"
+    forward: str = "staircase"
+    alpha: float | None = None
+    init: str | None = None
+    epochs: int | None = None
+    lr: float | None = None
+    lr_milestones: tuple[float, ...] = (0.5, 0.75)
+    lr_gamma: float = 0.1
+    batch_size: int = 128
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    nesterov: bool = False
+    augment: bool | None = None
+    seed: int = 0
+    data_dir: str | None = None
+    out: str | None = None
+    device: str = "auto"
+    compile: bool = False
+    channels_last: bool = False
+    limit_train: int = 0
+    limit_test: int = 0
+    synthetic: int = 0
+    eval_batch_size: int = 1000
+    diagnose_every: int = 0
+    save_best: bool = False
+
+    def __post_init__(self) -> None:
+        check_choice("dataset", self.dataset, DATASETS)
+        check_choice("device", self.device, DEVICES)
+        if self.bits is not None:
+            self.quant_config()  # validates bits / ste / forward / alpha with the valid choices
+        object.__setattr__(self, "lr_milestones", tuple(float(m) for m in self.lr_milestones))
+        if any(not 0.0 < m < 1.0 for m in self.lr_milestones):
+            raise ValueError(f"lr_milestones are fractions of the run in (0, 1), got {list(self.lr_milestones)}")
+        for name in ("batch_size", "eval_batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("limit_train", "limit_test", "synthetic", "diagnose_every"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.epochs is not None and self.epochs < 1:
+            raise ValueError(f"epochs must be >= 1, got {self.epochs}")
+        if self.lr is not None and not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if not 0.0 <= self.momentum < 1.0:
+            raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
+        if self.weight_decay < 0 or self.lr_gamma <= 0:
+            raise ValueError("weight_decay must be >= 0 and lr_gamma > 0")
+
+    @property
+    def quantized(self) -> bool:
+        return self.bits is not None
+
+    def quant_config(self) -> QuantConfig | None:
+        # check_nan off: the loop checks the loss every step, which catches the same NaNs without a sync per layer.
+        if self.bits is None:
+            return None
+        return QuantConfig(bits=self.bits, ste=self.ste, forward=self.forward, alpha=self.alpha, check_nan=False)
+
+    def resolved_epochs(self) -> int:
+        return self.epochs if self.epochs is not None else MODEL_EPOCHS.get(self.model, 50)
+
+    def resolved_lr(self) -> float:
+        if self.lr is not None:
+            return self.lr
+        return 0.01 if self.quantized else 0.1
+
+    def milestone_epochs(self) -> list[int]:
+        """Epoch indices (0-based, counted at the start of an epoch) where the rate is multiplied by gamma."""
+        epochs = self.resolved_epochs()
+        return sorted({max(1, int(f * epochs)) for f in self.lr_milestones if int(f * epochs) < epochs})
+
+    def resolved_augment(self) -> bool:
+        return self.augment if self.augment is not None else self.dataset == "cifar10"
+
+    def run_name(self) -> str:
+        kind = "float" if self.bits is None else f"{self.bits}bit-{self.ste}"
+        return f"{self.model}-{self.dataset}-{kind}-seed{self.seed}"

@@ -1,0 +1,33 @@
+"""Smoke test of benchmarks/train_step.py at a tiny size, so the benchmark cannot silently rot."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "train_step.py"
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One intra-op thread: on a shared, oversubscribed CI machine spinning OpenMP workers cost 100x (measured)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_train_step_benchmark_runs_and_writes_results(tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location("bench_train_step", BENCH)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "bench"
+    assert bench.main(["--models", "lenet5", "--batch-size", "8", "--steps", "2", "--rounds", "2", "--warmup", "1",
+                       "--out", str(out)]) == 0
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    assert [r["variant"] for r in rows] == ["float", "2-bit relu", "2-bit clipped_relu"]
+    assert all(r["images_per_s"] > 0 and len(r["seconds"]) == 2 for r in rows)
+    assert rows[0]["ratio_vs_float"] == 1.0
+    assert "| lenet5 | 2-bit clipped_relu |" in capsys.readouterr().out

@@ -1,0 +1,91 @@
+"""``stelab reproduce``: the paper's numbers as data, the sweep's skip/resume logic, the table with diverged runs
+kept out of the means, and the instability experiment end to end on synthetic data."""
+
+from __future__ import annotations
+
+import math
+import statistics
+
+import pytest
+import torch
+
+from stelab.cli import main
+from stelab.io import read_json
+from stelab.reproduce import TABLE1, aggregate, parse_pair, table1_markdown
+
+torch.set_num_threads(1)
+
+
+def test_paper_table1_is_encoded_as_in_the_paper():
+    assert len(TABLE1) == 18
+    assert TABLE1[("lenet5", 2, "identity")] == (2.6e-2, 98.49)
+    assert TABLE1[("lenet5", 4, "clipped_relu")] == (8.8e-4, 99.24)
+    assert TABLE1[("vgg11", 2, "relu")] == (0.10, 88.69)
+    assert TABLE1[("resnet20", 4, "clipped_relu")] == (0.04, 91.24)
+    assert TABLE1[("resnet20", 2, "identity")] == (1.56, 46.52)
+
+
+def _run(status, loss, acc, ste="relu", seed=0):
+    return {"status": status, "model": "lenet5", "bits": 2, "ste": ste, "seed": seed, "train_loss": loss,
+            "test_acc": acc}
+
+
+def test_means_use_finite_runs_only_and_diverged_runs_are_counted():
+    runs = [_run("finished", 0.1, 0.98), _run("finished", 0.3, 0.96, seed=1), _run("diverged", float("nan"), 0.1,
+                                                                                     seed=2)]
+    (cell,) = [c for c in aggregate(runs, ["lenet5"], [2], ["relu"]) if c["ste"] == "relu"]
+    assert cell["n"] == 2 and cell["runs"] == 3 and cell["diverged"] == 1
+    assert math.isclose(cell["train_loss_mean"], 0.2) and math.isclose(cell["train_loss_std"],
+                                                                       statistics.stdev([0.1, 0.3]))
+    assert math.isclose(cell["test_acc_mean"], 97.0)
+    table = table1_markdown({"dataset": "mnist", "models": ["lenet5"], "seeds": 3, "epochs_scale": 1.0,
+                             "cells": [cell]})
+    assert "1 diverged" in table and "2/3" in table and "5.10e-03 / 99.24" in table
+
+
+def test_table1_sweep_writes_the_table_and_skips_finished_cells(tmp_path, capsys):
+    out = tmp_path / "t1"
+    argv = ["reproduce", "table1", "--dataset", "mnist", "--bits", "2", "--stes", "identity", "clipped_relu",
+            "--epochs-scale", "0.02", "--synthetic", "256", "--out", str(out), "--no-progress"]
+    assert main(argv) == 0
+    results = read_json(out / "results.json")
+    cells = {(c["bits"], c["ste"]): c for c in results["cells"]}
+    assert cells[(2, "identity")]["n"] == 1 and cells[(None, "float")]["n"] == 1
+    assert cells[(2, "identity")]["paper_test_acc"] == 98.49
+    table = (out / "table1.md").read_text()
+    assert "98.49" in table and "99.23" in table and (out / "lenet5-curves.png").is_file()
+    assert read_json(out / "lenet5" / "seed0" / "2bit-clipped_relu" / "config.json")["init"].endswith("float")
+    stamp = (out / "lenet5" / "seed0" / "float" / "checkpoint.pt").stat().st_mtime_ns
+    capsys.readouterr()
+    assert main(argv) == 0  # everything is done: nothing is retrained
+    assert capsys.readouterr().err.count("skip") == 3
+    assert (out / "lenet5" / "seed0" / "float" / "checkpoint.pt").stat().st_mtime_ns == stamp
+    assert main([*argv, "--first-seed", "1"]) == 0  # a second seed from a separate invocation joins the table
+    results = read_json(out / "results.json")
+    assert results["seed_list"] == [0, 1]
+    cell = next(c for c in results["cells"] if c["ste"] == "identity")
+    losses = [r["train_loss"] for r in results["runs"] if r["ste"] == "identity"]
+    assert cell["n"] == 2 and math.isclose(cell["train_loss_std"], statistics.stdev(losses))
+
+
+def test_instability_runs_from_the_minima_and_plots(tmp_path):
+    out = tmp_path / "inst"
+    argv = ["reproduce", "instability", "--pairs", "2:clipped_relu->identity", "--epochs-scale", "0.02",
+            "--switch-epochs", "2", "--synthetic", "256", "--out", str(out), "--no-progress"]
+    assert main(argv) == 0
+    (pair,) = read_json(out / "instability.json")["pairs"]
+    assert pair["to_status"] == "finished" and pair["control_status"] == "finished"
+    switched = read_json(out / "2bit-clipped_relu-to-identity" / "config.json")
+    assert switched["lr"] == 1e-5 and switched["ste"] == "identity" and switched["lr_milestones"] == []
+    assert switched["init"].endswith("2bit-clipped_relu")
+    assert (out / "instability.png").is_file() and "clipped_relu -> identity" in (out / "instability.md").read_text()
+
+
+def test_parse_pair_and_cli_errors(capsys):
+    assert parse_pair("4:relu->identity") == (4, "relu", "identity")
+    with pytest.raises(ValueError, match="BITS:FROM->TO"):
+        parse_pair("relu to identity")
+    assert main(["reproduce", "table1", "--models", "alexnet"]) == 2
+    assert "lenet5" in capsys.readouterr().err
+    assert main(["reproduce", "instability", "--pairs", "4-relu"]) == 2
+    assert "BITS:FROM->TO" in capsys.readouterr().err

@@ -1,0 +1,163 @@
+"""The training loop: config round-trip, a 2-step run and its run folder, hooks, divergence, CLI errors."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from stelab.cli import main
+from stelab.io import read_json, read_jsonl
+from stelab.train import TrainConfig, load_checkpoint, load_model_from_run, train
+
+torch.set_num_threads(1)
+
+# 256 synthetic MNIST-shaped images, batch 128: one epoch is exactly 2 optimizer steps.
+TINY = dict(model="lenet5", dataset="mnist", synthetic=256, batch_size=128, epochs=1)
+
+
+@settings(max_examples=25, deadline=None)
+@given(bits=st.one_of(st.none(), st.sampled_from([1, 2, 4])), lr=st.one_of(st.none(), st.floats(1e-6, 1.0)),
+       milestones=st.lists(st.floats(0.01, 0.99), max_size=3), seed=st.integers(0, 2**31 - 1),
+       augment=st.one_of(st.none(), st.booleans()))
+def test_config_round_trips_through_json(bits, lr, milestones, seed, augment):
+    config = TrainConfig(bits=bits, lr=lr, lr_milestones=tuple(milestones), seed=seed, augment=augment)
+    assert TrainConfig.from_json(config.to_json()) == config
+
+
+def test_config_rejects_bad_values_with_the_valid_choices():
+    with pytest.raises(ValueError, match="cifar10, mnist"):
+        TrainConfig(dataset="imagenet")
+    with pytest.raises(ValueError, match="clipped_relu"):
+        TrainConfig(ste="nope")
+    with pytest.raises(ValueError, match="fractions"):
+        TrainConfig(lr_milestones=(20,))
+    with pytest.raises(ValueError, match="unknown TrainConfig field"):
+        TrainConfig.from_dict({"epochz": 3})
+
+
+def test_schedule_defaults_follow_the_documented_protocol():
+    assert TrainConfig(model="lenet5").resolved_epochs() == 50
+    assert TrainConfig(model="resnet20").resolved_epochs() == 200
+    assert TrainConfig(bits=None).resolved_lr() == 0.1 and TrainConfig(bits=2).resolved_lr() == 0.01
+    assert TrainConfig(epochs=50).milestone_epochs() == [25, 37]
+    assert TrainConfig(epochs=200).milestone_epochs() == [100, 150]
+    assert TrainConfig(epochs=50, lr_milestones=()).milestone_epochs() == []
+
+
+def test_two_step_run_writes_a_complete_run_folder(tmp_path):
+    out = tmp_path / "float"
+    summary = train(TrainConfig(**TINY, bits=None, out=str(out)), progress=False)
+    assert summary["status"] == "finished" and summary["steps"] == 2 and summary["epochs_done"] == 1
+    for name in ("config.json", "metrics.jsonl", "checkpoint.pt", "summary.json", "summary.md", "curves.png"):
+        assert (out / name).is_file(), name
+    assert TrainConfig.from_dict(read_json(out / "config.json")) == TrainConfig(**TINY, bits=None, out=str(out))
+    (record,) = [r for r in read_jsonl(out / "metrics.jsonl") if r["kind"] == "epoch"]
+    for key in ("train_loss", "train_acc", "test_loss", "test_acc", "lr", "time_s"):
+        assert math.isfinite(record[key]), key
+    assert record["lr"] == 0.1 and 0 <= record["test_acc"] <= 1
+    blob = load_checkpoint(out / "checkpoint.pt")
+    assert blob["epoch"] == 1 and blob["step"] == 2 and blob["optimizer"]["state"]  # momentum buffers saved
+
+
+def test_quantized_run_starts_from_the_float_weights(tmp_path):
+    train(TrainConfig(**TINY, bits=None, out=str(tmp_path / "float")), progress=False)
+    float_model = load_model_from_run(tmp_path / "float")
+    # lr tiny and no momentum history: after 2 steps the weights are the float ones up to ~lr * |grad|.
+    q = TrainConfig(**TINY, bits=2, ste="relu", init=str(tmp_path / "float"), lr=1e-9, out=str(tmp_path / "q"))
+    train(q, progress=False)
+    qmodel = load_model_from_run(tmp_path / "q")
+    assert any(type(m).__name__ == "QuantReLU" for m in qmodel.modules())
+    fs, qs = float_model.state_dict(), qmodel.state_dict()
+    weights = [k for k in fs if k.endswith("weight")]
+    assert weights and all(torch.allclose(fs[k], qs[k], atol=1e-6) for k in weights)
+
+
+class RecordingHook:
+    def __init__(self, every: int):
+        self.every, self.calls = every, []
+
+    def __call__(self, *, step, epoch, model, inputs, targets, loss_fn):
+        self.calls.append(step)
+        assert inputs.shape[0] == targets.shape[0] and isinstance(model, torch.nn.Module)
+        with torch.no_grad():
+            return {"loss_here": loss_fn(model(inputs), targets).item()}
+
+
+def test_hooks_run_every_n_steps_and_their_records_land_in_metrics(tmp_path):
+    hook = RecordingHook(every=3)
+    train(TrainConfig(**{**TINY, "epochs": 4}, bits=2, out=str(tmp_path / "r")), hooks=[hook], progress=False)
+    assert hook.calls == [3, 6]  # 8 steps in all
+    records = [r for r in read_jsonl(tmp_path / "r" / "metrics.jsonl") if r["kind"] == "hook"]
+    assert [(r["step"], r["epoch"]) for r in records] == [(3, 2), (6, 3)]
+    assert all(math.isfinite(r["loss_here"]) for r in records)
+
+
+class PoisonHook:
+    """Sets a weight to inf after the given step: the next loss is non-finite."""
+
+    every = 1
+
+    def __init__(self, at_step: int):
+        self.at_step = at_step
+
+    def __call__(self, *, step, model, **_):
+        if step == self.at_step:
+            with torch.no_grad():
+                next(model.parameters()).fill_(float("inf"))
+
+
+def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
+    out = tmp_path / "r"
+    summary = train(TrainConfig(**{**TINY, "epochs": 3}, bits=2, out=str(out)), hooks=[PoisonHook(3)],
+                    progress=False)
+    assert summary["status"] == "diverged" and summary["steps"] == 4  # detected at the very next step
+    assert read_json(out / "summary.json")["status"] == "diverged"
+    blob = load_checkpoint(out / "checkpoint.pt")
+    assert blob["epoch"] == 1 and all(torch.isfinite(v).all() for v in blob["model"].values())
+    kinds = [r["kind"] for r in read_jsonl(out / "metrics.jsonl")]
+    assert kinds == ["epoch", "diverged"]
+
+
+def test_an_existing_run_folder_needs_resume_and_the_same_config(tmp_path):
+    config = TrainConfig(**TINY, bits=None, out=str(tmp_path / "r"))
+    train(config, progress=False)
+    with pytest.raises(ValueError, match="--resume"):
+        train(config, progress=False)
+    with pytest.raises(ValueError, match="seed"):
+        train(config.replace(seed=1), resume=True, progress=False)
+    assert train(config, resume=True, progress=False)["status"] == "finished"  # already done: a no-op
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "--dataset", "imagenet"], "cifar10, mnist"),
+    (["train", "--model", "alexnet"], "lenet5"),
+    (["train", "--ste", "nope"], "clipped_relu"),
+    (["train", "--bits", "0"], "bits"),
+    (["train", "--lr-milestones", "30"], "fractions"),
+])
+def test_cli_argument_errors_are_one_line_messages(argv, message, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_cli_trains_and_prints_the_summary(tmp_path, capsys):
+    out = tmp_path / "cli"
+    code = main(["train", "--float", "--synthetic", "256", "--epochs", "1", "--out", str(out), "--no-progress",
+                 "--lr-milestones"])
+    assert code == 0
+    assert "status=finished" in capsys.readouterr().out
+    config = json.loads((out / "config.json").read_text())
+    assert config["bits"] is None and config["lr_milestones"] == [] and config["batch_size"] == 128
+
+
+def test_diagnose_every_adds_the_diagnostics_hook(tmp_path):
+    pytest.importorskip("stelab.diagnostics")
+    train(TrainConfig(**TINY, bits=2, diagnose_every=2, out=str(tmp_path / "d")), progress=False)
+    (record,) = [r for r in read_jsonl(tmp_path / "d" / "metrics.jsonl") if r["kind"] == "hook"]
+    assert record["step"] == 2 and "diagnostics" in record
