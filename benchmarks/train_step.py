@@ -44,6 +44,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--channels-last", action="store_true", help="NHWC weights and inputs")
     p.add_argument("--check-nan", choices=["on", "off", "both"], default="on",
                    help="QuantConfig.check_nan of the quantized variants (the library default is on)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile every model (use with --check-nan off: the NaN scan breaks the graph)")
     p.add_argument("--out", default=None, help="run folder for results.json/results.md (default runs/bench-...)")
     return p.parse_args(argv)
 
@@ -57,10 +59,11 @@ def make_batches(dataset: str, batch_size: int, device: str, channels_last: bool
 
 
 class Variant:
-    def __init__(self, label: str, model: nn.Module, device: str) -> None:
+    def __init__(self, label: str, model: nn.Module, device: str, compile: bool = False) -> None:
         self.label = label
-        self.model = model.to(device).train()
-        self.opt = torch.optim.SGD(self.model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
+        model = model.to(device).train()
+        self.opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
+        self.model = torch.compile(model) if compile else model
         self.loss_fn = nn.CrossEntropyLoss()
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> None:
@@ -88,7 +91,7 @@ def bench_model(name: str, args: argparse.Namespace, bar: tqdm) -> list[dict]:
     batches = make_batches(dataset, args.batch_size, args.device, args.channels_last)
     torch.manual_seed(0)
     float_model = build(name, channels_last=args.channels_last)
-    variants = [Variant("float", float_model, args.device)]
+    variants = [Variant("float", float_model, args.device, args.compile)]
     checks = {"on": [True], "off": [False], "both": [True, False]}[args.check_nan]
     for ste in args.stes:
         for check in checks:
@@ -96,7 +99,7 @@ def bench_model(name: str, args: argparse.Namespace, bar: tqdm) -> list[dict]:
             model = build(name, quant, channels_last=args.channels_last)
             model.load_state_dict(float_model.state_dict())  # the same weights: a quantized twin
             label = f"{args.bits}-bit {ste}" + ("" if check else ", no NaN check")
-            variants.append(Variant(label, model, args.device))
+            variants.append(Variant(label, model, args.device, args.compile))
     steps = args.vgg_steps if name == "vgg11" else args.steps
     for v in variants:
         time_steps(v, batches, args.warmup, args.device)
@@ -128,14 +131,14 @@ def main(argv: list[str] | None = None) -> int:
         rows = [row for name in args.models for row in bench_model(name, args, bar)]
     env = {"device": args.device, "torch": torch.__version__, "threads": torch.get_num_threads(),
            "batch_size": args.batch_size, "rounds": args.rounds, "channels_last": args.channels_last,
-           "check_nan": args.check_nan, "python": sys.version.split()[0],
+           "compile": args.compile, "check_nan": args.check_nan, "python": sys.version.split()[0],
            "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None}
     table = markdown_table(["model", "activations", "images/s", "x float"],
                            [[r["model"], r["variant"], f"{r['images_per_s']:.1f}", f"{r['ratio_vs_float']:.2f}"]
                             for r in rows])
     header = (f"train_step on {env['gpu'] or 'CPU'} ({env['threads']} threads), batch {args.batch_size}, "
               f"median of {args.rounds} interleaved rounds, channels_last={args.channels_last}, "
-              f"check_nan={env['check_nan']}\n\n")
+              f"compile={args.compile}, check_nan={env['check_nan']}\n\n")
     print("\n" + header + table)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
     out = Path(args.out or f"runs/bench-train-step-{stamp}")
