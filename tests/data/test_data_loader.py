@@ -10,15 +10,6 @@ from hypothesis import strategies as st
 from stelab.data import STATS, DeviceLoader, normalise, random_crop_flip, synthetic
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: on a shared, oversubscribed CI machine spinning OpenMP workers cost 100x (measured)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def indexed_images(n, channels=3, size=8):
     """Images whose first pixel encodes their index (mod 256) so batches can be traced back to samples."""
     images = torch.randint(0, 256, (n, channels, size, size), generator=torch.Generator().manual_seed(1),

@@ -4,19 +4,7 @@ import importlib.util
 import json
 from pathlib import Path
 
-import pytest
-import torch
-
 BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "train_step.py"
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: on a shared, oversubscribed CI machine spinning OpenMP workers cost 100x (measured)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def test_train_step_benchmark_runs_and_writes_results(tmp_path, capsys):

@@ -13,15 +13,6 @@ INPUT = {"lenet5": (1, 28, 28), "vgg11": (3, 32, 32), "resnet20": (3, 32, 32)}
 N_ACTIVATIONS = {"lenet5": 4, "vgg11": 8, "resnet20": 19}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: on a shared, oversubscribed CI machine spinning OpenMP workers cost 100x (measured)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def batch(name, n=4, seed=0):
     return torch.randn((n, *INPUT[name]), generator=torch.Generator().manual_seed(seed))
 

@@ -25,15 +25,6 @@ def _alpha(bits):
     return grid_alpha(lloyd_alpha(bits), bits)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # The matrices here are tiny: one thread is fastest, and two threads on shared cores are many times slower.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 # ------------------------------------------------------------------------------------------------------------ data
 
 

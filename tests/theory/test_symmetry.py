@@ -37,15 +37,6 @@ V2 = torch.tensor([0.7, -0.4], dtype=F64)
 W2 = torch.tensor([[0.8, 0.3], [-0.5, 0.9]], dtype=F64)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These problems are tiny: on a shared 2-core machine extra intra-op threads only spin (100x slower)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _random_problem(seed: int, m: int, d: int, n: int = 400):
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(n, d, generator=gen, dtype=F64)
