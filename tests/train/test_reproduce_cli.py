@@ -7,13 +7,10 @@ import math
 import statistics
 
 import pytest
-import torch
 
 from stelab.cli import main
 from stelab.io import read_json
 from stelab.reproduce import TABLE1, aggregate, parse_pair, table1_markdown
-
-torch.set_num_threads(1)
 
 
 def test_paper_table1_is_encoded_as_in_the_paper():
@@ -79,6 +76,20 @@ def test_instability_runs_from_the_minima_and_plots(tmp_path):
     assert switched["lr"] == 1e-5 and switched["ste"] == "identity" and switched["lr_milestones"] == []
     assert switched["init"].endswith("2bit-clipped_relu")
     assert (out / "instability.png").is_file() and "clipped_relu -> identity" in (out / "instability.md").read_text()
+
+
+def test_instability_then_continues_with_the_normal_schedule(tmp_path):
+    out = tmp_path / "inst"
+    argv = ["reproduce", "instability", "--pairs", "2:clipped_relu->identity", "--epochs-scale", "0.02",
+            "--switch-epochs", "1", "--then-epochs", "2", "--no-control", "--synthetic", "256", "--out", str(out),
+            "--no-progress"]
+    assert main(argv) == 0
+    (pair,) = read_json(out / "instability.json")["pairs"]
+    assert pair["to_then_status"] == "finished" and "control_status" not in pair
+    then = read_json(out / "2bit-clipped_relu-to-identity-then" / "config.json")
+    assert then["ste"] == "identity" and then["epochs"] == 2 and then["lr"] != 1e-5
+    assert then["init"].endswith("2bit-clipped_relu-to-identity")
+    assert "then 2 ep." in (out / "instability.md").read_text()
 
 
 def test_parse_pair_and_cli_errors(capsys):

@@ -19,8 +19,6 @@ from stelab.io import read_json
 from stelab.train import TrainConfig, load_checkpoint
 from stelab.train.runs import build_model
 
-torch.set_num_threads(1)
-
 CONFIG = TrainConfig(model="lenet5", dataset="mnist", synthetic=256, batch_size=64, epochs=2, bits=2,
                      ste="clipped_relu", lr=0.05, seed=3)
 

@@ -14,8 +14,6 @@ from stelab.cli import main
 from stelab.io import read_json, read_jsonl
 from stelab.train import TrainConfig, load_checkpoint, load_model_from_run, train
 
-torch.set_num_threads(1)
-
 # 256 synthetic MNIST-shaped images, batch 128: one epoch is exactly 2 optimizer steps.
 TINY = dict(model="lenet5", dataset="mnist", synthetic=256, batch_size=128, epochs=1)
 

@@ -14,8 +14,6 @@ import torch
 from stelab.io import read_jsonl
 from stelab.train import TrainConfig, load_checkpoint, train
 
-torch.set_num_threads(1)
-
 # Augmentation on, so the resumed epochs must also replay the crops and flips.
 BASE = TrainConfig(model="lenet5", dataset="mnist", synthetic=320, batch_size=64, epochs=3, bits=2, ste="relu",
                    lr=0.05, augment=True, seed=7)

@@ -35,6 +35,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     i.add_argument("--table1-dir", default=None, help="a table1 output folder holding the minima (else trained)")
     i.add_argument("--epochs-scale", type=float, default=1.0, help="for minima trained here")
     i.add_argument("--no-control", action="store_true", help="skip the same-STE control runs")
+    i.add_argument("--then-epochs", type=int, default=0,
+                   help="afterwards, epochs of the normal quantized schedule with the same STE (0 = none)")
     i.add_argument("--out", default=None, help="output folder (default runs/instability-<model>-<dataset>)")
     add_train_arguments(i)
     i.set_defaults(func=run_instability_cmd)
@@ -82,7 +84,7 @@ def run_instability_cmd(args: argparse.Namespace) -> int:
     out = args.out or f"runs/instability-{args.model}-{args.dataset}"
     results = run_instability(out, dataset=args.dataset, model=args.model, pairs=pairs, switch_lr=args.switch_lr,
                               switch_epochs=args.switch_epochs, seed=args.seed, table1_dir=args.table1_dir,
-                              epochs_scale=args.epochs_scale, control=not args.no_control,
+                              epochs_scale=args.epochs_scale, control=not args.no_control, then_epochs=args.then_epochs,
                               progress=not args.no_progress, **_train_fields(args))
     print(instability_markdown(results))
     print(f"written to {out}/instability.md, instability.json and instability.png")

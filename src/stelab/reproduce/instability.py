@@ -3,7 +3,9 @@
 From the minimum reached with a good STE (relu / clipped relu), training continues with a poorer STE at a tiny
 rate (1e-5, 20 epochs); the paper reports that training loss and validation accuracy both get clearly worse, i.e.
 the minimum is not a stable point of the coarse-gradient dynamics of the poor STE. Default pairs (bits: from -> to):
-4: relu -> identity, 4: clipped_relu -> identity, 2: clipped_relu -> relu.
+4: relu -> identity, 4: clipped_relu -> identity, 2: clipped_relu -> relu. With ``then_epochs > 0`` each switched
+run then continues with the same STE under the normal quantized schedule (the paper's "then the normal schedule"),
+which shows whether the poorer STE recovers or settles at a worse point.
 
 As a control (on by default) each minimum is also continued with its own STE at the same rate: any drift there
 is the noise of SGD at that rate, not the STE. The source minima are the cells of a Table 1 sweep under
@@ -37,7 +39,10 @@ def run_instability(root: str | Path, *, dataset: str = "mnist", model: str = "l
                     pairs: Sequence[tuple[int, str, str]] = DEFAULT_PAIRS, switch_lr: float = 1e-5,
                     switch_epochs: int = 20,
                     seed: int = 0, table1_dir: str | Path | None = None, epochs_scale: float = 1.0,
-                    control: bool = True, progress: bool = True, **train_fields: Any) -> dict[str, Any]:
+                    control: bool = True, then_epochs: int = 0, progress: bool = True,
+                    **train_fields: Any) -> dict[str, Any]:
+    if then_epochs < 0:
+        raise ValueError(f"then_epochs must be >= 0, got {then_epochs}")
     root = Path(root)
     source_root = Path(table1_dir) if table1_dir else root / "minima"
     base = TrainConfig(model=model, dataset=dataset, seed=seed, epochs=scaled_epochs(model, epochs_scale),
@@ -60,10 +65,20 @@ def run_instability(root: str | Path, *, dataset: str = "mnist", model: str = "l
             entry[f"{role}_status"] = summary.get("status")
             entry[f"{role}_train_loss"] = summary.get("train_loss")
             entry[f"{role}_test_acc"] = summary.get("test_acc")
-            series.append((bits, src, ste, role, start, epoch_records(out)))
+            records = epoch_records(out)
+            if then_epochs and summary.get("status") == "finished":
+                # Phase 2: the normal quantized schedule (default rate and milestones) with the same STE.
+                then_out = root / f"{bits}bit-{src}-to-{ste}-then"
+                then = run_or_resume(base.replace(bits=bits, ste=ste, init=str(out), out=str(then_out),
+                                                  epochs=then_epochs), progress)
+                entry[f"{role}_then_status"] = then.get("status")
+                entry[f"{role}_then_train_loss"] = then.get("train_loss")
+                entry[f"{role}_then_test_acc"] = then.get("test_acc")
+                records += [{**r, "epoch": r["epoch"] + switch_epochs} for r in epoch_records(then_out)]
+            series.append((bits, src, ste, role, start, records))
         rows.append(entry)
     results = {"dataset": dataset, "model": model, "lr": switch_lr, "epochs": switch_epochs, "seed": seed,
-               "source_epochs": base.resolved_epochs(), "pairs": rows}
+               "source_epochs": base.resolved_epochs(), "then_epochs": then_epochs, "pairs": rows}
     write_json(root / "instability.json", results)
     write_text(root / "instability.md", instability_markdown(results))
     plot_instability(root / "instability.png", series, model)
@@ -77,19 +92,27 @@ def _f(v: Any, fmt: str) -> str:
 def instability_markdown(results: dict[str, Any]) -> str:
     headers = ["bits", "from -> to", "start loss / acc (%)", f"after {results['epochs']} ep. loss / acc (%)",
                "control (same STE) loss / acc (%)"]
+    then = results.get("then_epochs", 0)
+    if then:
+        headers += [f"then {then} ep. loss / acc (%)", "control then loss / acc (%)"]
     rows = []
     for e in results["pairs"]:
         def cell(prefix: str, e=e) -> str:
             acc = e.get(f"{prefix}_test_acc")
             return f"{_f(e.get(f'{prefix}_train_loss'), '.3e')} / {_f(None if acc is None else 100 * acc, '.2f')}"
 
-        rows.append([e["bits"], f"{e['from']} -> {e['to']}", cell("start"), cell("to"),
-                     cell("control") if "control_train_loss" in e else "-"])
+        row = [e["bits"], f"{e['from']} -> {e['to']}", cell("start"), cell("to"),
+               cell("control") if "control_train_loss" in e else "-"]
+        if then:
+            row += [cell("to_then"), cell("control_then") if "control_then_train_loss" in e else "-"]
+        rows.append(row)
+    phase2 = (f" Then {then} epochs of the normal quantized schedule with the same STE ('then' columns)." if then
+              else "")
     return (f"# Instability of the STEs ({results['model']} on {results['dataset']})\n\n"
             f"From the minimum of each 'from' STE ({results['source_epochs']} epochs), {results['epochs']} epochs "
             f"with the 'to' STE at learning rate {results['lr']:g} (constant). Loss: mean training loss of the "
             "epoch; accuracy: test accuracy after it. The control continues with the 'from' STE at the same "
-            "rate.\n\n" + markdown_table(headers, rows))
+            f"rate.{phase2}\n\n" + markdown_table(headers, rows))
 
 
 def plot_instability(path: Path, series, model: str) -> Path | None:

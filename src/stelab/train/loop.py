@@ -55,15 +55,6 @@ def load_split(config: TrainConfig, split: str) -> tuple[Tensor, Tensor]:
     return (images[:limit], labels[:limit]) if limit else (images, labels)
 
 
-def normalise(images: Tensor, mean, std, device: torch.device) -> Tensor:
-    """uint8 [N,C,H,W] -> float32 ``(x/255 - mean)/std`` per channel, on ``device``, computed exactly as the
-    training batches are (``DeviceLoader``: one multiply-add), so train and test inputs match bit for bit."""
-    std_t = torch.tensor(std, dtype=torch.float32)
-    scale = (1.0 / (255.0 * std_t)).view(1, -1, 1, 1).to(device)
-    shift = (-torch.tensor(mean, dtype=torch.float32) / std_t).view(1, -1, 1, 1).to(device)
-    return torch.addcmul(shift, images.to(device).float(), scale)
-
-
 @torch.no_grad()
 def evaluate(model: nn.Module, x: Tensor, y: Tensor, batch_size: int, info: distributed.DistInfo,
              channels_last: bool = False) -> tuple[float, float]:
@@ -157,7 +148,7 @@ def _train(config: TrainConfig, hooks: list, info: distributed.DistInfo, device:
                                augment=config.resolved_augment(), mean=mean, std=std, device=device,
                                seed=config.seed, rank=info.rank, world_size=info.world_size,
                                channels_last=config.channels_last)
-    test_x, test_y = normalise(test_x, mean, std, device), test_y.to(device)
+    test_x, test_y = data.normalise(test_x.to(device), mean, std), test_y.to(device)
 
     start_epoch, step, elapsed, best = 0, 0, 0.0, None
     if resume and ckpt_path.is_file():
