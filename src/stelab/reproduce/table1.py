@@ -171,7 +171,7 @@ def plot_model_curves(root: Path, model: str, bits: Sequence[int], stes: Sequenc
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(len(bits), 2, figsize=(10, 3.6 * len(bits)), squeeze=False)
+    fig, axes = plt.subplots(len(bits), 2, figsize=(10, 3.6 * len(bits)), squeeze=False, layout="constrained")
     drawn = False
     for row, b in zip(axes, bits):
         series = [("float", float_dir(root, model, seed))] + [(s, cell_dir(root, model, seed, b, s)) for s in stes]
