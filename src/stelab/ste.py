@@ -11,7 +11,8 @@ Conventions. Every STE is evaluated as ``mu'(x; top)`` where ``top`` is the top 
 (``L * alpha`` for the staircase and round quantizers, ``alpha`` for sign). Proxies with a shape of their own are
 defined in units of ``top``: :math:`\mu(x) = \mathrm{top}\cdot f(x/\mathrm{top})`, so
 :math:`\mu'(x) = f'(x/\mathrm{top})`.
-Identity, relu and leaky relu do not depend on ``top`` at all.
+Identity, relu and leaky relu do not depend on ``top`` at all. The exception is ``log_tailed_relu``, whose
+logarithmic tail above ``top`` is in absolute units, as in HWGQ (:math:`\log(x - \mathrm{top} + 1)`).
 
 Each STE states three properties as data:
 
