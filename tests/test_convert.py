@@ -1,11 +1,12 @@
 """quantize_activations: a small CNN keeps its outputs at 16 bits, state dicts load both ways, patterns select."""
 
+import re
+
 import pytest
 import torch
 from torch import nn
 
 import stelab
-from stelab import quantizers
 
 ALPHA16 = 2.0**-14  # 16 bits: top = 65535 * 2^-14 ~ 4, above every activation below
 
@@ -82,7 +83,7 @@ def test_summary_lists_every_quantized_activation():
     quant = stelab.quantize_activations(small_cnn(), bits=2, learn_alpha=True)
     text = stelab.summary(quant)
     assert "| name | bits | forward | alpha | STE | alpha mode |" in text
-    alpha = f"{quantizers.grid_alpha(stelab.lloyd_alpha(2), 2):.4f}"
+    alpha = f"{stelab.lloyd_alpha(2):.4f}"
     assert f"| 2 | 2 | staircase | {alpha} | clipped_relu | learned (mean) |" in text
     assert "| 7 | 1 | sign | 1.0000 | hardtanh | learned (ae) |" in text
     assert stelab.summary(small_cnn()) == "no quantized activations\n"
@@ -98,3 +99,26 @@ def test_conversion_errors():
         stelab.quantize_activations(nn.Sequential(nn.Hardtanh(0.0, 1.0)))
     with pytest.raises(ValueError, match="bits must be in 1..16"):
         stelab.quantize_activations(small_cnn(), overrides={"2": {"bits": 32}})
+
+
+@pytest.mark.parametrize("kwargs, kind, pattern", [
+    ({"exclude": "8"}, "exclude", "8"),  # the Linear after the Hardtanh, not an activation
+    ({"exclude": ["2", "feature.*"]}, "exclude", "feature.*"),
+    ({"overrides": {"layer3.*": {"bits": 4}}}, "overrides", "layer3.*"),
+])
+def test_patterns_that_match_no_activation_raise_with_the_names(kwargs, kind, pattern):
+    with pytest.raises(ValueError, match=rf"{kind} pattern '{re.escape(pattern)}' matches no activation") as err:
+        stelab.quantize_activations(small_cnn(), **kwargs)
+    assert "are: 2, 4, 7" in str(err.value)
+
+
+def test_an_unknown_override_key_lists_the_fields():
+    with pytest.raises(ValueError, match=r"unknown QuantConfig field\(s\) \['bitz'\]; valid fields: bits, ste"):
+        stelab.quantize_activations(small_cnn(), overrides={"2": {"bitz": 4}})
+    with pytest.raises(TypeError, match="must be a QuantConfig or a mapping"):
+        stelab.quantize_activations(small_cnn(), overrides={"2": 4})
+
+
+def test_pattern_generators_are_not_used_up_by_the_checks():
+    quant = stelab.quantize_activations(small_cnn(), exclude=(p for p in ["7"]))
+    assert [n for n, _ in stelab.quantized_modules(quant)] == ["2", "4"]

@@ -12,64 +12,50 @@ from stelab import quantizers
 ALPHAS = (0.6511, 0.1, 1.0 / 3.0, 2.5)
 
 
-def np_staircase(x: np.ndarray, bits: int, a: float) -> np.ndarray:
-    """alpha * clip(ceil(x / alpha), 0, L) in float64. Exact for float32 inputs: a grid alpha makes x = k*alpha an
-    exact quotient, and any other float32 x is at least 2**-24 (relative) away from it, far above float64's ulp."""
-    return a * np.clip(np.ceil(x.astype(np.float64) / a), 0, 2**bits - 1)
+def np_formula(x: np.ndarray, bits: int, alpha: float, forward: str) -> np.ndarray:
+    """The documented formula evaluated by numpy in x's own dtype: a = alpha rounded to it, every operation rounded
+    to it. staircase: a * clip(ceil(x / a), 0, L); round (ties down): a * clip(ceil(x / a - 1/2), 0, L)."""
+    a = x.dtype.type(alpha)
+    with np.errstate(over="ignore"):
+        r = x / a
+    if forward == "round":
+        r = r - x.dtype.type(0.5)
+    return a * np.clip(np.ceil(r), 0, 2**bits - 1)
 
 
-def np_round(x: np.ndarray, bits: int, a: float) -> np.ndarray:
-    """alpha * clip(round-half-down(x / alpha), 0, L), i.e. ceil(x/alpha - 1/2); exact as above."""
-    return a * np.clip(np.ceil(x.astype(np.float64) / a - 0.5), 0, 2**bits - 1)
-
-
-def boundary_inputs(bits: int, a: float, dtype: np.dtype) -> np.ndarray:
-    """0, every k*alpha and (k+1/2)*alpha, their float neighbours, far values, and random points."""
-    k = np.arange(2**bits + 1, dtype=np.float64)
-    exact = np.concatenate([k * a, (k + 0.5) * a, -k * a, [0.0, 1e30, -1e30, np.inf, -np.inf]]).astype(dtype)
+def boundary_inputs(bits: int, alpha: float, dtype: type) -> np.ndarray:
+    """0, every k*a and (k+1/2)*a computed in dtype (what a user re-quantizing levels passes), their nextafter
+    neighbours on both sides, far values, and random points."""
+    a = dtype(alpha)
+    k = np.arange(-2, 2**bits + 2).astype(dtype)
+    steps = np.concatenate([k * a, (k + dtype(0.5)) * a, np.array([0.0, 1e30, -1e30, np.inf, -np.inf], dtype)])
     rng = np.random.default_rng(bits)
-    noise = (rng.standard_normal(4000) * a * 2**bits / 2).astype(dtype)
-    return np.concatenate([exact, np.nextafter(exact, dtype(np.inf)), np.nextafter(exact, dtype(-np.inf)), noise])
+    noise = (rng.standard_normal(2000) * float(a) * 2**bits / 2).astype(dtype)
+    return np.concatenate([steps, np.nextafter(steps, dtype(np.inf)), np.nextafter(steps, dtype(-np.inf)), noise])
 
 
-@pytest.mark.parametrize("bits", range(1, 9))
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("bits", [1, 2, 3, 4, 5, 8, 12, 16])
 @pytest.mark.parametrize("forward", ["staircase", "round"])
-def test_forward_matches_numpy_float32(bits, forward):
-    reference = np_staircase if forward == "staircase" else np_round
-    for alpha in ALPHAS:
-        a = quantizers.grid_alpha(alpha, bits)
-        x = boundary_inputs(bits, a, np.float32)
+def test_forward_is_the_formula_bit_for_bit(dtype, bits, forward):
+    for alpha in (*ALPHAS, 0.37, stelab.lloyd_alpha(min(bits, 8))):
+        x = boundary_inputs(bits, alpha, dtype)
         got = quantizers.get(forward)(torch.from_numpy(x), bits, alpha).numpy()
-        np.testing.assert_array_equal(got.astype(np.float64), reference(x, bits, a))
-
-
-@pytest.mark.parametrize("bits", [1, 2, 4, 8, 16])
-@pytest.mark.parametrize("forward", ["staircase", "round"])
-def test_forward_matches_comparison_count_float64(bits, forward):
-    # float64 inputs next to a boundary can round x/alpha onto it, so the reference counts thresholds instead.
-    a = quantizers.grid_alpha(0.6511 / 2 ** (bits - 1), bits)
-    k = np.arange(2**bits - 1, dtype=np.float64)
-    thresholds = k * a if forward == "staircase" else (k + 0.5) * a
-    x = boundary_inputs(min(bits, 10), a, np.float64)
-    count = np.searchsorted(thresholds, x, side="left")  # number of thresholds strictly below x
-    got = quantizers.get(forward)(torch.from_numpy(x), bits, a).numpy()
-    np.testing.assert_array_equal(got, count * a)
+        assert got.dtype == dtype
+        np.testing.assert_array_equal(got, np_formula(x, bits, alpha, forward))
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("forward", ["staircase", "round"])
-def test_half_precision_uses_rounded_table(dtype, forward):
-    bits, a = 2, quantizers.grid_alpha(0.6511, 2)
+def test_half_precision_is_the_float32_formula_rounded_once(dtype, forward):
     fq = quantizers.get(forward)
-    thresholds = fq.thresholds(bits, a).to(dtype).float().numpy()
-    levels = fq.levels(bits, a).to(dtype).float().numpy()
-    x = torch.cat([torch.randn(2000) * 2, fq.thresholds(bits, a).float(), fq.levels(bits, a).float()]).to(dtype)
-    got = fq(x, bits, a)
-    assert got.dtype == dtype
-    xf = x.float().numpy()  # every half value is exact in float32
-    expected = levels[(xf[:, None] > thresholds[None, :]).sum(axis=1)]
-    np.testing.assert_array_equal(got.float().numpy(), expected)
-    np.testing.assert_array_equal(fq(got, bits, a).float().numpy(), got.float().numpy())  # idempotent
+    for bits, alpha in ((2, 0.6511), (4, 0.1946), (3, 0.37)):
+        x32 = boundary_inputs(bits, alpha, np.float32)
+        x = torch.from_numpy(x32).to(dtype)
+        got = fq(x, bits, alpha)
+        assert got.dtype == dtype
+        expected = torch.from_numpy(np_formula(x.float().numpy(), bits, alpha, forward)).to(dtype)
+        assert torch.equal(got, expected) or bool(((got == expected) | (got.isnan() & expected.isnan())).all())
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
@@ -93,6 +79,13 @@ def test_grid_alpha_makes_levels_and_midpoints_exact_float32(bits):
         assert float(tensor_a) == quantizers.grid_alpha(float(np.float32(alpha)), bits)
 
 
+def test_alpha_is_used_as_given_not_snapped():
+    # The user's alpha, not a nearby grid value: the level is exactly alpha rounded to float32.
+    y = stelab.staircase(torch.tensor([0.3]), 2, 0.37)
+    assert y.item() == np.float32(0.37) and 0.37 != quantizers.grid_alpha(0.37, 2)
+    assert quantizers.get("staircase").resolution(2, 0.37) == 0.37
+
+
 def test_tables_and_top():
     fq = quantizers.get("staircase")
     a = quantizers.grid_alpha(0.5, 2)
@@ -102,8 +95,8 @@ def test_tables_and_top():
     assert fq.top(2, a) == 1.5 and quantizers.get("sign").top(1, 0.75) == 0.75
     assert quantizers.get("sign").levels(1, 0.75).tolist() == [-0.75, 0.75]
     assert fq.default_alpha(2) == stelab.lloyd_alpha(2) and quantizers.get("sign").default_alpha(1) == 1.0
-    assert torch.equal(stelab.staircase(torch.tensor([0.3]), 2), torch.tensor([quantizers.grid_alpha(
-        stelab.lloyd_alpha(2), 2)], dtype=torch.float32))
+    assert torch.equal(stelab.staircase(torch.tensor([0.3]), 2), torch.tensor([stelab.lloyd_alpha(2)],
+                                                                               dtype=torch.float32))
 
 
 def test_nan_propagates_without_check():
@@ -126,13 +119,17 @@ xs = st.lists(st.floats(-50, 50, width=32), min_size=1, max_size=64)
 
 @array_settings
 @given(xs, st.integers(1, 8), st.floats(1e-3, 10), st.sampled_from(["staircase", "round"]))
-def test_output_lies_on_levels_and_is_idempotent(values, bits, alpha, forward):
+def test_output_lies_on_levels_and_grid_alpha_makes_it_idempotent(values, bits, alpha, forward):
+    # Levels are k * alpha rounded to float32. Re-quantizing them gives them back for a grid alpha, where k*alpha is
+    # exact; for any alpha fl(fl(k a) / a) can exceed k by an ulp and ceil then moves up a level, as the formula says.
     fq = quantizers.get(forward)
     x = torch.tensor(values, dtype=torch.float32)
     y = fq(x, bits, alpha)
-    levels = fq.levels(bits, alpha).float()
+    levels = (torch.arange(2**bits, dtype=torch.float32) * np.float32(alpha))
     assert torch.isin(y, levels).all()
-    assert torch.equal(fq(y, bits, alpha), y)
+    a = quantizers.grid_alpha(alpha, bits)
+    y = fq(x, bits, a)
+    assert torch.equal(fq(y, bits, a), y)
 
 
 @array_settings

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import fnmatch
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -15,6 +16,34 @@ from .modules import QuantReLU
 
 #: Module types that :func:`quantize_activations` replaces.
 ACTIVATION_TYPES: tuple[type[nn.Module], ...] = (nn.ReLU, nn.ReLU6, nn.Hardtanh)
+
+
+def _patterns(patterns: Iterable[str] | str | None) -> list[str]:
+    if patterns is None:
+        return []
+    return [patterns] if isinstance(patterns, str) else list(patterns)
+
+
+def _check_arguments(model: nn.Module, exclude, overrides) -> None:
+    """Every ``exclude``/``overrides`` pattern must match an activation, and every override key be a config field:
+    a typo would otherwise quantize the wrong layers (or the right ones the wrong way) without a word."""
+    names = activation_names(model)
+    for kind, patterns in (("exclude", _patterns(exclude)), ("overrides", list(overrides or {}))):
+        for pattern in patterns:
+            if not any(fnmatch.fnmatchcase(n, pattern) for n in names):
+                raise ValueError(f"{kind} pattern {pattern!r} matches no activation module; the activation modules "
+                                 f"are: {', '.join(names) or 'none'}")
+    fields = [f.name for f in dataclasses.fields(QuantConfig)]
+    for pattern, change in (overrides or {}).items():
+        if isinstance(change, QuantConfig):
+            continue
+        if not isinstance(change, Mapping):
+            raise TypeError(f"overrides[{pattern!r}] must be a QuantConfig or a mapping of its fields, got "
+                            f"{type(change).__name__}")
+        unknown = sorted(set(change) - set(fields))
+        if unknown:
+            raise ValueError(f"overrides[{pattern!r}] has unknown QuantConfig field(s) {unknown}; valid fields: "
+                             f"{', '.join(fields)}")
 
 
 def _matches(name: str, patterns: Iterable[str] | str | None) -> bool:
@@ -45,6 +74,8 @@ def quantize_activations(
     ``include``/``exclude`` are glob patterns on the module's qualified name (``"features.*"``, ``"*.act2"``); with
     ``include`` given only matching modules are swapped, and ``exclude`` always wins. ``overrides`` maps a pattern to
     the config fields that differ for the modules it matches (``{"layer3.*": {"bits": 4}}``); later patterns win.
+    A pattern that matches no activation module, or an override key that is no :class:`QuantConfig` field, raises
+    ``ValueError`` listing the module names or the fields.
     ``nn.Hardtanh`` becomes a binary ``sign`` quantizer with the hardtanh STE at ``alpha = max_val`` unless an
     override says otherwise, since a ReLU staircase would change its range (a learned one uses the ``ae`` rule).
     Weights and state dict keys are kept: a
@@ -52,6 +83,9 @@ def quantize_activations(
     """
     base = QuantConfig(bits=bits, ste=ste, forward=forward, alpha=alpha, learn_alpha=learn_alpha,
                        alpha_rule=alpha_rule, check_nan=check_nan)
+    # Lists, so that a generator of patterns is not used up by the checks.
+    include, exclude = (None if include is None else _patterns(include)), _patterns(exclude)
+    _check_arguments(model, exclude, overrides)
     target = model if inplace else copy.deepcopy(model)
     swaps = []
     for name, module in target.named_modules():

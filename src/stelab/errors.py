@@ -22,13 +22,16 @@ def check_bits(bits: object, low: int = 1, high: int = 16) -> int:
 
 
 def check_alpha(alpha: object) -> float:
-    """``alpha`` as a float if it is a positive finite number; TypeError / ValueError saying so otherwise."""
+    """``alpha`` as a float if it is a positive finite number in ``[2**-100, 2**100]`` (so that it and every level are
+    normal float32 numbers); TypeError / ValueError saying so otherwise."""
     try:
         value = float(alpha)  # type: ignore[arg-type]
     except (TypeError, ValueError):
         raise TypeError(f"alpha must be a positive finite number, got {alpha!r}") from None
     if not math.isfinite(value) or value <= 0:
         raise ValueError(f"alpha must be a positive finite number, got {alpha!r}")
+    if not 2.0**-100 <= value <= 2.0**100:
+        raise ValueError(f"alpha must be in [2**-100, 2**100] so every level is a normal float32, got {alpha!r}")
     return value
 
 

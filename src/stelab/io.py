@@ -131,3 +131,48 @@ def make_run_dir(root: str | os.PathLike, name: str) -> Path:
     path = Path(root) / name
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def _nearest_existing(path: Path) -> Path:
+    """``path`` or its closest ancestor that exists (what a ``mkdir -p`` of ``path`` would start from)."""
+    for candidate in (path, *path.parents):
+        if candidate.exists():
+            return candidate
+    return Path.cwd()
+
+
+def _can_create_in(folder: Path) -> bool:
+    # A real probe, not os.access: it also sees read-only mounts, ACLs and root (for whom access() says yes).
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".stelab-probe.", dir=folder)
+    except OSError:
+        return False
+    os.close(fd)
+    os.unlink(tmp)
+    return True
+
+
+#: The report files every analysis command writes (``--force`` to overwrite them).
+REPORTS = ("report.md", "results.json")
+
+
+def check_out_dir(path: str | os.PathLike, *, reports: tuple[str, ...] = (), force: bool = False,
+                  flag: str = "--out") -> Path:
+    """Check, before any work is done, that ``path`` can become (or already is) a writable results folder.
+
+    Nothing is created. ``reports`` are the files a command writes there: if one exists and ``force`` is false,
+    refuse rather than overwrite a finished report. Raises ``ValueError`` with what is wrong and how to fix it.
+    """
+    path = Path(path).expanduser()
+    base = _nearest_existing(path)
+    if not base.is_dir():
+        what = "is a file" if base == path else f"cannot be created: {base} is a file"
+        raise ValueError(f"{flag} {path} {what}, not a folder; choose another {flag}")
+    if not _can_create_in(base):
+        raise ValueError(f"{flag} {path}: cannot write in {base} (permission denied or read-only); "
+                         f"choose another {flag} or make {base} writable")
+    existing = [name for name in reports if (path / name).exists()]
+    if existing and not force:
+        raise ValueError(f"{flag} {path} already holds a report ({', '.join(existing)}); pass --force to overwrite "
+                         f"it or choose another {flag}")
+    return path

@@ -9,7 +9,7 @@ from . import quantizers
 from . import ste as ste_registry
 from .config import QuantConfig
 from .errors import check_alpha
-from .ops import _QuantizeFixed, _QuantizeLearned, check_input, forward_keeps_nan
+from .ops import _QuantizeLearned, check_input, fused_plan, quantize_fixed
 
 
 class QuantReLU(nn.Module):
@@ -18,9 +18,9 @@ class QuantReLU(nn.Module):
     ``QuantReLU(bits=2, ste="clipped_relu")`` is the staircase of Yin et al. (2019) at Lloyd's resolution.
     The resolution lives in ``self.alpha``: a non-persistent buffer when fixed (so the state dict keys are those of
     the float model it replaces), a parameter when learned (a float state dict still loads: alpha keeps its value).
-    A fixed resolution is set by the config; :meth:`current_alpha` is the value in use, snapped to the exact grid
-    (:func:`stelab.quantizers.grid_alpha`). ``check_nan`` rejects NaN inputs at the cost of one reduction and a host
-    sync per call (measured in BENCHMARKS.md).
+    A fixed resolution is set by the config and used as given (:meth:`current_alpha`). With a piecewise-constant
+    ``mu'`` the layer runs the fused operator ``stelab::quantize`` (:mod:`stelab.kernels`). ``check_nan`` rejects NaN
+    inputs; the fused kernel finds them in its own pass, other paths at the cost of one reduction and a host sync.
     """
 
     def __init__(
@@ -47,22 +47,23 @@ class QuantReLU(nn.Module):
             self.alpha = nn.Parameter(torch.tensor(value, dtype=torch.float32))
         else:
             self.register_buffer("alpha", torch.tensor(value, dtype=torch.float32), persistent=False)
-        self._value = value
-        self._top = self.quantizer.top(config.bits, value)
+        self._value = float(value)
+        self._plan = None if config.learn_alpha else fused_plan(config.forward, config.bits, self._value, self.ste)
 
     @property
     def bits(self) -> int:
         return self.config.bits
 
     def forward(self, x: Tensor) -> Tensor:
-        check_input(x, self.config.check_nan)
         if self.config.learn_alpha:
+            check_input(x, self.config.check_nan)
             if not torch.compiler.is_compiling():  # training can push alpha through zero; say so, do not mirror
                 check_alpha(float(self.alpha.detach()))
             return _QuantizeLearned.apply(x, self.alpha, self.quantizer.name, self.bits, self.ste,
                                           self.config.alpha_rule)
-        return _QuantizeFixed.apply(x, self.quantizer.name, self.bits, self._value, self.ste, self._top,
-                                    forward_keeps_nan(self.config.check_nan))
+        check_input(x, check_nan=False)  # the op checks NaN in its own pass
+        return quantize_fixed(x, self.quantizer.name, self.bits, self._value, self.ste, self.config.check_nan,
+                              self._plan)
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs):
@@ -74,7 +75,7 @@ class QuantReLU(nn.Module):
 
     def current_alpha(self) -> float:
         if self.config.learn_alpha:
-            return float(self.quantizer.resolution(self.bits, self.alpha.detach()))
+            return float(self.alpha.detach())
         return self._value
 
     def extra_repr(self) -> str:

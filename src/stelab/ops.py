@@ -2,13 +2,11 @@ r"""The quantized activation as an autograd op: a forward quantizer in the forwa
 
 .. math::  y = q(x), \qquad \frac{\partial \ell}{\partial x} = \frac{\partial \ell}{\partial y}\,\mu'(x;\ \mathrm{top})
 
-What is saved for backward is the least the STE needs:
-
-* a constant ``mu'`` (identity): nothing; the incoming gradient is passed through;
-* ``mu'`` piecewise constant with values in {0, 1} (relu, clipped_relu, hardtanh) or with two values (leaky_relu):
-  a boolean mask, 1 byte/element;
-* other piecewise constant ``mu'``: the region code as ``uint8``, 1 byte/element;
-* anything else (log_tailed_relu, swish_sign, approx_sign, user STEs, learned alpha): the input itself.
+Fixed resolution, piecewise-constant ``mu'`` (identity, relu, clipped_relu, hardtanh, leaky_relu and any STE
+registered with a ``Piecewise`` table): the fused operator ``stelab::quantize`` (:mod:`stelab.kernels`), one pass
+forward writing ``y`` and a one-byte state (nothing for identity), one pass backward. Every other case (a learned
+resolution, STEs with a smooth ``mu'`` such as log_tailed_relu, swish_sign, approx_sign) saves the input itself,
+since ``mu'(x)`` must be evaluated at ``x`` in the backward pass and, for a learned ``alpha``, ``alpha`` moves.
 
 With a learned resolution the op also returns :math:`\partial\ell/\partial\alpha = \sum \partial\ell/\partial y \cdot
 \partial q/\partial \alpha`, with :math:`\partial q / \partial\alpha` given by one of the rules of the blended coarse
@@ -24,87 +22,79 @@ gradient code (Yin et al. 2019), for :math:`x` in the region named (0 elsewhere)
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 
-from . import quantizers
+from . import kernels, quantizers
 from . import ste as ste_registry
 from .errors import check_alpha, check_bits, check_choice
 from .ste import STE
 
 ALPHA_RULES = ("mean", "ae", "pact", "min")
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-_INF = float("inf")
 
 
-def _piecewise_state(x: Tensor, ste: STE, top: float) -> Tensor | None:
-    """The compact region state for a piecewise-constant ``mu'`` (see module docstring)."""
+@dataclass(frozen=True)
+class FusedPlan:
+    """The constant arguments of ``stelab::quantize`` for one (forward, bits, alpha, STE): thresholds of ``mu'`` as
+    multiples of ``top``, and either a mask (``mask_bits >= 0``: ``mu'`` takes two values, ``values = [lo, hi]``) or
+    a region code (``values`` per region)."""
+
+    alpha: float
+    levels: int
+    mode: int
+    breaks: tuple[float, ...]
+    mask_bits: int
+    values: tuple[float, ...]
+
+    def apply(self, x: Tensor, check_nan: bool) -> Tensor:
+        return kernels.quantize(x, self.alpha, self.levels, self.mode, list(self.breaks), self.mask_bits,
+                                list(self.values), check_nan)
+
+
+_MAX_BREAKS = 8  # the C++ kernel's limit; more regions take the general path
+
+
+def fused_plan(forward: str, bits: int, alpha: float, ste: STE) -> FusedPlan | None:
+    """How ``stelab::quantize`` computes this layer, or ``None`` when ``mu'`` is not piecewise constant."""
     shape = ste.piecewise
-    assert shape is not None
-    if len(shape.breaks) == 0:
+    if shape is None or len(shape.breaks) > _MAX_BREAKS:
         return None
-    if len(shape.values) == 2:  # one breakpoint: the mask of the upper region says which value
-        return x > shape.breaks[0] * top
-    if set(shape.values) <= {0.0, 1.0}:
-        mask = None
-        bounds = (-_INF, *shape.breaks, _INF)
-        for i, value in enumerate(shape.values):
-            if value != 1.0:
-                continue
-            lo, hi = bounds[i] * top, bounds[i + 1] * top  # region i is lo < x <= hi
-            if lo == -_INF:
-                region = x <= hi
-            else:
-                region = x > lo
-                if hi != _INF:
-                    region &= x <= hi  # in place: one temporary fewer
-            mask = region if mask is None else mask.logical_or_(region)
-        if mask is None:  # mu' = 0 everywhere
-            mask = torch.zeros_like(x, dtype=torch.bool)
-        return mask
-    code = torch.zeros_like(x, dtype=torch.uint8)
-    for b in shape.breaks:
-        code += x > b * top
-    return code
+    distinct = list(dict.fromkeys(shape.values))
+    if len(distinct) <= 2 and len(shape.breaks) > 0:
+        hi = distinct[-1]
+        mask_bits = sum(1 << r for r, v in enumerate(shape.values) if v == hi)
+        values = tuple(distinct) if len(distinct) == 2 else (hi, hi)
+    else:
+        mask_bits, values = -1, shape.values
+    return FusedPlan(float(alpha), 2**bits - 1, kernels.MODES[forward], shape.breaks, mask_bits, values)
 
 
-def _piecewise_backward(grad: Tensor, state: Tensor | None, ste: STE) -> Tensor:
-    values = ste.piecewise.values  # type: ignore[union-attr]
-    if state is None:
-        return grad if values[0] == 1.0 else grad * values[0]
-    # One fresh float buffer, filled from the 1-byte state in place: ``grad * mask`` would first convert the mask to
-    # a float temporary, a second activation-sized allocation.
-    if len(values) == 2 and values != (0.0, 1.0):  # region mask of a two-valued mu' (leaky relu)
-        lo, hi = (torch.tensor(v, dtype=grad.dtype, device=grad.device) for v in values)
-        return torch.where(state, hi, lo).mul_(grad)
-    if state.dtype == torch.bool:  # mu' = mask
-        return torch.empty_like(grad).copy_(state).mul_(grad)
-    lut = torch.tensor(values, dtype=grad.dtype, device=grad.device)
-    return lut[state.long()].mul_(grad)
-
-
-class _QuantizeFixed(torch.autograd.Function):
-    """Fixed resolution: every argument but ``x`` is a Python constant (``alpha`` already on the grid)."""
+class _QuantizeSmooth(torch.autograd.Function):
+    """Fixed resolution, ``mu'`` not piecewise constant: the input is saved and ``mu'(x; top)`` evaluated."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, forward: str, bits: int, alpha: float, ste: STE, top: float, keep_nan: bool) -> Tensor:
-        ctx.ste, ctx.top = ste, top
-        if ste.piecewise is not None:
-            ctx.piecewise = True
-            ctx.save_for_backward(_piecewise_state(x, ste, top))
-        else:
-            ctx.piecewise = False
-            ctx.save_for_backward(x)
-        return quantizers.evaluate(x, forward, bits, alpha, keep_nan)
+    def forward(ctx, x: Tensor, forward: str, bits: int, alpha: float, ste: STE, check_nan: bool) -> Tensor:
+        ctx.ste, ctx.top = ste, quantizers.get(forward).top(bits, alpha)
+        ctx.save_for_backward(x)
+        return quantizers.evaluate(x, forward, bits, alpha, check_nan)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        (saved,) = ctx.saved_tensors
-        if ctx.piecewise:
-            gx = _piecewise_backward(grad, saved, ctx.ste)
-        else:
-            gx = grad * ctx.ste.derivative(saved, ctx.top)
-        return gx, None, None, None, None, None, None
+        (x,) = ctx.saved_tensors
+        return grad * ctx.ste.derivative(x, ctx.top), None, None, None, None, None
+
+
+def quantize_fixed(x: Tensor, forward: str, bits: int, alpha: float, ste: STE, check_nan: bool,
+                   plan: FusedPlan | None = None) -> Tensor:
+    """The fixed-resolution op: the fused operator when ``mu'`` is piecewise constant, else :class:`_QuantizeSmooth`.
+    ``plan`` is :func:`fused_plan`'s result when the caller has it already (a module builds it once)."""
+    plan = plan or fused_plan(forward, bits, alpha, ste)
+    if plan is not None:
+        return plan.apply(x, check_nan and not torch.compiler.is_compiling())
+    return _QuantizeSmooth.apply(x, forward, bits, alpha, ste, check_nan and not torch.compiler.is_compiling())
 
 
 def alpha_grad_factor(x: Tensor, code: Tensor, alpha: float | Tensor, bits: int, rule: str) -> Tensor:
@@ -127,22 +117,20 @@ class _QuantizeLearned(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: Tensor, alpha: Tensor, forward: str, bits: int, ste: STE, rule: str) -> Tensor:
-        fq = quantizers.get(forward)
-        a = fq.resolution(bits, alpha.reshape(())).to(x.dtype)
         ctx.ste, ctx.forward, ctx.bits, ctx.rule = ste, forward, bits, rule
         ctx.save_for_backward(x, alpha)
-        return quantizers.evaluate(x, forward, bits, a)
+        return quantizers.evaluate(x, forward, bits, alpha.detach().reshape(()))
 
     @staticmethod
     def backward(ctx, grad: Tensor):
         x, alpha = ctx.saved_tensors
         fq = quantizers.get(ctx.forward)
-        a = fq.resolution(ctx.bits, alpha.reshape(())).to(x.dtype)
+        a = alpha.detach().reshape(()).to(kernels.reference.compute_dtype(x.dtype))
         gx = grad * ctx.ste.derivative(x, fq.top(ctx.bits, a).to(x.dtype))
         ga = None
         if ctx.needs_input_grad[1]:
-            code = torch.round(quantizers.evaluate(x, ctx.forward, ctx.bits, a) / a)  # exact: levels are k*a
-            factor = alpha_grad_factor(x, code, a, ctx.bits, ctx.rule)
+            code = quantizers.level_index(x, ctx.forward, ctx.bits, a)
+            factor = alpha_grad_factor(x, code, a.to(x.dtype), ctx.bits, ctx.rule)
             ga = (grad * factor).sum().to(alpha.dtype).reshape(alpha.shape)
         return gx, ga, None, None, None, None
 
@@ -184,10 +172,11 @@ def quantize(
     """Quantize ``x`` with forward quantizer ``forward`` and backward STE ``ste``.
 
     ``alpha`` is the resolution: ``None`` for the default (Lloyd's for staircase/round, 1 for sign), a float for a
-    fixed one, or a tensor that requires grad for a learned one (its gradient follows ``alpha_rule``). Either way it
-    is used snapped to the exact grid (:func:`stelab.quantizers.grid_alpha`).
+    fixed one, or a tensor that requires grad for a learned one (its gradient follows ``alpha_rule``). It is used as
+    given, rounded to the input's compute type (float32; float64 for float64 inputs), and the forward is the
+    documented formula evaluated in that arithmetic (:mod:`stelab.kernels.reference`).
     """
-    check_input(x, check_nan)
+    check_input(x, check_nan=False)  # NaN is checked by the operator itself, in its pass over x
     fq = quantizers.get(forward)
     fq.check_bits(bits)
     estimator = ste_registry.get(ste)
@@ -196,16 +185,13 @@ def quantize(
         if alpha.numel() != 1:
             raise ValueError(f"a learned alpha must have one element, got shape {tuple(alpha.shape)}")
         check_learned(fq.name, alpha_rule)
+        check_input(x, check_nan)
         if not torch.compiler.is_compiling():
             check_alpha(float(alpha.detach()))
         return _QuantizeLearned.apply(x, alpha, fq.name, bits, estimator, alpha_rule)
-    value = fq.resolution(bits, fq.default_alpha(bits) if alpha is None else check_alpha(alpha))
-    return _QuantizeFixed.apply(x, fq.name, bits, value, estimator, fq.top(bits, value), forward_keeps_nan(check_nan))
+    value = fq.default_alpha(bits) if alpha is None else check_alpha(alpha)
+    return quantize_fixed(x, fq.name, bits, float(value), estimator, check_nan)
 
 
-def forward_keeps_nan(check_nan: bool) -> bool:
-    """Whether the forward must carry NaN through: yes unless :func:`check_input` has just ruled NaN out."""
-    return not check_nan or torch.compiler.is_compiling()
-
-
-__all__ = ["quantize", "ALPHA_RULES", "alpha_grad_factor", "check_bits", "check_input", "check_learned"]
+__all__ = ["quantize", "quantize_fixed", "fused_plan", "FusedPlan", "ALPHA_RULES", "alpha_grad_factor", "check_bits",
+           "check_input", "check_learned"]

@@ -14,14 +14,12 @@ In every case :math:`q(x) = \mathrm{level}[\#\{k : t_k < x\}]`: a threshold belo
 The derivative of every forward is zero almost everywhere; the backward pass is the STE's business
 (:mod:`stelab.ste`, :mod:`stelab.ops`).
 
-**Exact arithmetic.** The resolution is snapped to the *grid* :func:`grid_alpha`: a float32 with at most
-``23 - bits`` significant bits. Then every threshold and level, :math:`k\alpha` and :math:`(k + \frac12)\alpha` for
-:math:`k \le L`, is an exact float32 (and float64), so "``x = k*alpha``" has one meaning in every float dtype and the
-staircase is exact at every boundary. Snapping moves ``alpha`` by a relative ``2**(bits - 23)`` at most (4.8e-7 at 2
-bits, 3.1e-5 at 8, 0.8% at 16). It also makes a fast evaluation exact: with :math:`m` the index of the threshold nearest
-to :math:`x` (from the inexact ``x * (1/alpha)``, which is off by far less than half a step), the level index is
-:math:`m + 1\{x > t_m\}`, one exact comparison. Float16/bfloat16 inputs, whose levels are not exact, fall back to a
-table search (``torch.bucketize``) on the rounded thresholds, which is exact for the table but slower.
+**Arithmetic.** The formula is evaluated as written, each operation correctly rounded in the input's compute type
+(float32 for float32/bfloat16/float16 inputs, float64 for float64), with ``alpha`` as the user gave it rounded to that
+type: ``x = k * alpha`` computed in that type lands exactly on level ``k``. An integer or fixed-point implementation
+with the same ``alpha`` gives the same levels. Bfloat16/float16 outputs are the float32 levels rounded once.
+:func:`grid_alpha` is an explicit option for users who want every level and threshold to be one exact number in every
+float type (``alpha`` rounded to ``23 - bits`` significant bits); nothing applies it silently.
 """
 
 from __future__ import annotations
@@ -32,10 +30,11 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from . import kernels
 from .errors import check_alpha, check_bits, unknown_name
+from .kernels import reference
 from .lloyd import lloyd_alpha
 
-_FAST_DTYPES = (torch.float32, torch.float64)
 _ALPHA_RANGE = (2.0**-100, 2.0**100)
 
 
@@ -56,7 +55,7 @@ def grid_alpha(alpha: float | Tensor, bits: int) -> float | Tensor:
 class ForwardQuantizer:
     """A staircase family: where it steps (``thresholds``) and to what (``levels``), for a bit-width and resolution.
 
-    Every method takes the user's ``alpha`` and snaps it to the grid (:func:`grid_alpha`) itself.
+    ``levels`` and ``thresholds`` are float64 descriptions (plots, theory); the evaluation is :func:`evaluate`.
     """
 
     name: str
@@ -70,16 +69,15 @@ class ForwardQuantizer:
         return bits
 
     def resolution(self, bits: int, alpha: float | Tensor) -> float | Tensor:
-        """The resolution actually used: ``alpha`` on the exact grid (float32 rounding only, for ``sign``)."""
-        if self.name == "sign":
-            return alpha.detach().float().double() if isinstance(alpha, Tensor) else float(torch.tensor(alpha).float())
-        return grid_alpha(alpha, bits)
+        """The resolution used: ``alpha`` itself (kept for symmetry with :func:`grid_alpha`, which is opt-in)."""
+        return alpha
 
     def levels(self, bits: int, alpha: float | Tensor) -> Tensor:
         """Output values, lowest first (``L + 1`` of them; two for ``sign``), float64."""
         a = self.resolution(bits, alpha)
         if self.name == "sign":
-            return torch.stack([-torch.as_tensor(a), torch.as_tensor(a)]).double()
+            a = torch.as_tensor(a, dtype=torch.float64)
+            return torch.stack([-a, a])
         return torch.arange(2**bits, dtype=torch.float64) * a
 
     def thresholds(self, bits: int, alpha: float | Tensor) -> Tensor:
@@ -93,7 +91,7 @@ class ForwardQuantizer:
         return torch.zeros(1, dtype=torch.float64)
 
     def top(self, bits: int, alpha: float | Tensor) -> float | Tensor:
-        """The clip level an STE sees: ``L * alpha`` (``alpha`` for sign), on the grid."""
+        """The clip level an STE sees: ``L * alpha`` (``alpha`` for sign)."""
         a = self.resolution(bits, alpha)
         return a if self.name == "sign" else (2**bits - 1) * a
 
@@ -107,58 +105,27 @@ class ForwardQuantizer:
         alpha = self.default_alpha(bits) if alpha is None else alpha
         if not isinstance(alpha, Tensor):
             check_alpha(alpha)
-        return evaluate(x, self.name, bits, self.resolution(bits, alpha))
+        return evaluate(x, self.name, bits, alpha)
 
 
-def evaluate(x: Tensor, forward: str, bits: int, a: float | Tensor, keep_nan: bool = True) -> Tensor:
-    """``q(x)`` for a resolution ``a`` already on the grid (a float, or a 0-d tensor for a learned one).
+def evaluate(x: Tensor, forward: str, bits: int, a: float | Tensor, check_nan: bool = False) -> Tensor:
+    """``q(x)`` for a resolution ``a`` (a float, or a 0-d tensor for a learned one); NaN in, NaN out.
 
-    ``keep_nan``: NaN inputs give NaN outputs (one more 1-byte pass); callers that have checked ``x`` for NaN skip it.
-
-    float32/float64: nearest-threshold index plus one exact comparison (module docstring). The output buffer is the
-    only activation-sized float allocation (as in ``relu``); every other pass is in place or writes one byte per
-    element, because on CPU a fresh float buffer (page faults) costs more than the arithmetic. Other dtypes: an exact
-    table search.
+    A float ``a`` runs the fused operator (:mod:`stelab.kernels`; forward only, no state); a tensor one the same formula
+    in PyTorch (:func:`stelab.kernels.reference.forward`). ``check_nan`` raises on NaN input instead.
     """
+    mode = reference.MODES[forward]
     if isinstance(a, Tensor):
-        a = a.to(device=x.device, dtype=x.dtype)
-    if forward == "sign":
-        return torch.where(x > 0, a, -a) if isinstance(a, Tensor) else torch.where(x > 0, a, -a).to(x.dtype)
-    if x.dtype not in _FAST_DTYPES:
-        y = _table_evaluate(x, forward, bits, a)
-        return _restore_nan(y, x) if keep_nan else y
-    if bits == 1:  # one threshold (0, or a/2 for round): a comparison is the whole staircase
-        t = torch.empty_like(x).copy_(torch.gt(x, 0.0 if forward == "staircase" else 0.5 * a)).mul_(a)
-        return _restore_nan(t, x) if keep_nan else t
-    last = 2**bits - 2  # index of the highest threshold
-    t = x * (1.0 / a)
-    if forward == "staircase":  # thresholds k*a: the nearest one is m = round(x/a)
-        t.round_().clamp_(0, last)
-        index = t.to(torch.uint8 if bits <= 8 else torch.int32)
-        t.mul_(a)
-    else:  # round: thresholds (k + 1/2)*a, the nearest one is m = floor(x/a)
-        t.floor_().clamp_(0, last)
-        index = t.to(torch.uint8 if bits <= 8 else torch.int32)
-        t.add_(0.5).mul_(a)
-    # t is now the threshold t_m, exactly; the level index is m + 1{x > t_m} (m + 1 <= L: no overflow).
-    index += torch.gt(x, t).view(torch.uint8) if bits <= 8 else torch.gt(x, t)
-    t.copy_(index).mul_(a)  # k * a is exact on the grid: bit-for-bit the level
-    return _restore_nan(t, x) if keep_nan else t  # the integer index cannot hold NaN
+        if check_nan and bool(x.isnan().any()):
+            raise ValueError("x contains NaN; a quantizer cannot place NaN on a level (a diverged run upstream?)")
+        return reference.forward(x, a, 2**bits - 1, mode, [], -1)[0]
+    with torch.no_grad():
+        return kernels.quantize(x, float(a), 2**bits - 1, mode, [], -1, [1.0], check_nan)
 
 
-def _restore_nan(y: Tensor, x: Tensor) -> Tensor:
-    """``y`` with NaN wherever ``x`` is NaN, in place. On CPU (eager) a sum (NaN anywhere makes it NaN) is several
-    times cheaper than an ``isnan`` pass and there is no device to sync with, so the pass runs only when needed."""
-    if x.device.type == "cpu" and not torch.compiler.is_compiling() and not bool(x.sum().isnan()):
-        return y
-    return y.masked_fill_(x.isnan(), math.nan)
-
-
-def _table_evaluate(x: Tensor, forward: str, bits: int, a: float | Tensor) -> Tensor:
-    fq = _FORWARDS[forward]
-    thresholds = fq.thresholds(bits, a).to(device=x.device, dtype=x.dtype)
-    levels = fq.levels(bits, a).to(device=x.device, dtype=x.dtype)
-    return levels[torch.bucketize(x, thresholds, out_int32=True, right=False)]
+def level_index(x: Tensor, forward: str, bits: int, a: Tensor) -> Tensor:
+    """The level index ``k`` (``q(x) = k a``; ``+-1`` for sign) as ``x``'s dtype, from the same formula as ``q``."""
+    return reference.level_index(x, a, 2**bits - 1, reference.MODES[forward])
 
 
 # The backward of every forward is the STE's (q' = 0 almost everywhere), so each doc states the forward only.

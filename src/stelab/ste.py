@@ -16,7 +16,11 @@ logarithmic tail above ``top`` is in absolute units, as in HWGQ (:math:`\log(x -
 
 Each STE states three properties as data:
 
-* ``monotone``: :math:`\mu` is non-decreasing, i.e. :math:`\mu' \ge 0` everywhere (the class of Long, Yin & Xin 2021).
+* ``monotone``: :math:`\mu` is non-decreasing, i.e. :math:`\mu' \ge 0` everywhere. This is condition 1 of stelab's
+  definition of a monotone STE (:mod:`stelab.theory.classify_ste`, ``docs/classify.md``); on every registered STE
+  the flag and that definition agree. The definition is ours: Long, Yin & Xin (2021) were read only in their
+  abstract, which speaks of "a class of STEs with certain monotonicity" without defining it. Monotone alone
+  does not make coarse gradient descent classify (identity, hardtanh and approx_sign are monotone and fail).
 * ``zero_below``: :math:`\mu'(x) = 0` for :math:`x \le 0`.
 * ``scale_invariant``: :math:`\mu'(cx) = \mu'(x)` for every :math:`c > 0` (identity, relu and leaky relu are; clipped
   relu is not, since it has a clip level). This is why identity/relu coarse gradients keep the scale symmetry of a

@@ -158,3 +158,83 @@ def test_cli_download_and_check(tmp_path, mnist_mirror, capsys):
     assert "stelab data download cifar10" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["data", "download", "svhn"])
+
+
+def suggested_command(message):
+    """The `stelab data download ...` command an error message tells the user to run, as argv for main()."""
+    import re
+    import shlex
+
+    found = re.search(r"`stelab (data download [^`]+)`", message)
+    assert found, message
+    return shlex.split(found.group(1))
+
+
+def test_corrupt_mnist_file_is_repaired_by_the_command_its_message_names(tmp_path, mnist_mirror, capsys):
+    root = tmp_path / "data"
+    dl.download("mnist", root, progress=False)
+    victim = root / "MNIST" / "train-images-idx3-ubyte.gz"
+    victim.write_bytes(victim.read_bytes()[:40])  # truncated
+    with pytest.raises(DataFormatError) as err:
+        load_mnist(root, "train")
+    argv = suggested_command(str(err.value))
+    assert argv[-2:] == ["--data-dir", str(root)]  # the data root, not its MNIST/ subfolder
+    assert main(argv) == 0
+    assert "fails its published checksum" in capsys.readouterr().err
+    assert load_mnist(root, "train")[0].shape == (5, 1, 28, 28)
+    assert not (root / "MNIST" / "MNIST").exists()
+
+
+def test_mnist_hint_names_the_root_for_every_layout(tmp_path):
+    from stelab.data.mnist import _data_root
+
+    for sub in ("MNIST", "MNIST/raw", "mnist", ""):
+        assert _data_root(tmp_path / sub / "t10k-labels-idx1-ubyte.gz") == tmp_path
+
+
+@pytest.fixture
+def cifar_mirror(tmp_path, monkeypatch):
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    digest = make_cifar_archive(mirror / "cifar-10-python.tar.gz")
+    staging = mirror / "staging" / "cifar-10-batches-py"
+    members = tuple((p.name, md5(p)) for p in sorted(staging.iterdir()))
+    source = dl.Source(mirrors=(mirror.as_uri(),), files=(("cifar-10-python.tar.gz", digest),), folder="",
+                       extract="cifar-10-batches-py", members=members)
+    monkeypatch.setitem(dl.SOURCES, "cifar10", source)
+    return staging
+
+
+@pytest.mark.parametrize("damage", ["corrupt", "missing"])
+def test_damaged_cifar_batch_is_refetched_not_reported_ready(tmp_path, cifar_mirror, damage, capsys):
+    root = tmp_path / "data"
+    dl.download("cifar10", root, progress=False)
+    victim = root / "cifar-10-batches-py" / "data_batch_3"
+    if damage == "corrupt":
+        victim.write_bytes(victim.read_bytes()[:100])
+        with pytest.raises(DataFormatError) as err:
+            load_cifar10(root, "train")
+    else:
+        victim.unlink()
+        with pytest.raises(FileNotFoundError) as err:
+            load_cifar10(root, "train")
+    assert main(suggested_command(str(err.value))) == 0
+    assert "data_batch_3" in capsys.readouterr().err  # says what it repairs
+    assert md5(victim) == md5(cifar_mirror / "data_batch_3")
+    assert load_cifar10(root, "train")[0].shape == (10, 3, 32, 32)
+    assert main(["data", "check", "cifar10", "--data-dir", str(root)]) == 0
+    assert sorted(p.name for p in root.iterdir()) == ["cifar-10-batches-py"]
+
+
+def test_intact_cifar_folder_is_kept(tmp_path, cifar_mirror):
+    root = tmp_path / "data"
+    dl.download("cifar10", root, progress=False)
+    before = (root / "cifar-10-batches-py" / "data_batch_1").stat().st_mtime_ns
+    (cifar_mirror.parent.parent / "cifar-10-python.tar.gz").unlink()  # a re-fetch would now fail
+    assert dl.download("cifar10", root, progress=False) == root / "cifar-10-batches-py"
+    assert (root / "cifar-10-batches-py" / "data_batch_1").stat().st_mtime_ns == before
+
+
+def test_official_cifar_source_checks_every_extracted_file():
+    names = {name for name, _ in dl.SOURCES["cifar10"].members}
+    assert names == {f"data_batch_{i}" for i in range(1, 6)} | {"test_batch", "batches.meta"}

@@ -34,10 +34,10 @@ def test_diagnose_run_dir_writes_report(trained_run, tmp_path, capsys):
                  "--widths", "0.5", "0.25", "--out", str(out), "--no-progress"])
     assert code == 0
     assert "Gradient fidelity" in capsys.readouterr().out
-    for name in ("diagnostics.md", "diagnostics.json", "cosine_per_layer.png", "cosine_over_training.png",
+    for name in ("report.md", "results.json", "cosine_per_layer.png", "cosine_over_training.png",
                  "saturation.png"):
         assert (out / name).is_file(), name
-    data = json.loads((out / "diagnostics.json").read_text())
+    data = json.loads((out / "results.json").read_text())
     layers = {row["layer"] for row in data["fidelity"]["rows"]}
     assert "model" in layers and "features.0.0" in layers
     assert data["hook_records"] == 2
@@ -50,7 +50,7 @@ def test_diagnose_float_checkpoint_is_quantized_first(tmp_path):
     assert main(["diagnose", "--model", "lenet5", "--checkpoint", str(path), "--bits", "2", "--synthetic", "64",
                  "--batches", "2", "--batch-size", "16", "--widths", "0.5", "--out", str(out), "--no-progress",
                  "--zo-directions", "3", "--zo-batches", "1"]) == 0
-    data = json.loads((out / "diagnostics.json").read_text())
+    data = json.loads((out / "results.json").read_text())
     assert {r["direction"] for r in data["zeroth_order"]} == {"identity", "relu", "clipped_relu", "smoothed(s=0.5a)"}
     assert data["meta"]["bits"] == 2 and data["meta"]["trained_as"] == "float"
     assert not (out / "cosine_over_training.png").exists()

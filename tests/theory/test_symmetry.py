@@ -250,7 +250,13 @@ def test_cli_writes_a_report(tmp_path, capsys):
     results = json.loads((out / "results.json").read_text())
     assert [s["max_analytic_numeric_gap"] < 1e-8 for s in results["stationary"]] == [True] * 3
     assert (out / "symmetry.png").stat().st_size > 10_000
-    assert "global minimum" in (out / "report.md").read_text()
+    report = (out / "report.md").read_text()
+    assert "global minimum" in report and "## Verdicts" in report
+    verdicts = {v["ste"]: v for v in results["verdicts"]}
+    assert verdicts["clipped_relu"]["global_minimum_ray"].startswith("zero at ‖w‖ = 1.76")
+    assert verdicts["relu"]["global_minimum_ray"].startswith("never zero")
+    printed = capsys.readouterr().out
+    assert "clipped_relu: global-minimum ray zero at" in printed and str(out) in printed
     assert main(["symmetry", "--ste", "nope", "--out", str(tmp_path / "bad")]) == 2
     assert "valid choices" in capsys.readouterr().err
 

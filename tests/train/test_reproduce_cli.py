@@ -49,7 +49,7 @@ def test_table1_sweep_writes_the_table_and_skips_finished_cells(tmp_path, capsys
     cells = {(c["bits"], c["ste"]): c for c in results["cells"]}
     assert cells[(2, "identity")]["n"] == 1 and cells[(None, "float")]["n"] == 1
     assert cells[(2, "identity")]["paper_test_acc"] == 98.49
-    table = (out / "table1.md").read_text()
+    table = (out / "report.md").read_text()
     assert "98.49" in table and "99.23" in table and (out / "lenet5-curves.png").is_file()
     assert read_json(out / "lenet5" / "seed0" / "2bit-clipped_relu" / "config.json")["init"].endswith("float")
     stamp = (out / "lenet5" / "seed0" / "float" / "checkpoint.pt").stat().st_mtime_ns
@@ -70,12 +70,12 @@ def test_instability_runs_from_the_minima_and_plots(tmp_path):
     argv = ["reproduce", "instability", "--pairs", "2:clipped_relu->identity", "--epochs-scale", "0.02",
             "--switch-epochs", "2", "--synthetic", "256", "--out", str(out), "--no-progress"]
     assert main(argv) == 0
-    (pair,) = read_json(out / "instability.json")["pairs"]
+    (pair,) = read_json(out / "results.json")["pairs"]
     assert pair["to_status"] == "finished" and pair["control_status"] == "finished"
     switched = read_json(out / "2bit-clipped_relu-to-identity" / "config.json")
     assert switched["lr"] == 1e-5 and switched["ste"] == "identity" and switched["lr_milestones"] == []
     assert switched["init"].endswith("2bit-clipped_relu")
-    assert (out / "instability.png").is_file() and "clipped_relu -> identity" in (out / "instability.md").read_text()
+    assert (out / "instability.png").is_file() and "clipped_relu -> identity" in (out / "report.md").read_text()
 
 
 def test_instability_then_continues_with_the_normal_schedule(tmp_path):
@@ -84,12 +84,12 @@ def test_instability_then_continues_with_the_normal_schedule(tmp_path):
             "--switch-epochs", "1", "--then-epochs", "2", "--no-control", "--synthetic", "256", "--out", str(out),
             "--no-progress"]
     assert main(argv) == 0
-    (pair,) = read_json(out / "instability.json")["pairs"]
+    (pair,) = read_json(out / "results.json")["pairs"]
     assert pair["to_then_status"] == "finished" and "control_status" not in pair
     then = read_json(out / "2bit-clipped_relu-to-identity-then" / "config.json")
     assert then["ste"] == "identity" and then["epochs"] == 2 and then["lr"] != 1e-5
     assert then["init"].endswith("2bit-clipped_relu-to-identity")
-    assert "then 2 ep." in (out / "instability.md").read_text()
+    assert "then 2 ep." in (out / "report.md").read_text()
 
 
 def test_parse_pair_and_cli_errors(capsys):

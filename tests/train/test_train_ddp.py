@@ -59,7 +59,7 @@ def test_two_process_ddp_trains_checkpoints_and_matches_the_simulated_update(tmp
             "--seed", "3", "--out", str(out), "--no-progress"]
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # read by the launched ranks
     assert main(argv) == 0  # the parent only launches the two ranks (subprocesses)
-    summary = read_json(out / "summary.json")
+    summary = read_json(out / "results.json")
     assert summary["status"] == "finished" and summary["processes"] == 2
     assert summary["steps"] == 2 * (256 // 64)  # 4 global steps per epoch
     blob = load_checkpoint(out / "checkpoint.pt")

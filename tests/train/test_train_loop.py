@@ -40,8 +40,9 @@ def test_config_rejects_bad_values_with_the_valid_choices():
 
 def test_schedule_defaults_follow_the_documented_protocol():
     assert TrainConfig(model="lenet5").resolved_epochs() == 50
-    assert TrainConfig(model="resnet20").resolved_epochs() == 200
-    assert TrainConfig(bits=None).resolved_lr() == 0.1 and TrainConfig(bits=2).resolved_lr() == 0.01
+    assert TrainConfig(model="resnet20", dataset="cifar10").resolved_epochs() == 200
+    assert TrainConfig(bits=None).resolved_lr() == 0.1 and TrainConfig(bits=2).resolved_lr() == 0.1  # from scratch
+    assert TrainConfig(bits=2, init="runs/float").resolved_lr() == 0.01  # fine-tuning a trained model
     assert TrainConfig(epochs=50).milestone_epochs() == [25, 37]
     assert TrainConfig(epochs=200).milestone_epochs() == [100, 150]
     assert TrainConfig(epochs=50, lr_milestones=()).milestone_epochs() == []
@@ -51,7 +52,7 @@ def test_two_step_run_writes_a_complete_run_folder(tmp_path):
     out = tmp_path / "float"
     summary = train(TrainConfig(**TINY, bits=None, out=str(out)), progress=False)
     assert summary["status"] == "finished" and summary["steps"] == 2 and summary["epochs_done"] == 1
-    for name in ("config.json", "metrics.jsonl", "checkpoint.pt", "summary.json", "summary.md", "curves.png"):
+    for name in ("config.json", "metrics.jsonl", "checkpoint.pt", "results.json", "report.md", "curves.png"):
         assert (out / name).is_file(), name
     assert TrainConfig.from_dict(read_json(out / "config.json")) == TrainConfig(**TINY, bits=None, out=str(out))
     (record,) = [r for r in read_jsonl(out / "metrics.jsonl") if r["kind"] == "epoch"]
@@ -114,7 +115,7 @@ def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_
     summary = train(TrainConfig(**{**TINY, "epochs": 3}, bits=2, out=str(out)), hooks=[PoisonHook(3)],
                     progress=False)
     assert summary["status"] == "diverged" and summary["steps"] == 4  # detected at the very next step
-    assert read_json(out / "summary.json")["status"] == "diverged"
+    assert read_json(out / "results.json")["status"] == "diverged"
     blob = load_checkpoint(out / "checkpoint.pt")
     assert blob["epoch"] == 1 and all(torch.isfinite(v).all() for v in blob["model"].values())
     kinds = [r["kind"] for r in read_jsonl(out / "metrics.jsonl")]
@@ -159,3 +160,11 @@ def test_diagnose_every_adds_the_diagnostics_hook(tmp_path):
     train(TrainConfig(**TINY, bits=2, diagnose_every=2, out=str(tmp_path / "d")), progress=False)
     (record,) = [r for r in read_jsonl(tmp_path / "d" / "metrics.jsonl") if r["kind"] == "hook"]
     assert record["step"] == 2 and "diagnostics" in record
+
+
+def test_runs_made_before_the_rename_are_still_read(tmp_path):
+    from stelab.io import write_json
+    from stelab.train import is_done, read_summary
+
+    write_json(tmp_path / "summary.json", {"status": "finished", "epochs": 1})
+    assert read_summary(tmp_path) == {"status": "finished", "epochs": 1} and is_done(tmp_path)

@@ -53,7 +53,7 @@ def test_resume_after_an_exception_is_bit_identical(tmp_path):
     except KeyboardInterrupt:
         pass
     assert load_checkpoint(tmp_path / "broken" / "checkpoint.pt")["epoch"] == 1
-    assert not (tmp_path / "broken" / "summary.json").exists()
+    assert not (tmp_path / "broken" / "results.json").exists()
     summary = train(broken, resume=True, progress=False)
     assert summary["status"] == "finished" and summary["epochs_done"] == 3
     assert_same_run(tmp_path / "straight", tmp_path / "broken")
@@ -73,7 +73,7 @@ def test_resume_after_sigkill_is_bit_identical(tmp_path):
         time.sleep(0.005)
     os.kill(proc.pid, signal.SIGKILL)  # somewhere in epoch 2 (or later): whatever it was writing is lost
     proc.wait()
-    assert not (out / "summary.json").exists(), "the run finished before it could be killed"
+    assert not (out / "results.json").exists(), "the run finished before it could be killed"
     # The killed run was configured by the CLI; resuming it in-process checks that flags and config agree too.
     summary = train(config.replace(out=str(out)), resume=True, progress=False)
     assert summary["status"] == "finished" and summary["epochs_done"] == 4

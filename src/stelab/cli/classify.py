@@ -1,6 +1,6 @@
 """``stelab classify``: monotone STEs and multi-class classification with a quantized two-linear-layer network
-(Long, Yin & Xin 2021). Synthetic experiment by default; ``--mnist`` adds the MNIST one. Writes ``classify.md``,
-``classify.json`` and PNG figures to ``runs/classify-<timestamp>`` or ``--out``."""
+(Long, Yin & Xin 2021). Synthetic experiment by default; ``--mnist`` adds the MNIST one. Writes ``report.md``,
+``results.json`` and PNG figures to ``runs/classify-<timestamp>`` or ``--out``."""
 
 from __future__ import annotations
 
@@ -53,14 +53,23 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--mnist-epochs", type=int, default=1)
     p.add_argument("--threads", type=int, default=1, help="torch threads (the matrices are small: 1 is fastest)")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--force", action="store_true", help="overwrite a report already in --out")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from ..io import REPORTS, check_out_dir
     from ..theory.classify_data import KINDS
-    from ..theory.classify_report import MnistSettings, SyntheticSettings, monotone_table, run_mnist, run_synthetic
+    from ..theory.classify_report import (
+        MnistSettings,
+        SyntheticSettings,
+        headline,
+        monotone_table,
+        run_mnist,
+        run_synthetic,
+    )
     from ..theory.classify_report import write_report as write
     from ..theory.classify_ste import resolve_ste
 
@@ -76,6 +85,7 @@ def run(args: argparse.Namespace) -> int:
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(args, name)}")
     out = args.out or Path("runs") / f"classify-{time.strftime('%Y%m%d-%H%M%S')}"
+    check_out_dir(out, reports=(*REPORTS, "classify.md", "classify.json"), force=args.force)  # before the work
     progress = not args.no_progress
     result: dict = {"monotone": monotone_table(args.stes)}
     if not args.no_synthetic:
@@ -95,5 +105,6 @@ def run(args: argparse.Namespace) -> int:
                                   train_subset=min(args.mnist_subset, 2000))
         result["mnist"] = run_mnist(mnist, progress)
     paths = write(result, out)
+    print("\n".join(headline(result)))
     print(f"wrote {', '.join(str(p) for p in paths)}")
     return 0

@@ -4,7 +4,7 @@
 first: the start of quantized training) and, if the run logged ``DiagnosticsHook`` records, plots them over training.
 ``stelab diagnose --model lenet5 --checkpoint PATH --bits 2`` does the same for a bare checkpoint.
 ``--two-layer`` adds the cross-check against the closed forms of the two-layer Gaussian model.
-Writes ``diagnostics.md``, ``diagnostics.json`` and PNGs to ``--out`` (default ``RUN_DIR/diagnostics``).
+Writes ``report.md``, ``results.json`` and PNGs to ``--out`` (default ``RUN_DIR/diagnostics``).
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", help="report folder (default RUN_DIR/diagnostics or runs/diagnose-<model>)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = leave as is)")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--force", action="store_true", help="overwrite a report already in --out")
     p.set_defaults(func=run)
 
 
@@ -100,10 +101,12 @@ def _batches(args: argparse.Namespace, dataset: str):
 
 
 def run(args: argparse.Namespace) -> int:
+    from .. import models
     from ..diagnostics import DEFAULT_STES, activation_statistics, gradient_fidelity
     from ..diagnostics.fidelity import zeroth_order_comparison
-    from ..diagnostics.report import MARKDOWN_NAME, hook_records, write_report
+    from ..diagnostics.report import JSON_NAME, MARKDOWN_NAME, hook_records, write_report
     from ..diagnostics.two_layer_check import cross_check, default_problem
+    from ..io import REPORTS, check_out_dir
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -111,6 +114,10 @@ def run(args: argparse.Namespace) -> int:
     if args.batches < 2:
         raise ValueError(f"--batches must be >= 2 for confidence intervals, got {args.batches}")
     model, dataset, meta = _load_model(args)
+    models.check_dataset(meta["model"], dataset)  # --dataset must give the inputs the model is built for
+    out = Path(args.out) if args.out else (Path(args.run_dir) / "diagnostics" if args.run_dir
+                                           else Path("runs") / f"diagnose-{meta['model']}")
+    check_out_dir(out, reports=(*REPORTS, MARKDOWN_NAME, JSON_NAME), force=args.force)  # before the work
     model.train(args.mode == "train")
     batches = _batches(args, dataset)
     meta.update({"dataset": dataset, "split": args.split, "synthetic": args.synthetic, "mode": args.mode,
@@ -125,8 +132,6 @@ def run(args: argparse.Namespace) -> int:
                                                args.zo_sigma, args.zo_directions, seed=args.seed)
     two_layer = cross_check(*default_problem(), stes=[s for s in args.stes if s in DEFAULT_STES] or DEFAULT_STES) \
         if args.two_layer else None
-    out = Path(args.out) if args.out else (Path(args.run_dir) / "diagnostics" if args.run_dir
-                                           else Path("runs") / f"diagnose-{meta['model']}")
     write_report(out, title=f"Gradient fidelity: {meta['model']} / {dataset} ({meta['trained_as']})", meta=meta,
                  result=result, stats=stats, records=records, two_layer=two_layer, zeroth_order=zeroth_order)
     print((out / MARKDOWN_NAME).read_text())

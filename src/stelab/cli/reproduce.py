@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..io import check_out_dir
 from .train import add_train_arguments
 
 
@@ -12,7 +13,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     what = p.add_subparsers(dest="experiment", metavar="EXPERIMENT")
     what.required = True
 
-    t = what.add_parser("table1", help="float model, then every (bits, STE) cell from it; writes table1.md")
+    t = what.add_parser("table1", help="float model, then every (bits, STE) cell from it; writes report.md")
     t.add_argument("--dataset", choices=("mnist", "cifar10"), default="mnist")
     t.add_argument("--models", nargs="+", default=None, help="default: lenet5 (mnist) or vgg11 resnet20 (cifar10)")
     t.add_argument("--bits", type=int, nargs="+", default=[2, 4])
@@ -50,28 +51,28 @@ def _train_fields(args: argparse.Namespace) -> dict:
                 limit_test=args.limit_test, synthetic=args.synthetic, eval_batch_size=args.eval_batch_size)
 
 
-def _check_models(names) -> None:
+def _check_models(names, dataset: str) -> None:
+    """Every model known and built for ``dataset``: checked before the first of many runs, not hours into them."""
     from .. import models
-    from ..errors import unknown_name
 
     for name in names:
-        if name not in models.names():
-            raise unknown_name("model", name, models.names())
+        models.check_dataset(name, dataset)
 
 
 def run_table1_cmd(args: argparse.Namespace) -> int:
     from ..reproduce import run_table1
 
     if args.models:
-        _check_models(args.models)
+        _check_models(args.models, args.dataset)
     out = args.out or f"runs/table1-{args.dataset}"
+    check_out_dir(out)
     results = run_table1(args.dataset, out, models=args.models, bits=args.bits, stes=args.stes, seeds=args.seeds,
                          first_seed=args.first_seed, epochs_scale=args.epochs_scale, progress=not args.no_progress,
                          **_train_fields(args))
     from ..reproduce.table1 import table1_markdown
 
     print(table1_markdown(results))
-    print(f"written to {out}/table1.md, results.json and *-curves.png")
+    print(f"written to {out}/report.md, results.json and *-curves.png")
     return 0
 
 
@@ -79,13 +80,14 @@ def run_instability_cmd(args: argparse.Namespace) -> int:
     from ..reproduce import parse_pair, run_instability
     from ..reproduce.instability import instability_markdown
 
-    _check_models([args.model])
+    _check_models([args.model], args.dataset)
     pairs = [parse_pair(p) for p in args.pairs]
     out = args.out or f"runs/instability-{args.model}-{args.dataset}"
+    check_out_dir(out)
     results = run_instability(out, dataset=args.dataset, model=args.model, pairs=pairs, switch_lr=args.switch_lr,
                               switch_epochs=args.switch_epochs, seed=args.seed, table1_dir=args.table1_dir,
                               epochs_scale=args.epochs_scale, control=not args.no_control, then_epochs=args.then_epochs,
                               progress=not args.no_progress, **_train_fields(args))
     print(instability_markdown(results))
-    print(f"written to {out}/instability.md, instability.json and instability.png")
+    print(f"written to {out}/report.md, results.json and instability.png")
     return 0

@@ -24,15 +24,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="STE to include (repeatable; default: every registered STE)")
     p.add_argument("--quick", action="store_true", help="coarser grids (for smoke tests)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.add_argument("--force", action="store_true", help="overwrite a report already in --out")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..theory.symmetry_report import SymmetryConfig, run_report
+    from ..io import REPORTS, check_out_dir
+    from ..theory.symmetry_report import SymmetryConfig, run_report, verdict_lines
 
     config = SymmetryConfig(kappa=args.kappa, b=args.b, tilt=args.tilt, steps=args.steps, lr=args.lr,
                             samples=args.samples, seed=args.seed, stes=tuple(args.ste or ()), quick=args.quick)
     out = args.out or Path("runs") / f"symmetry-{time.strftime('%Y%m%d-%H%M%S')}"
+    check_out_dir(out, reports=(*REPORTS, "symmetry.png"), force=args.force)  # before the work, not after
     results = run_report(config, out, progress=not args.no_progress)
+    print(f"stelab symmetry: verdicts (details in {out / 'report.md'})")
+    print("\n".join(verdict_lines(results)))
     print(f"wrote {out}/report.md, results.json, symmetry.png ({results['seconds']:.1f} s)")
     return 0

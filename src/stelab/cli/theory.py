@@ -20,10 +20,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--mc-samples", type=int, default=100_000, help="Monte Carlo samples per point (default 1e5)")
     p.add_argument("--quick", action="store_true", help="smoke-test sizes (a few seconds; claims may not all hold)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.add_argument("--force", action="store_true", help="overwrite a report already in --out")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..io import REPORTS, check_out_dir
     from ..theory.two_layer_experiments import TheoryConfig
     from ..theory.two_layer_report import run_theory
 
@@ -35,6 +37,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         cfg = TheoryConfig(**sizes, steps=args.steps, mc_samples=args.mc_samples)
     out = args.out or Path("runs") / time.strftime("theory-%Y%m%d-%H%M%S", time.gmtime())
+    check_out_dir(out, reports=REPORTS, force=args.force)  # before the minutes of work, not after
     print(f"stelab theory: writing to {out}", flush=True)
     results = run_theory(out, cfg, progress=not args.no_progress)
     held = sum(c["held"] for c in results["claims"])

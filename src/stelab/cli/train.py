@@ -6,6 +6,7 @@ Multi-process data parallel: ``torchrun --nproc_per_node 2 -m stelab.cli train .
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from ..train.config import DEVICES, TrainConfig
 
@@ -17,7 +18,8 @@ def _bool_flag(p: argparse.ArgumentParser, name: str, help: str) -> None:
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
     """Flags shared with ``stelab reproduce`` (model choice excluded)."""
     d = TrainConfig()
-    p.add_argument("--lr", type=float, default=None, help="initial rate (default 0.1 float, 0.01 quantized)")
+    p.add_argument("--lr", type=float, default=None,
+                   help="initial rate (default 0.1 from scratch, 0.01 when fine-tuning from --init)")
     p.add_argument("--lr-milestones", type=float, nargs="*", default=list(d.lr_milestones), metavar="F",
                    help="fractions of the run where the rate is cut by --lr-gamma (default 0.5 0.75; none: constant)")
     p.add_argument("--lr-gamma", type=float, default=d.lr_gamma)
@@ -40,10 +42,11 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a float or activation-quantized model",
                        description="Train a float or activation-quantized model (SGD, momentum, step-decayed rate).")
-    p.add_argument("--model", default="lenet5", help="lenet5 | vgg11 | resnet20")
-    p.add_argument("--dataset", default="mnist", help="mnist | cifar10")
-    p.add_argument("--bits", type=int, default=2, help="activation bits (ignored with --float)")
-    p.add_argument("--ste", default="clipped_relu", help="STE name, e.g. identity, relu, clipped_relu")
+    p.add_argument("--model", default="lenet5", help="lenet5 (mnist) | vgg11, resnet20 (cifar10); default lenet5")
+    p.add_argument("--dataset", default="mnist", help="mnist | cifar10 (default mnist)")
+    p.add_argument("--bits", type=int, default=2, help="activation bits (default 2; ignored with --float)")
+    p.add_argument("--ste", default="clipped_relu",
+                   help="STE name, e.g. identity, relu, clipped_relu (default clipped_relu; see `stelab info`)")
     p.add_argument("--forward", default="staircase", help="forward quantizer")
     p.add_argument("--alpha", type=float, default=None, help="fixed resolution (default: Lloyd's for the bits)")
     p.add_argument("--float", dest="float_model", action="store_true", help="train the float (ReLU) model")
@@ -51,7 +54,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--epochs", type=int, default=None, help="default: 50 for lenet5, 200 for vgg11/resnet20")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="run folder (default runs/<model>-<dataset>-<kind>-seed<seed>)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its last checkpoint with the settings in its config.json "
+                        "(other flags optional; one that differs from the saved value is an error)")
     p.add_argument("--save-best", action="store_true", help="also keep best.pt (highest test accuracy)")
     p.add_argument("--diagnose-every", type=int, default=0, metavar="N",
                    help="run stelab.diagnostics.DiagnosticsHook every N steps (0 = off)")
@@ -61,6 +66,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def config_from_args(args: argparse.Namespace, **overrides) -> TrainConfig:
+    return TrainConfig(**_fields_from_args(args, **overrides))
+
+
+def _fields_from_args(args: argparse.Namespace, **overrides) -> dict:
     from .. import models
 
     model = overrides.pop("model", getattr(args, "model", "lenet5"))
@@ -81,24 +90,91 @@ def config_from_args(args: argparse.Namespace, **overrides) -> TrainConfig:
         diagnose_every=getattr(args, "diagnose_every", 0), save_best=getattr(args, "save_best", False),
     )
     fields.update(overrides)
-    return TrainConfig(**fields)
+    return fields
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..io import check_out_dir
     from ..train import train
+    from ..train.distributed import from_env
+    from ..train.loop import run_dir_for
 
-    config = config_from_args(args)  # validate in the parent before launching children
+    # Validate in the parent before launching children, and before anything is loaded or created.
+    config = _resume_config(args) if args.resume else config_from_args(args)
+    run_dir = run_dir_for(config)
+    check_out_dir(run_dir)
+    is_main = from_env().is_main
+    if is_main:
+        verb = "resuming" if args.resume else "writing to"
+        print(f"stelab train: {verb} {run_dir}")
+        print(f"stelab train: initial learning rate {config.resolved_lr():g} ({config.lr_reason()})", flush=True)
     if args.nproc > 1:
         from ..train.distributed import launch
 
-        return launch(config, args.nproc, resume=args.resume, progress=not args.no_progress)
+        code = launch(config, args.nproc, resume=args.resume, progress=not args.no_progress)
+        print(f"stelab train: run folder {run_dir}")
+        return code
     summary = train(config, resume=args.resume, progress=not args.no_progress)
-    from ..train.distributed import from_env
-
-    if from_env().is_main:
+    if is_main:
         keys = ("status", "epochs_done", "train_loss", "train_acc", "test_loss", "test_acc", "wall_time_s")
         print(" ".join(f"{k}={_fmt(summary.get(k))}" for k in keys))
+        print(f"stelab train: run folder {run_dir}")
     return 0 if summary.get("status") == "finished" else 3
+
+
+# Flags whose destination is not the TrainConfig field of the same name.
+_FIELD_OF = {"float_model": "bits"}
+
+
+def _resume_config(args: argparse.Namespace) -> TrainConfig:
+    """The run's saved config.json; flags given on the command line must agree with it (runtime-only ones win)."""
+    from ..train.loop import RUNTIME_FIELDS, run_dir_for
+    from ..train.runs import CONFIG, read_config
+
+    given = given_flags(args)
+    wanted = _fields_from_args(args)
+    run_dir = Path(wanted["out"]) if wanted["out"] else run_dir_for(TrainConfig(**wanted))
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"--resume: run folder {run_dir} does not exist; check --out, or start a new run "
+                                "without --resume")
+    saved = read_config(run_dir).to_dict()
+    changes = {"out": str(run_dir)}
+    for dest, flag in sorted(given.items()):
+        field = _FIELD_OF.get(dest, dest)
+        if field not in saved or field == "out":
+            continue
+        new, old = _jsonable(wanted[field]), _jsonable(saved[field])
+        if field in RUNTIME_FIELDS:
+            changes[field] = wanted[field]
+        elif new != old:
+            raise ValueError(f"--resume: {flag} gives {field}={new!r} but the run in {run_dir / CONFIG} has "
+                             f"{old!r}; drop {flag} to continue the run as saved, or start a new run in another --out")
+    return TrainConfig.from_dict({**saved, **changes})
+
+
+def given_flags(args: argparse.Namespace) -> dict[str, str]:
+    """``{dest: option}`` for the train flags present on the command line ``args.argv``.
+
+    Values alone cannot tell ``--bits 2`` from the default 2, so the command line is parsed again with every default
+    removed. Without ``args.argv`` (called from Python), a flag counts as given when its value is not the default.
+    """
+    parser = argparse.ArgumentParser(add_help=False)
+    sub = parser.add_subparsers(dest="command")
+    add_parser(sub)
+    actions = [a for a in sub.choices["train"]._actions if a.option_strings and a.dest != "help"]
+    options = {a.dest: a.option_strings[0] for a in actions}
+    argv = getattr(args, "argv", None)
+    if argv is None:
+        defaults = vars(parser.parse_args(["train"]))
+        return {d: o for d, o in options.items() if d in vars(args) and vars(args)[d] != defaults[d]}
+    for action in actions:
+        action.default = argparse.SUPPRESS
+    given, _ = parser.parse_known_args(argv)
+    return {d: o for d, o in options.items() if d in vars(given)}
+
+
+def _jsonable(v):
+    return list(v) if isinstance(v, tuple) else v
 
 
 def _fmt(v) -> str:

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .paths import DataFormatError, download_hint, find_data_dir
+from .paths import DataFormatError, download_hint, find_data_dir, repair_hint
 
 FOLDER = "cifar-10-batches-py"
 FILES = {"train": tuple(f"data_batch_{i}" for i in range(1, 6)), "test": ("test_batch",)}
@@ -45,8 +45,7 @@ def read_batch(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
             batch = _NumpyOnlyUnpickler(f, encoding="bytes").load()
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError) as err:
         raise DataFormatError(f"{path}: not a readable CIFAR-10 batch ({type(err).__name__}: {err}); the file is "
-                              f"truncated or corrupt. Delete it and {download_hint('cifar10', path.parent.parent)}"
-                              ) from None
+                              f"truncated or corrupt: {repair_hint('cifar10', path.parent.parent)}") from None
     if not isinstance(batch, dict):
         raise DataFormatError(f"{path}: expected a pickled dict, got {type(batch).__name__}")
     batch = {k.decode() if isinstance(k, bytes) else k: v for k, v in batch.items()}

@@ -2,8 +2,10 @@
 
 Every file is streamed into a temporary sibling of its destination and renamed into place only after its checksum
 matches, so an interrupted, truncated or corrupted download leaves nothing behind. Checksums are the ones published
-with the data sets (and used by torchvision); local copies are never required to match them (readers validate
-structure instead), only what this module downloads.
+with the data sets (and used by torchvision). Readers never require local copies to match them (they validate
+structure instead); ``download`` does: a file present with the wrong checksum, or an extracted CIFAR-10 file that
+is missing or fails its checksum, is fetched again. So the command the readers' error messages name repairs the
+damaged file instead of reporting "ready".
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import sys
 import tarfile
 import tempfile
 import urllib.request
@@ -29,13 +32,15 @@ class Source:
     """Where a data set comes from: mirrors (URL prefixes tried in order) and ``(file name, md5)`` pairs.
 
     ``folder`` is the subfolder of the data root the files go to; ``extract`` names the folder a tar archive
-    unpacks to (the archive itself is deleted after a successful extraction).
+    unpacks to (the archive itself is deleted after a successful extraction). ``members`` are ``(file name, md5)``
+    of the extracted files: an extracted folder is only kept when every one of them is present and intact.
     """
 
     mirrors: tuple[str, ...]
     files: tuple[tuple[str, str], ...]
     folder: str
     extract: str | None = None
+    members: tuple[tuple[str, str], ...] = ()
 
 
 SOURCES: dict[str, Source] = {
@@ -54,6 +59,13 @@ SOURCES: dict[str, Source] = {
         files=(("cifar-10-python.tar.gz", "c58f30108f718f92721af3b95e74349a"),),
         folder="",
         extract="cifar-10-batches-py",
+        members=(("data_batch_1", "c99cafc152244af753f735de768cd75f"),
+                 ("data_batch_2", "d4bba439e000b95fd0a9bffe97cbabec"),
+                 ("data_batch_3", "54ebc095f3ab1f0389bbae665268c751"),
+                 ("data_batch_4", "634d18415352ddfa80567beed471001a"),
+                 ("data_batch_5", "482c414d41f54cd18b22e5b47cb7c3cb"),
+                 ("test_batch", "40351d587109b95175f43aff81a1287e"),
+                 ("batches.meta", "5ff9c542aee3614f3951f8cda6e48888")),
     ),
 }
 
@@ -124,7 +136,7 @@ def _extract(archive: Path, root: Path, folder: str) -> Path:
         os.replace(staging / folder, target)
         return target
     except (tarfile.TarError, EOFError, OSError) as err:
-        raise DataFormatError(f"{archive}: cannot extract ({err}); delete it and download again") from None
+        raise DataFormatError(f"{archive}: cannot extract ({err}); run the download again") from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
@@ -138,31 +150,45 @@ def download(name: str, data_dir: str | os.PathLike | None = None, *, mirrors: t
              opener: Opener = urllib.request.urlopen, force: bool = False, progress: bool = True) -> Path:
     """Download data set ``name`` into ``data_dir`` (default :func:`default_download_dir`); returns its folder.
 
-    Files already present with the right checksum are kept (and an extracted folder already present is kept
-    unless ``force``). ``mirrors`` are URL prefixes tried before the built-in ones.
+    Files already present with the right checksum are kept, and so is an extracted folder whose files all match
+    their checksums (unless ``force``); anything missing or damaged is fetched again. ``mirrors`` are URL prefixes
+    tried before the built-in ones.
     """
     if name not in SOURCES:
         raise unknown_name("data set", name, SOURCES)
     source = SOURCES[name]
     root = Path(data_dir).expanduser() if data_dir is not None else default_download_dir()
-    folder = root / source.folder
     if source.extract and (root / source.extract).is_dir() and not force:
-        return root / source.extract
+        damaged = _damaged(root / source.extract, source.members)
+        if not damaged:
+            return root / source.extract
+        print(f"{name}: {', '.join(damaged)} in {root / source.extract} missing or corrupt (checksum); "
+              "fetching the archive again", file=sys.stderr)
     for filename, md5 in source.files:
-        dest = folder / filename
-        if dest.is_file() and not force and md5_of(dest) == md5:
-            continue
-        errors = []
-        for prefix in (*mirrors, *source.mirrors):
-            url = prefix.rstrip("/") + "/" + filename
-            try:
-                fetch(url, dest, md5, opener=opener, progress=progress)
-                break
-            except (OSError, DataFormatError) as err:  # URLError and HTTPError are OSErrors
-                errors.append(str(err) if url in str(err) else f"{url}: {err}")
-        else:
-            raise FileNotFoundError(f"could not download {filename} from any mirror:\n  " + "\n  ".join(errors))
+        dest = root / source.folder / filename
+        if force or _damaged(dest.parent, ((filename, md5),)):
+            if dest.is_file() and not force:
+                print(f"{name}: {dest} fails its published checksum; fetching it again", file=sys.stderr)
+            _fetch_any(filename, dest, md5, (*mirrors, *source.mirrors), opener, progress)
         if source.extract:
             _extract(dest, root, source.extract)
             dest.unlink()
     return root / (source.extract or source.folder)
+
+
+def _damaged(folder: Path, files: tuple[tuple[str, str], ...]) -> list[str]:
+    """Names of ``files`` that are missing from ``folder`` or whose MD5 is not the published one."""
+    return [name for name, md5 in files if not (folder / name).is_file() or md5_of(folder / name) != md5]
+
+
+def _fetch_any(filename: str, dest: Path, md5: str, prefixes: tuple[str, ...], opener: Opener,
+               progress: bool) -> Path:
+    """Fetch ``filename`` from the first of ``prefixes`` that serves it with checksum ``md5``."""
+    errors = []
+    for prefix in prefixes:
+        url = prefix.rstrip("/") + "/" + filename
+        try:
+            return fetch(url, dest, md5, opener=opener, progress=progress)
+        except (OSError, DataFormatError) as err:  # URLError and HTTPError are OSErrors
+            errors.append(str(err) if url in str(err) else f"{url}: {err}")
+    raise FileNotFoundError(f"could not download {filename} from any mirror:\n  " + "\n  ".join(errors))

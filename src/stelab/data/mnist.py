@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .paths import DataFormatError, download_hint, find_data_dir
+from .paths import DataFormatError, download_hint, find_data_dir, repair_hint
 
 FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -35,6 +35,16 @@ def _locate(root: Path, stem: str) -> Path | None:
     return None
 
 
+def _data_root(path: Path) -> Path:
+    """The data root holding an MNIST file, i.e. the ``--data-dir`` to name: its folder less the SUBDIRS layout."""
+    parts = path.parent.parts
+    for sub in SUBDIRS:
+        tail = Path(sub).parts
+        if tail and parts[-len(tail):] == tail:
+            return Path(*parts[:-len(tail)])
+    return path.parent
+
+
 def _read_bytes(path: Path) -> bytes:
     try:
         if path.suffix == ".gz":
@@ -42,8 +52,8 @@ def _read_bytes(path: Path) -> bytes:
                 return f.read()
         return path.read_bytes()
     except (EOFError, OSError, zlib.error) as err:  # BadGzipFile is an OSError; a cut-off .gz raises EOFError
-        raise DataFormatError(f"{path}: cannot decompress ({err}); the file is truncated or corrupt. "
-                              f"Delete it and {download_hint('mnist', path.parent)}") from None
+        raise DataFormatError(f"{path}: cannot decompress ({err}); the file is truncated or corrupt: "
+                              f"{repair_hint('mnist', _data_root(path))}") from None
 
 
 def read_idx(path: str | os.PathLike, ndim: int) -> np.ndarray:
@@ -52,7 +62,8 @@ def read_idx(path: str | os.PathLike, ndim: int) -> np.ndarray:
     data = _read_bytes(path)
     header = 4 + 4 * ndim
     if len(data) < header:
-        raise DataFormatError(f"{path}: only {len(data)} bytes, shorter than an idx header; the file is truncated")
+        raise DataFormatError(f"{path}: only {len(data)} bytes, shorter than an idx header; the file is truncated: "
+                              f"{repair_hint('mnist', _data_root(path))}")
     zero, dtype_code, file_ndim = int.from_bytes(data[:2], "big"), data[2], data[3]
     if zero != 0 or dtype_code != 0x08 or file_ndim != ndim:
         raise DataFormatError(f"{path}: bad idx magic number 0x{data[:4].hex()} (expected 0x000008{ndim:02x}: "
@@ -61,7 +72,7 @@ def read_idx(path: str | os.PathLike, ndim: int) -> np.ndarray:
     expected = header + int(np.prod(shape, dtype=np.int64))
     if len(data) != expected:
         raise DataFormatError(f"{path}: header says shape {shape} ({expected} bytes) but the file has {len(data)} "
-                              f"bytes; it is truncated or corrupt")
+                              f"bytes; it is truncated or corrupt: {repair_hint('mnist', _data_root(path))}")
     return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(shape)
 
 

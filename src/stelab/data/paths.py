@@ -19,6 +19,11 @@ def download_hint(dataset: str, data_dir: str | os.PathLike | None = None) -> st
     return f"run `stelab data download {dataset}{where}` (or set {ENV_VAR} to a folder that holds it)"
 
 
+def repair_hint(dataset: str, data_dir: str | os.PathLike) -> str:
+    """The command that replaces a damaged file: ``download`` re-fetches whatever fails its published checksum."""
+    return f"run `stelab data download {dataset} --data-dir {data_dir}` to fetch it again"
+
+
 def candidate_dirs() -> list[Path]:
     """The default search order after an explicit argument: ``$STELAB_DATA``, ``<repo>/../shared/data``, ``./data``."""
     out = []

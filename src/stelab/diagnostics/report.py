@@ -13,7 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from ..io import markdown_table, read_jsonl, save_figure, write_json, write_text  # noqa: E402
 from .fidelity import MODEL, FidelityResult  # noqa: E402
 
-JSON_NAME, MARKDOWN_NAME = "diagnostics.json", "diagnostics.md"
+JSON_NAME, MARKDOWN_NAME = "results.json", "report.md"
 LAYER_PLOT, TRAINING_PLOT, SATURATION_PLOT = "cosine_per_layer.png", "cosine_over_training.png", "saturation.png"
 
 
@@ -188,7 +188,7 @@ def write_report(out_dir: str | Path, *, title: str, meta: dict[str, Any], resul
                  stats: dict[str, dict] | None = None, records: list[dict[str, Any]] | None = None,
                  two_layer: dict[str, Any] | None = None, zeroth_order: list[dict[str, Any]] | None = None
                  ) -> list[Path]:
-    """Write ``diagnostics.json``, ``diagnostics.md`` and the plots that the given parts allow; returns the paths."""
+    """Write ``results.json``, ``report.md`` and the plots that the given parts allow; returns the paths."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths, sections = [], [f"# {title}\n", markdown_table(["setting", "value"], [[k, v] for k, v in meta.items()])]

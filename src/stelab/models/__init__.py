@@ -27,6 +27,22 @@ def names() -> list[str]:
     return list(_BUILDERS)
 
 
+def check_dataset(name: str, dataset: str) -> None:
+    """Raise ``ValueError`` unless model ``name`` is built for ``dataset``'s images.
+
+    Each model is the paper's network for one input shape (LeNet-5: 1x28x28 MNIST; VGG-11, ResNet-20: 3x32x32
+    CIFAR-10). They are not adapted to the other data set: VGG-11's five pools cannot take 28x28 images, and a
+    LeNet-5 on CIFAR-10 is no model of the paper, so a mismatch is an error before anything is built or written.
+    """
+    if name not in _BUILDERS:
+        raise unknown_name("model", name, _BUILDERS)
+    expected = DEFAULT_DATASET[name]
+    if dataset != expected:
+        fits = " or ".join(m for m, d in DEFAULT_DATASET.items() if d == dataset) or "none"
+        raise ValueError(f"model {name} is built for {expected} images, not {dataset}; use --dataset {expected}, "
+                         f"or a model built for {dataset}: {fits}")
+
+
 def build(name: str, quant: QuantConfig | None = None, num_classes: int = 10, *, channels_last: bool = False,
           **kwargs) -> nn.Module:
     """Model ``name`` (see :func:`names`) with float (``quant=None``) or quantized activations.
@@ -42,4 +58,7 @@ def build(name: str, quant: QuantConfig | None = None, num_classes: int = 10, *,
     return model.to(memory_format=torch.channels_last) if channels_last else model
 
 
-__all__ = ["DEFAULT_DATASET", "VGG", "BasicBlock", "CifarResNet", "LeNet5", "build", "names", "resnet20", "vgg11"]
+__all__ = [
+    "DEFAULT_DATASET", "VGG", "BasicBlock", "CifarResNet", "LeNet5", "build", "check_dataset", "names", "resnet20",
+    "vgg11",
+]

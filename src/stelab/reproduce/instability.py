@@ -79,8 +79,8 @@ def run_instability(root: str | Path, *, dataset: str = "mnist", model: str = "l
         rows.append(entry)
     results = {"dataset": dataset, "model": model, "lr": switch_lr, "epochs": switch_epochs, "seed": seed,
                "source_epochs": base.resolved_epochs(), "then_epochs": then_epochs, "pairs": rows}
-    write_json(root / "instability.json", results)
-    write_text(root / "instability.md", instability_markdown(results))
+    write_json(root / "results.json", results)
+    write_text(root / "report.md", instability_markdown(results))
     plot_instability(root / "instability.png", series, model)
     return results
 

@@ -4,7 +4,7 @@ Layout of the output folder ``root``::
 
     root/<model>/seed<s>/float/               the float run (ReLU), trained once
     root/<model>/seed<s>/<bits>bit-<ste>/     one cell, initialised from the float run
-    root/results.json, root/table1.md, root/<model>-curves.png
+    root/results.json, root/report.md, root/<model>-curves.png
 
 A cell whose folder holds a finished (or diverged) summary is skipped and an unfinished one is resumed, so an
 interrupted sweep continues where it stopped. Means and standard deviations are over the seeds whose run finished
@@ -51,7 +51,7 @@ def run_table1(dataset: str, root: str | Path, *, models: Sequence[str] | None =
                stes: Iterable[str] = STES, seeds: int = 1, epochs_scale: float = 1.0, progress: bool = True,
                first_seed: int = 0, **train_fields: Any) -> dict[str, Any]:
     """Run (or finish) the sweep over seeds ``first_seed .. first_seed + seeds - 1`` and write ``results.json``,
-    ``table1.md`` and the curve plots under ``root``. The table covers every seed folder present under ``root``,
+    ``report.md`` and the curve plots under ``root``. The table covers every seed folder present under ``root``,
     so seeds trained by separate invocations (``first_seed``) end up in one table."""
     root = Path(root)
     models = tuple(models or MODELS_BY_DATASET[dataset])
@@ -77,7 +77,7 @@ def run_table1(dataset: str, root: str | Path, *, models: Sequence[str] | None =
                "seed_list": seeds_present,
                "epochs_scale": epochs_scale, "cells": aggregate(runs, models, bits, stes), "runs": runs}
     write_json(root / "results.json", results)
-    write_text(root / "table1.md", table1_markdown(results))
+    write_text(root / "report.md", table1_markdown(results))
     for model in models:
         plot_model_curves(root, model, bits, stes)
     return results

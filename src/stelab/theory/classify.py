@@ -49,7 +49,7 @@ from ..ops import quantize
 from ..ste import STE
 from .classify_ste import (
     EXTRA_STES,
-    PAPER_STES,
+    ONE_SIDED_STES,
     MonotoneCheck,
     check_monotone,
     check_one_sided,
@@ -244,6 +244,6 @@ def symmetric_pair_sum(w: Tensor, v: Tensor, x: Tensor, config: CoarseGDConfig) 
         return forward(w, v, x, config) + forward(w, v, -x, config)
 
 
-__all__ = ["EXTRA_STES", "LOSSES", "PAPER_STES", "CoarseGDConfig", "MonotoneCheck", "accuracy", "check_monotone",
+__all__ = ["EXTRA_STES", "LOSSES", "ONE_SIDED_STES", "CoarseGDConfig", "MonotoneCheck", "accuracy", "check_monotone",
            "check_one_sided", "coarse_gradients", "evaluate", "fixed_readout", "forward", "init_weights",
            "is_monotone", "loss_fn", "resolve_ste", "ste_choices", "symmetric_pair_sum", "train_coarse"]

@@ -321,7 +321,7 @@ def unit_at_angle(w_star: np.ndarray, theta: float) -> np.ndarray:
 
 
 def critical_points(v_star, w_star) -> list[CriticalPoint]:
-    r"""The critical points of Yin et al. (Proposition 1): the global minimizers :math:`\theta = 0, v = v^*`; and when
+    r"""The critical points of f (docs/theory.md): the global minimizers :math:`\theta = 0, v = v^*`; and when
     :math:`(1^\top v^*)^2 < \frac{m+1}{2}\|v^*\|^2`, the spurious local minimizers :math:`\theta = \pi`,
     :math:`v = (I+J)^{-1}(J-I)v^*` and (for ``n >= 2``) the saddle points
     :math:`\theta = \frac{\pi}{2}\frac{(m+1)\|v^*\|^2}{D}`, :math:`v = (I+J)^{-1}(-\frac{(1^\top v^*)^2}{D}I+J)v^*`,

@@ -329,7 +329,7 @@ def _final_grad_norm(traj) -> float:
 
 
 def figure1(cfg: TheoryConfig, prob: dict, progress=None) -> dict:
-    """Remark 1 / Figure 1: empirical loss along the negative sampled relu coarse gradient (w only) vs step size.
+    """Empirical loss along the negative sampled relu coarse gradient (w only) vs step size.
 
     Step sizes run over ``[0, eta_max]`` with ``eta_max`` a third of the minimizer of the *population* loss along
     the normalised expected coarse gradient, so that the exact curve is decreasing on the whole range."""

@@ -98,7 +98,7 @@ def sample_coarse_grads(v, w, v_star, w_star, stes, clip: float = 1.0, samples: 
 
 def empirical_loss_along(z: Tensor, v, w, v_star, w_star, direction, steps) -> np.ndarray:
     r"""The empirical loss :math:`\frac1N\sum_b \ell(v, w - \eta\,d; Z_b)` for each step size :math:`\eta` in
-    ``steps`` (Remark 1 / Figure 1 of Yin et al.). Only ``w`` moves: ``v`` enters the loss smoothly, ``w`` through
+    ``steps``. Only ``w`` moves: ``v`` enters the loss smoothly, ``w`` through
     :math:`\sigma`, so this is the part whose sampled version is piecewise constant."""
     v, w, v_star, w_star = (torch.from_numpy(a) for a in check_problem(v, w, v_star, w_star))
     d = torch.as_tensor(np.asarray(direction, dtype=np.float64))

@@ -7,8 +7,9 @@ Learning-rate schedule (step decay, ``MultiStepLR``):
 with ``E`` the number of epochs and ``F = lr_milestones`` given as *fractions* of the run, so a shortened run
 (``--epochs-scale``) keeps the same shape. Defaults: ``F = (0.5, 0.75)``, ``gamma = 0.1`` -- the schedule of
 He et al. (2016) for CIFAR ResNets (decay at 50% and 75% of training), which the paper's VGG/ResNet baselines follow;
-``eta_0 = 0.1`` for a float model trained from scratch and ``0.01`` for a quantized model, which starts from the
-trained float minimum (Yin et al. 2019) and would be thrown out of its basin by the from-scratch rate.
+``eta_0`` is picked by how the run starts, not by whether it is quantized: ``0.1`` from scratch (float or quantized:
+a random start needs the large steps), ``0.01`` when fine-tuning from a trained model (``init``, e.g. the float
+minimum a quantized model starts from in Yin et al. 2019), which the from-scratch rate would throw out of its basin.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ class TrainConfig(JsonConfig):
     """One training run. ``bits=None`` trains the float model (ReLU activations).
 
     ``init`` is a float (or quantized) checkpoint file or run folder whose weights start the run.
-    ``lr=None`` picks 0.1 for float and 0.01 for quantized runs; ``epochs=None`` the paper's count for the model.
+    ``lr=None`` picks 0.1 from scratch and 0.01 with ``init`` (fine-tuning); ``epochs=None`` the paper's count.
     ``limit_train``/``limit_test`` keep the first N images (0 = all); ``synthetic`` > 0 replaces the data set by
     that many random images of the data set's shape (tests, benchmarks). ``augment=None`` means on for CIFAR-10.
     """
@@ -64,6 +65,9 @@ class TrainConfig(JsonConfig):
 
     def __post_init__(self) -> None:
         check_choice("dataset", self.dataset, DATASETS)
+        from ..models import check_dataset
+
+        check_dataset(self.model, self.dataset)  # before any folder is made: a mismatch fails deep inside torch
         check_choice("device", self.device, DEVICES)
         if self.bits is not None:
             self.quant_config()  # validates bits / ste / forward / alpha with the valid choices
@@ -101,7 +105,15 @@ class TrainConfig(JsonConfig):
     def resolved_lr(self) -> float:
         if self.lr is not None:
             return self.lr
-        return 0.01 if self.quantized else 0.1
+        return 0.01 if self.init else 0.1
+
+    def lr_reason(self) -> str:
+        """Why :meth:`resolved_lr` is what it is, for the message at the start of a run."""
+        if self.lr is not None:
+            return "set by --lr"
+        if self.init:
+            return f"fine-tuning rate: the run starts from the trained model {self.init}; --lr to change"
+        return "from-scratch rate: no --init; --lr to change"
 
     def milestone_epochs(self) -> list[int]:
         """Epoch indices (0-based, counted at the start of an epoch) where the rate is multiplied by gamma."""

@@ -21,7 +21,7 @@ from ..io import append_jsonl, read_json, read_jsonl, write_json, write_text
 from . import distributed
 from .checkpoint import BEST, CHECKPOINT, load_checkpoint, load_weights, save_checkpoint, set_rng_state, unwrap
 from .config import TrainConfig
-from .runs import CONFIG, METRICS, build_model, is_done, plot_curves, write_summary
+from .runs import CONFIG, METRICS, build_model, is_done, plot_curves, read_summary, write_summary
 
 # Fields that may differ between a run and its resumption: they change speed or logging, not the result.
 RUNTIME_FIELDS = ("out", "device", "compile", "data_dir", "diagnose_every", "eval_batch_size", "save_best")
@@ -92,7 +92,7 @@ def _jsonable(v: Any) -> Any:
 
 
 def train(config: TrainConfig, hooks: Iterable = (), *, resume: bool = False, progress: bool = True) -> dict:
-    """Train one model per ``config``; returns the summary (also written to ``summary.json``).
+    """Train one model per ``config``; returns the summary (also written to ``results.json``).
 
     ``hooks``: objects with an int ``every`` and ``__call__(*, step, epoch, model, inputs, targets, loss_fn)``,
     called on rank 0 after every ``every``-th optimizer step; a returned dict becomes a ``"kind": "hook"`` record.
@@ -120,8 +120,10 @@ def _train(config: TrainConfig, hooks: list, info: distributed.DistInfo, device:
         if is_done(run_dir):
             if info.is_main:
                 print(f"{run_dir} already finished; nothing to resume", file=sys.stderr)
-            return read_json(run_dir / "summary.json")
-    elif (run_dir / CONFIG).is_file() and not resume:
+            return read_summary(run_dir)  # type: ignore[return-value]
+    elif not resume and (ckpt_path.is_file() or is_done(run_dir)):
+        # Only a trained epoch blocks a fresh start: a start that failed before its first checkpoint has nothing
+        # to lose and must not block the corrected re-run.
         raise ValueError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out")
     if config.diagnose_every:
         hooks = [*hooks, _diagnostics_hook(config.diagnose_every)]

@@ -1,7 +1,8 @@
-"""Run folders: ``config.json``, ``metrics.jsonl``, ``checkpoint.pt``, ``summary.json``/``.md``, ``curves.png``.
+"""Run folders: ``config.json``, ``metrics.jsonl``, ``checkpoint.pt``, ``results.json``, ``report.md``, ``curves.png``.
 
-``status`` in ``summary.json`` is "finished" or "diverged" (a non-finite training loss stopped the run; its last
-good checkpoint is kept). A folder without a summary is unfinished and can be continued with ``--resume``.
+``results.json`` is the run's summary; its ``status`` is "finished" or "diverged" (a non-finite training loss stopped
+the run; its last good checkpoint is kept). A folder without it is unfinished and can be continued with ``--resume``.
+Runs made before the rename hold ``summary.json`` instead, which is still read.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from .config import TrainConfig
 
 CONFIG = "config.json"
 METRICS = "metrics.jsonl"
-SUMMARY = "summary.json"
+SUMMARY = "results.json"
+LEGACY_SUMMARY = "summary.json"  # what runs made before the rename hold instead of results.json
 DONE = ("finished", "diverged")
 
 
@@ -29,8 +31,11 @@ def read_config(run_dir: str | Path) -> TrainConfig:
 
 
 def read_summary(run_dir: str | Path) -> dict[str, Any] | None:
-    path = Path(run_dir) / SUMMARY
-    return read_json(path) if path.is_file() else None
+    for name in (SUMMARY, LEGACY_SUMMARY):
+        path = Path(run_dir) / name
+        if path.is_file():
+            return read_json(path)
+    return None
 
 
 def is_done(run_dir: str | Path) -> bool:
@@ -58,7 +63,21 @@ def load_model_from_run(run_dir: str | Path, checkpoint: str = "last") -> nn.Mod
 def write_summary(run_dir: Path, summary: dict[str, Any]) -> None:
     write_json(run_dir / SUMMARY, summary)
     rows = [[k, v] for k, v in summary.items() if not isinstance(v, (dict, list))]
-    write_text(run_dir / "summary.md", f"# Run {run_dir.name}\n\n" + markdown_table(["key", "value"], rows))
+    write_text(run_dir / "report.md", f"# {describe_run(run_dir)}\n\nRun folder `{run_dir}`.\n\n"
+               + markdown_table(["key", "value"], rows) + "\n![training curves](curves.png)\n")
+
+
+def describe_run(run_dir: Path) -> str:
+    """What was trained, from the run's ``config.json``: model, data, quantization, seed, rate and epochs."""
+    try:
+        c = read_config(run_dir)
+    except (FileNotFoundError, ValueError, KeyError):
+        return f"Run {Path(run_dir).name}"
+    kind = "float" if c.bits is None else f"{c.bits}-bit {c.forward}, STE {c.ste}"
+    data = f"{c.dataset} (synthetic, {c.synthetic} images)" if c.synthetic else c.dataset
+    start = ", from a trained model" if c.init else ""
+    return (f"{c.model} on {data}, {kind}, seed {c.seed}: lr {c.resolved_lr():g}{start}, "
+            f"{c.resolved_epochs()} epoch{'s' * (c.resolved_epochs() != 1)}")
 
 
 def plot_curves(run_dir: Path, records: list[dict[str, Any]] | None = None, title: str | None = None) -> Path | None:
@@ -73,13 +92,16 @@ def plot_curves(run_dir: Path, records: list[dict[str, Any]] | None = None, titl
         return None
     epochs = [r["epoch"] for r in records]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.8))
-    for key, style in (("train", "-"), ("test", "--")):
-        ax_loss.plot(epochs, [r[f"{key}_loss"] for r in records], style, label=key)
-        ax_acc.plot(epochs, [100 * r[f"{key}_acc"] for r in records], style, label=key)
-    ax_loss.set(xlabel="epoch", ylabel="loss", yscale="log")
-    ax_acc.set(xlabel="epoch", ylabel="accuracy (%)")
+    for key, style in (("train", "-o"), ("test", "--s")):  # markers: a one-epoch run still shows its points
+        ax_loss.plot(epochs, [r[f"{key}_loss"] for r in records], style, ms=5, label=key)
+        ax_acc.plot(epochs, [100 * r[f"{key}_acc"] for r in records], style, ms=5, label=key)
+    ax_loss.set(xlabel="epoch", ylabel="cross-entropy loss (log)", yscale="log", title="loss")
+    ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy")
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
         ax.legend()
-    fig.suptitle(title or run_dir.name)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        if len(epochs) == 1:
+            ax.set_xlim(epochs[0] - 0.5, epochs[0] + 0.5)
+    fig.suptitle(title or describe_run(run_dir), fontsize=11)
     return save_figure(fig, run_dir / "curves.png")

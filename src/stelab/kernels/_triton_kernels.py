@@ -1,0 +1,65 @@
+"""Triton kernels of ``stelab::quantize`` (imported only where ``triton`` is installed; see ``triton_quant.py``).
+
+Triton resolves names used inside a kernel from this module's globals, so the kernels live at module level here.
+"""
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def to_output(v, out_ptr):
+    # float32 -> bfloat16 rounded to nearest even by hand: the interpreter's cast truncates, the GPU's rounds;
+    # this way both give the C++ kernel's (and PyTorch's) result.
+    if out_ptr.dtype.element_ty == tl.bfloat16:
+        u = v.to(tl.uint32, bitcast=True)
+        rounded = (u + 0x7FFF + ((u >> 16) & 1)) >> 16
+        quiet = (u >> 16) | 0x40
+        return tl.where(v != v, quiet, rounded).to(tl.uint16).to(tl.bfloat16, bitcast=True)
+    return v.to(out_ptr.dtype.element_ty)
+
+@triton.jit
+def fwd(x_ptr, y_ptr, s_ptr, p_ptr, n, mask_bits,
+        MODE: tl.constexpr, NB: tl.constexpr, MASK: tl.constexpr, F64: tl.constexpr, BLOCK: tl.constexpr):
+    # p_ptr: [alpha, L, t0, t1, t2, t3] in the compute type (float32, or float64 for float64 inputs).
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    inside = offs < n
+    a = tl.load(p_ptr)
+    levels = tl.load(p_ptr + 1)
+    v = tl.load(x_ptr + offs, mask=inside, other=0.0).to(a.dtype)
+    if MODE == 2:
+        q = tl.where(v > 0, a, -a)
+    else:
+        if F64:  # float64 division is IEEE on every backend
+            r = v / a
+        else:
+            r = tl.math.div_rn(v, tl.zeros_like(v) + a)
+        if MODE == 1:
+            r = r - 0.5
+        k = tl.math.ceil(r)
+        k = tl.where(k > 0, k, 0.0)
+        k = tl.where(k < levels, k, levels)
+        q = k * a
+    q = tl.where(v != v, v, q)
+    tl.store(y_ptr + offs, to_output(q, y_ptr), mask=inside)
+    if NB > 0:
+        code = (v > tl.load(p_ptr + 2)).to(tl.int32)
+        if NB > 1:
+            code += (v > tl.load(p_ptr + 3)).to(tl.int32)
+        if NB > 2:
+            code += (v > tl.load(p_ptr + 4)).to(tl.int32)
+        if NB > 3:
+            code += (v > tl.load(p_ptr + 5)).to(tl.int32)
+        if MASK:
+            code = (mask_bits >> code) & 1
+        tl.store(s_ptr + offs, code.to(tl.uint8), mask=inside)
+
+@triton.jit
+def bwd(g_ptr, s_ptr, out_ptr, v_ptr, n, BLOCK: tl.constexpr):
+    # v_ptr: mu' per state value (up to 5), in the compute type.
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    inside = offs < n
+    s = tl.load(s_ptr + offs, mask=inside, other=0).to(tl.int32)
+    value = tl.load(v_ptr + s, mask=inside, other=0.0)
+    g = tl.load(g_ptr + offs, mask=inside, other=0.0).to(value.dtype)
+    tl.store(out_ptr + offs, to_output(g * value, out_ptr), mask=inside)

@@ -1,0 +1,183 @@
+// stelab's fused quantized activation for the CPU: one pass forward, one pass backward.
+//
+// Built on first use by stelab/kernels/cpu.py (g++ -O3 -march=native -fopenmp -fno-trapping-math: ceil only
+// vectorizes when it need not raise the inexact flag; no result changes) and loaded with ctypes; the math is
+// stated, and checked against, stelab/kernels/reference.py (the pure-PyTorch path, used where no compiler exists).
+//
+// Forward, in the compute type C (float; double for double inputs), with a = alpha rounded to C:
+//   staircase: k = ceil(x / a)          round: k = ceil(x / a - 1/2)       (a tie x = (k + 1/2) a rounds down)
+//   k = min(max(k, 0), L),  y = k * a rounded to the input type;   sign: y = x > 0 ? a : -a.   NaN in, NaN out.
+// Backward state, one byte per element written in the same pass: the STE region r = #{j : x > t_j} with
+// t_j = breaks_j * top (top = L * a, or a for sign); when mu' takes two values only (relu, clipped relu, hardtanh,
+// leaky relu) the byte is the mask (mask_bits >> r) & 1 instead, so the backward is a select, not a table lookup.
+// Backward: dx = g * values[s] in C, rounded to the gradient's type.
+//
+// Why division and not x * (1/a): the user's formula is ceil(x / a); a reciprocal is off by an ulp near every step.
+// Vector division is cheap next to the memory traffic of an elementwise op. No -ffast-math: NaN and exact IEEE
+// division are part of the contract. Tensors arrive as flat dense buffers (any dense memory format: an elementwise
+// op does not care about the order of elements, only that x, y and the state share it).
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+namespace {
+
+// ---- storage types: bf16 and fp16 are converted to and from float (round to nearest even) ----
+struct bf16 { uint16_t bits; };
+typedef _Float16 f16;
+
+inline float load(float v) { return v; }
+inline double load(double v) { return v; }
+inline float load(f16 v) { return (float)v; }
+inline float load(bf16 v) {
+    uint32_t u = (uint32_t)v.bits << 16;
+    float f;
+    std::memcpy(&f, &u, 4);
+    return f;
+}
+
+template <typename T> inline T store(float v);
+template <> inline float store<float>(float v) { return v; }
+template <> inline f16 store<f16>(float v) { return (f16)v; }
+template <> inline bf16 store<bf16>(float v) {
+    uint32_t u;
+    std::memcpy(&u, &v, 4);
+    // Round to nearest even; a NaN keeps its sign and stays a (quiet) NaN.
+    uint32_t rounded = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
+    uint16_t quiet = (uint16_t)((u >> 16) | 0x40u);
+    return bf16{(v != v) ? quiet : (uint16_t)rounded};
+}
+
+template <typename T, typename C> inline T out(C v) { return store<T>(v); }
+template <> inline double out<double, double>(double v) { return v; }
+
+enum Mode { STAIRCASE = 0, ROUND = 1, SIGN = 2 };
+
+// One element of the forward. NB >= 0: that many breakpoints; NB < 0: up to 8, the unused ones +inf (never
+// exceeded, not even by NaN), so every loop has a trip count known at compile time.
+// Written without branches so the loop vectorizes: the clamps are ordered so that NaN passes through them
+// (NaN < 0 and NaN > L are false), and "+ 0" turns the -0 that ceil gives for x in (-a, 0] into +0.
+template <typename T, typename C, int MODE, int NB, bool MASK>
+inline void element(const T* __restrict x, T* __restrict y, uint8_t* __restrict s, int64_t i, C a, C L,
+                    const C* t, uint32_t mask_bits, int& nan) {
+    C v = load(x[i]);
+    C q;
+    if (MODE == SIGN) {
+        q = v > 0 ? a : -a;
+        q = v == v ? q : v;
+    } else {
+        C r = v / a;
+        if (MODE == ROUND) r = r - (C)0.5;
+        C k = std::ceil(r);
+        k = k < 0 ? (C)0 : k;
+        k = k > L ? L : k;
+        q = k * a + (C)0;
+    }
+    nan |= (int)(v != v);
+    y[i] = out<T, C>(q);
+    if (NB != 0) {
+        uint32_t code = 0;
+        for (int j = 0; j < (NB > 0 ? NB : 8); ++j) code += (uint32_t)(v > t[j]);
+        s[i] = (uint8_t)(MASK ? (mask_bits >> code) & 1u : code);
+    }
+}
+
+template <typename T, typename C, int MODE, int NB, bool MASK>
+int forward_impl(const T* __restrict x, T* __restrict y, uint8_t* __restrict s, int64_t n, double alpha, int levels,
+                 const double* breaks, int nb, uint32_t mask_bits, int threads) {
+    const C a = (C)alpha;
+    const C L = (C)levels;
+    const C top = MODE == SIGN ? a : L * a;
+    C thresholds[8];
+    for (int j = 0; j < 8; ++j) thresholds[j] = j < nb ? (C)breaks[j] * top : (C)INFINITY;
+    int nan = 0;
+#pragma omp parallel num_threads(threads) reduction(| : nan) if (threads > 1)
+    {
+        // A private copy: the compiler cannot prove that stores to y and s leave a shared array alone, and would
+        // reload it for every element instead of keeping it in registers.
+        C t[8];
+        for (int j = 0; j < 8; ++j) t[j] = thresholds[j];
+#pragma omp for simd schedule(static)
+        for (int64_t i = 0; i < n; ++i) element<T, C, MODE, NB, MASK>(x, y, s, i, a, L, t, mask_bits, nan);
+    }
+    return nan;
+}
+
+template <typename T, typename C, int MODE>
+int forward_nb(const T* x, T* y, uint8_t* s, int64_t n, double alpha, int levels, const double* breaks, int nb,
+               int mask_bits, int threads) {
+    const uint32_t m = (uint32_t)mask_bits;
+    // One break: the region code already is the mask. Two: the usual clipped shapes, masked or not.
+    switch (nb) {
+        case 0: return forward_impl<T, C, MODE, 0, false>(x, y, s, n, alpha, levels, breaks, nb, m, threads);
+        case 1: return forward_impl<T, C, MODE, 1, false>(x, y, s, n, alpha, levels, breaks, nb, m, threads);
+        case 2:
+            if (mask_bits >= 0) return forward_impl<T, C, MODE, 2, true>(x, y, s, n, alpha, levels, breaks, nb, m,
+                                                                            threads);
+            return forward_impl<T, C, MODE, 2, false>(x, y, s, n, alpha, levels, breaks, nb, m, threads);
+        default:
+            if (mask_bits >= 0) return forward_impl<T, C, MODE, -1, true>(x, y, s, n, alpha, levels, breaks, nb, m,
+                                                                             threads);
+            return forward_impl<T, C, MODE, -1, false>(x, y, s, n, alpha, levels, breaks, nb, m, threads);
+    }
+}
+
+template <typename T, typename C>
+int forward_mode(const void* x, void* y, uint8_t* s, int64_t n, double alpha, int levels, int mode,
+                 const double* breaks, int nb, int mask_bits, int threads) {
+    const T* xx = static_cast<const T*>(x);
+    T* yy = static_cast<T*>(y);
+    if (mode == STAIRCASE)
+        return forward_nb<T, C, STAIRCASE>(xx, yy, s, n, alpha, levels, breaks, nb, mask_bits, threads);
+    if (mode == ROUND) return forward_nb<T, C, ROUND>(xx, yy, s, n, alpha, levels, breaks, nb, mask_bits, threads);
+    return forward_nb<T, C, SIGN>(xx, yy, s, n, alpha, levels, breaks, nb, mask_bits, threads);
+}
+
+template <typename T, typename C>
+void backward_impl(const void* g, const uint8_t* __restrict s, void* dx, int64_t n, const double* values, int nv,
+                   int threads) {
+    const T* __restrict gg = static_cast<const T*>(g);
+    T* __restrict out_ = static_cast<T*>(dx);
+    C lut[256];
+    for (int j = 0; j < 256; ++j) lut[j] = (C)values[j < nv ? j : nv - 1];
+    if (nv == 2) {  // two regions (a mask): a select, no table lookup
+        const C lo = lut[0], hi = lut[1];
+#pragma omp parallel for simd num_threads(threads) schedule(static) if (parallel : threads > 1)
+        for (int64_t i = 0; i < n; ++i) out_[i] = out<T, C>(load(gg[i]) * (s[i] ? hi : lo));
+        return;
+    }
+#pragma omp parallel for num_threads(threads) schedule(static) if (parallel : threads > 1)
+    for (int64_t i = 0; i < n; ++i) out_[i] = out<T, C>(load(gg[i]) * lut[s[i]]);
+}
+
+}  // namespace
+
+// dtype codes shared with cpu.py: 0 float32, 1 float64, 2 bfloat16, 3 float16.
+extern "C" {
+
+// mask_bits < 0: the state is the region code; otherwise bit r says whether region r takes values[1].
+int stelab_quant_forward(int dtype, const void* x, void* y, uint8_t* state, int64_t n, double alpha, int levels,
+                         int mode, const double* breaks, int nb, int mask_bits, int threads) {
+    switch (dtype) {
+        case 0: return forward_mode<float, float>(x, y, state, n, alpha, levels, mode, breaks, nb, mask_bits, threads);
+        case 1: return forward_mode<double, double>(x, y, state, n, alpha, levels, mode, breaks, nb, mask_bits, threads);
+        case 2: return forward_mode<bf16, float>(x, y, state, n, alpha, levels, mode, breaks, nb, mask_bits, threads);
+        case 3: return forward_mode<f16, float>(x, y, state, n, alpha, levels, mode, breaks, nb, mask_bits, threads);
+        default: return -1;
+    }
+}
+
+int stelab_quant_backward(int dtype, const void* grad, const uint8_t* state, void* dx, int64_t n,
+                          const double* values, int nv, int threads) {
+    switch (dtype) {
+        case 0: backward_impl<float, float>(grad, state, dx, n, values, nv, threads); return 0;
+        case 1: backward_impl<double, double>(grad, state, dx, n, values, nv, threads); return 0;
+        case 2: backward_impl<bf16, float>(grad, state, dx, n, values, nv, threads); return 0;
+        case 3: backward_impl<f16, float>(grad, state, dx, n, values, nv, threads); return 0;
+        default: return -1;
+    }
+}
+
+int stelab_abi_version(void) { return 1; }
+}

@@ -1,0 +1,85 @@
+"""The Triton kernel of ``stelab::quantize`` for CUDA tensors: the same math as :mod:`stelab.kernels.reference`.
+
+Division is ``div_rn`` (IEEE round to nearest): Triton's ``/`` on float32 is an approximate division on CUDA, which
+would move inputs near a step to the wrong level. Without a GPU the kernels run on CPU tensors under the Triton
+interpreter (``TRITON_INTERPRET=1`` set before this module is imported), which is how the test suite checks them.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import torch
+from torch import Tensor
+
+from .reference import compute_dtype
+
+BLOCK = 1024
+MAX_BREAKS = 4
+
+
+@functools.cache
+def available() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def interpreted() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "") == "1"
+
+
+@functools.cache
+def _kernels():
+    from . import _triton_kernels
+
+    return _triton_kernels.fwd, _triton_kernels.bwd
+
+
+def supports(breaks: list[float], values: list[float]) -> bool:
+    return len(breaks) <= MAX_BREAKS and len(values) <= MAX_BREAKS + 1
+
+
+def forward(x: Tensor, alpha: float, levels: int, mode: int, breaks: list[float], mask_bits: int) -> tuple[Tensor,
+                                                                                                          Tensor]:
+    """``(y, state)`` for a dense ``x`` (CUDA, or CPU under the interpreter)."""
+    from .reference import forward as reference_forward
+    from .reference import top_level
+
+    if not supports(breaks, [0.0]):
+        return reference_forward(x, alpha, levels, mode, breaks, mask_bits)
+    fwd, _ = _kernels()
+    c = compute_dtype(x.dtype)
+    top = top_level(alpha, levels, mode, c)
+    pad = [torch.zeros((), dtype=c)] * (MAX_BREAKS - len(breaks))
+    thresholds = [torch.tensor(b, dtype=c) * top for b in breaks] + pad
+    params = torch.stack([torch.tensor(alpha, dtype=c), torch.tensor(float(levels), dtype=c), *thresholds]).to(x.device)
+    y = torch.empty_like(x)
+    state = torch.empty_like(x, dtype=torch.uint8) if breaks else torch.empty(1, dtype=torch.uint8, device=x.device)
+    n = x.numel()
+    if n:
+        fwd[(triton_cdiv(n, BLOCK),)](x, y, state, params, n, max(mask_bits, 0), MODE=mode, NB=len(breaks),
+                                      MASK=mask_bits >= 0 and len(breaks) > 1, F64=c == torch.float64, BLOCK=BLOCK)
+    return y, state if breaks else state[:0]
+
+
+def backward(grad: Tensor, state: Tensor, values: list[float]) -> Tensor:
+    from .reference import backward as reference_backward
+
+    if not supports([], values):
+        return reference_backward(grad, state, values)
+    _, bwd = _kernels()
+    c = compute_dtype(grad.dtype)
+    table = torch.tensor(values, dtype=c, device=grad.device)
+    out = torch.empty_like(grad)
+    n = grad.numel()
+    if n:
+        bwd[(triton_cdiv(n, BLOCK),)](grad, state, out, table, n, BLOCK=BLOCK)
+    return out
+
+
+def triton_cdiv(n: int, block: int) -> int:
+    return (n + block - 1) // block

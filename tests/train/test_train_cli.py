@@ -1,0 +1,115 @@
+"""``stelab train`` defaults and recoveries: the rate follows how the run starts, the run folder is printed,
+``--resume`` takes its settings from config.json, model/data mismatches and failed starts never block a re-run."""
+
+from __future__ import annotations
+
+import pytest
+
+from stelab.cli import main
+from stelab.io import read_json
+from stelab.train import TrainConfig, train
+from stelab.train.runs import SUMMARY
+
+TINY = ["--synthetic", "64", "--batch-size", "32", "--epochs", "1", "--no-progress"]
+
+
+def test_rate_follows_how_the_run_starts():
+    assert TrainConfig(bits=2).resolved_lr() == 0.1  # quantized from scratch: the from-scratch rate
+    assert TrainConfig(bits=None).resolved_lr() == 0.1
+    assert TrainConfig(bits=2, init="runs/float").resolved_lr() == 0.01  # fine-tuning a trained model
+    assert TrainConfig(bits=2, init="runs/float", lr=0.3).resolved_lr() == 0.3
+
+
+def test_train_prints_rate_with_reason_and_run_folder(tmp_path, capsys):
+    out = tmp_path / "scratch"
+    assert main(["train", *TINY, "--bits", "2", "--out", str(out)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == f"stelab train: writing to {out}"
+    assert lines[1].startswith("stelab train: initial learning rate 0.1 (from-scratch rate: no --init")
+    assert lines[-1] == f"stelab train: run folder {out}"
+    tuned = tmp_path / "tuned"
+    assert main(["train", *TINY, "--init", str(out), "--out", str(tuned)]) == 0
+    assert f"learning rate 0.01 (fine-tuning rate: the run starts from the trained model {out}" in \
+        capsys.readouterr().out
+
+
+def test_help_shows_the_defaults(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for flag, default in (("--model", "lenet5"), ("--dataset", "mnist"), ("--bits", "2"), ("--ste", "clipped_relu")):
+        section = text.rsplit(f"{flag} {flag.strip('-').upper()}", 1)[1][:120]  # the option, not the usage
+        assert f"default {default}" in section, (flag, section)
+
+
+def test_resume_reads_the_saved_config(tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = ["train", "--synthetic", "64", "--batch-size", "32", "--epochs", "2", "--bits", "4", "--ste", "relu",
+            "--seed", "3", "--out", str(out), "--no-progress"]
+    assert main(argv) == 0
+    (out / SUMMARY).unlink()  # as if the run had been killed: unfinished, resumable
+    config = read_json(out / "config.json")
+    # Flags optional: only --out (and a runtime flag) given, the run continues with its own settings.
+    assert main(["train", "--resume", "--out", str(out), "--device", "cpu", "--no-progress"]) == 0
+    assert read_json(out / "config.json") == {**config, "device": "cpu"}
+    assert read_json(out / SUMMARY)["bits"] == 4
+    capsys.readouterr()
+    # A flag that is given and differs names itself -- even when its value is the parser's default.
+    assert main(["train", "--resume", "--out", str(out), "--bits", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "--bits gives bits=2" in err and "has 4" in err and "Traceback" not in err
+    assert main(["train", "--resume", "--out", str(out), "--bits", "4", "--seed", "3", "--no-progress"]) == 0
+
+
+def test_resume_of_a_missing_folder_is_an_error(tmp_path, capsys):
+    out = tmp_path / "never-started"
+    assert main(["train", *TINY, "--resume", "--out", str(out)]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert not out.exists()  # no fresh run started in its place
+
+
+@pytest.mark.parametrize("model, dataset", [("lenet5", "cifar10"), ("resnet20", "mnist"), ("vgg11", "mnist")])
+def test_model_dataset_mismatch_fails_before_anything_is_created(model, dataset, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", *TINY, "--model", model, "--dataset", dataset, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"model {model} is built for" in err and f"--dataset {'mnist' if model == 'lenet5' else 'cifar10'}" in err
+    assert not out.exists()
+    fixed = "mnist" if model == "lenet5" else "cifar10"
+    with pytest.raises(ValueError, match="built for"):
+        TrainConfig(model=model, dataset=dataset)
+    assert TrainConfig(model=model, dataset=fixed).dataset == fixed
+
+
+class FailFirstStep:
+    every = 1
+
+    def __call__(self, **_):
+        raise RuntimeError("out of memory")  # a start that fails after the folder was made
+
+
+def test_a_failed_start_does_not_block_the_rerun(tmp_path):
+    config = TrainConfig(synthetic=64, batch_size=32, epochs=1, out=str(tmp_path / "run"))
+    with pytest.raises(RuntimeError):
+        train(config, hooks=[FailFirstStep()], progress=False)
+    assert (tmp_path / "run" / "config.json").is_file()  # the folder exists, with nothing trained in it
+    assert train(config.replace(seed=1), progress=False)["status"] == "finished"  # corrected re-run, no --resume
+    with pytest.raises(ValueError, match="already holds a run"):  # a trained epoch is never overwritten
+        train(config.replace(seed=1), progress=False)
+
+
+def test_other_commands_check_the_pair_first(tmp_path, capsys):
+    out = tmp_path / "table"
+    assert main(["reproduce", "table1", "--dataset", "cifar10", "--models", "vgg11", "lenet5", "--synthetic", "64",
+                 "--out", str(out)]) == 2  # lenet5 is refused before vgg11's runs start
+    assert "model lenet5 is built for mnist" in capsys.readouterr().err and not out.exists()
+    assert main(["reproduce", "instability", "--model", "resnet20", "--out", str(out)]) == 2  # default mnist
+    assert "model resnet20 is built for cifar10" in capsys.readouterr().err
+    import torch
+
+    from stelab import models
+
+    torch.save(models.build("lenet5").state_dict(), tmp_path / "w.pt")
+    assert main(["diagnose", "--model", "lenet5", "--checkpoint", str(tmp_path / "w.pt"), "--dataset", "cifar10",
+                 "--synthetic", "64", "--out", str(tmp_path / "d")]) == 2
+    assert "model lenet5 is built for mnist" in capsys.readouterr().err
