@@ -1,16 +1,16 @@
 """Speed and saved memory of the quantized activation op against ``torch.nn.functional.relu``.
 
-For fp32 tensors of 64K, 1M and 8M elements it times forward + backward (``y = f(x); y.backward(g)``) of every
-method, interleaved within each repeat so that load on a shared machine hits all of them alike, and reports the
-median as a ratio to relu's median from the same repeats (and the best of the repeats, which other processes on a
-shared machine disturb less). Saved state is measured with
+Forward + backward (``y = f(x); y.backward(g)``) on ResNet-20-shaped activations, 2M (128x16x32x32) and 8M
+(128x64x32x32) elements, in every cell of {float32, bfloat16} x {NCHW, channels_last} x {1, 2 threads}. Within a
+cell the methods take turns in each repeat, in rotating order, so load on a shared machine hits all alike; each is
+reported as the median (and best) of its repeats divided by relu's from the same repeats. Saved state is measured with
 ``torch.autograd.graph.saved_tensors_hooks``: the bytes of every tensor autograd keeps for backward, per element.
 
-    python benchmarks/quant_op.py                 # 2 threads, the default repeats
+    python benchmarks/quant_op.py                   # the whole grid
     python benchmarks/quant_op.py --out runs/bench  # also write results.json and results.md there
 
-Methods: stelab's op (2 bits, fixed alpha, STEs relu / clipped_relu / identity; NaN check off, plus clipped_relu
-with the check on), a naive autograd Function that saves the fp32 input (the textbook way), and Brevitas'
+Methods: stelab's op (2 bits, fixed alpha, STEs clipped_relu / relu / identity; the NaN check off, plus clipped_relu
+with it on), a naive autograd Function that saves the input (the textbook way), and Brevitas'
 ``QuantReLU(bit_width=2)`` when ``import brevitas`` works (benchmark-only; never a stelab dependency).
 """
 
@@ -30,13 +30,16 @@ from tqdm import tqdm
 import stelab
 from stelab.io import markdown_table, write_json, write_text
 
-SIZES = {"64K": 1 << 16, "1M": 1 << 20, "8M": 1 << 23}
+SIZES = {"2M": (128, 16, 32, 32), "8M": (128, 64, 32, 32)}
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+LAYOUTS = {"NCHW": torch.contiguous_format, "channels_last": torch.channels_last}
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 ALPHA = stelab.lloyd_alpha(2)
 
 
 class NaiveQuantize(torch.autograd.Function):
-    """The textbook op: alpha * clamp(ceil(x / alpha), 0, L) forward, saves x, clipped-relu mask in backward."""
+    """The textbook op: alpha * clamp(ceil(x / alpha), 0, L) forward (in x's dtype), saves x, clipped-relu mask
+    in backward."""
 
     @staticmethod
     def forward(ctx, x):
@@ -51,7 +54,7 @@ class NaiveQuantize(torch.autograd.Function):
 
 def methods() -> dict[str, Callable]:
     out: dict[str, Callable] = {"relu": F.relu}
-    for ste in ("relu", "clipped_relu", "identity"):
+    for ste in ("clipped_relu", "relu", "identity"):
         out[f"stelab {ste}"] = stelab.QuantReLU(bits=2, ste=ste, check_nan=False)
     out["stelab clipped_relu + NaN check"] = stelab.QuantReLU(bits=2, ste="clipped_relu", check_nan=True)
     out["naive (saves fp32 x)"] = NaiveQuantize.apply
@@ -78,14 +81,18 @@ def saved_bytes_per_element(fn: Callable, n: int = 1 << 16) -> float:
     return sum(s for s in sizes if s >= n) / n
 
 
-def time_all(fns: dict[str, Callable], n: int, repeats: int, clock: Callable[[], float]) -> dict[str, list[float]]:
-    x = torch.randn(n, requires_grad=True)
-    grad = torch.randn(n)
+def time_all(fns: dict[str, Callable], shape, dtype, layout, repeats: int, clock) -> dict[str, list[float]]:
+    x = torch.randn(shape).to(dtype).contiguous(memory_format=layout).requires_grad_(True)
+    grad = torch.randn(shape).to(dtype).contiguous(memory_format=layout)
     samples: dict[str, list[float]] = {name: [] for name in fns}
-    for fn in fns.values():  # warm-up: first-call allocations and lazy initialisation
+    for fn in fns.values():  # warm-up: first-call allocations, kernel build, lazy initialisation
         fn(x).backward(grad)
-    for _ in tqdm(range(repeats), desc=f"{n} elements", leave=False):
-        for name, fn in fns.items():
+    names = list(fns)
+    for r in range(repeats):
+        # Rotate who goes first: the method right after another one's frees pays for its page faults, which at
+        # these sizes is a 20% effect by itself.
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            fn = fns[name]
             x.grad = None
             start = clock()
             fn(x).backward(grad)
@@ -93,38 +100,51 @@ def time_all(fns: dict[str, Callable], n: int, repeats: int, clock: Callable[[],
     return samples
 
 
+def run_grid(fns, threads: list[int], repeats: dict[str, int], clock) -> dict[str, dict]:
+    cells = {}
+    grid = [(t, d, lay, size) for t in threads for d in DTYPES for lay in LAYOUTS for size in SIZES]
+    for t, d, lay, size in tqdm(grid, desc="cells"):
+        torch.set_num_threads(t)
+        samples = time_all(fns, SIZES[size], DTYPES[d], LAYOUTS[lay], repeats[size], clock)
+        med = {name: statistics.median(v) for name, v in samples.items()}
+        best = {name: min(v) for name, v in samples.items()}
+        cells[f"{d} {lay} {size} {t}t"] = {"relu_ms": 1e3 * med["relu"],
+                                           "median_ratio": {n: med[n] / med["relu"] for n in fns},
+                                           "best_ratio": {n: best[n] / best["relu"] for n in fns}}
+    return cells
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--repeats", type=int, nargs=3, default=[300, 60, 15], metavar=("R64K", "R1M", "R8M"))
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--repeats", type=int, nargs=2, default=[40, 12], metavar=("R2M", "R8M"))
     parser.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
                         help="wall: elapsed time; cpu: CPU time of this process (user + system, so page faults "
                              "count), which other processes on a shared machine disturb far less")
     parser.add_argument("--out", default=None, help="folder for results.json and results.md (optional)")
     args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
     fns = methods()
     load_before = os.getloadavg()[0]
     saved = {name: saved_bytes_per_element(fn) for name, fn in fns.items()}
-    clock = CLOCKS[args.clock]
-    samples = {label: time_all(fns, n, r, clock) for (label, n), r in zip(SIZES.items(), args.repeats)}
-    stats = {"median": statistics.median, "best": min}
-    summary = {kind: {label: {name: f(s) for name, s in by_name.items()} for label, by_name in samples.items()}
-               for kind, f in stats.items()}
-    relu_ms = ", ".join(f"{label}: {1e3 * summary['median'][label]['relu']:.3f} ms" for label in SIZES)
-    text = (f"torch {torch.__version__}, {args.threads} threads ({os.cpu_count()} CPUs), {platform.machine()}, "
-            f"{args.clock} clock, "
-            f"1-min load average {load_before:.1f} before / {os.getloadavg()[0]:.1f} after; median forward+backward "
-            f"time of relu: {relu_ms}\n\n")
-    for kind in stats:
-        rows = [[name, *(f"{summary[kind][label][name] / summary[kind][label]['relu']:.2f}x" for label in SIZES),
-                 f"{saved[name]:g}"] for name in fns]
-        headers = ["method", *(f"{label} / relu ({kind})" for label in SIZES), "saved bytes/element"]
-        text += markdown_table(headers, rows) + "\n"
+    cells = run_grid(fns, args.threads, dict(zip(SIZES, args.repeats)), CLOCKS[args.clock])
+    text = (f"torch {torch.__version__}, {os.cpu_count()} CPUs, {platform.machine()}, {args.clock} clock, 1-min load "
+            f"average {load_before:.1f} before / {os.getloadavg()[0]:.1f} after; stelab op backend: "
+            f"{stelab.kernels.backend(torch.zeros(1))}. Forward + backward time / relu's, median of the repeats "
+            "(best in brackets); relu's own median in the last row.\n\n")
+    names = [n for n in fns if n != "relu"]
+    rows = [[n, *(f"{c['median_ratio'][n]:.2f}x ({c['best_ratio'][n]:.2f})" for c in cells.values()),
+             f"{saved[n]:g}"] for n in names]
+    rows.append(["relu (ms)", *(f"{c['relu_ms']:.3f}" for c in cells.values()), f"{saved['relu']:g}"])
+    # One table per thread count keeps the width readable.
+    for t in args.threads:
+        keep = [i for i, k in enumerate(cells) if k.endswith(f" {t}t")]
+        headers = ["method", *(list(cells)[i].rsplit(" ", 1)[0] for i in keep), "saved B/elem"]
+        text += f"**{t} thread{'s' if t > 1 else ''}**\n\n"
+        text += markdown_table(headers, [[r[0], *(r[1 + i] for i in keep), r[-1]] for r in rows]) + "\n"
     print(text)
     if args.out:
         write_json(f"{args.out}/results.json", {"threads": args.threads, "repeats": args.repeats, "clock": args.clock,
-                                                "seconds": summary, "saved_bytes_per_element": saved})
+                                                "cells": cells, "saved_bytes_per_element": saved})
         write_text(f"{args.out}/results.md", text)
     return 0
 

@@ -5,8 +5,13 @@ that already sit on the device (the data pipeline is not timed). The variants of
 (float, quant-relu, quant-clipped, float, ...), so a change in machine load hits them all alike; each round sums
 every variant's step times, the ratio quantized/float is taken within each round and its median reported.
 
-    python benchmarks/train_step.py                       # all models, CPU, 2-bit relu and clipped_relu STEs
-    python benchmarks/train_step.py --models resnet20 --device cuda --steps 50 --channels-last
+Each model runs in every configuration of ``--configs`` (precision x memory format: ``fp32-nchw``, ``fp32-cl``,
+``bf16-nchw``, ``bf16-cl``; bf16 = ``torch.autocast``), and every quantized variant is compared with the float
+model of its own configuration (``x float``) and with the *fastest* float configuration of the same round
+(``x best float``): quantized training is as fast as float training only if it is fast where float is fastest.
+
+    python benchmarks/train_step.py                       # all models, CPU, all four configurations
+    python benchmarks/train_step.py --models resnet20 --device cuda --steps 50 --configs bf16-cl fp32-cl
     python benchmarks/train_step.py --threads 1 --check-nan both   # quantized with and without the NaN scan
 """
 
@@ -28,12 +33,17 @@ from stelab.data import STATS, DeviceLoader, synthetic
 from stelab.io import markdown_table, write_json, write_text
 from stelab.models import DEFAULT_DATASET, build
 
+CONFIGS = {"fp32-nchw": ("fp32", False), "fp32-cl": ("fp32", True), "bf16-nchw": ("bf16", False),
+           "bf16-cl": ("bf16", True)}
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--models", nargs="+", default=stelab.models.names(), choices=stelab.models.names())
     p.add_argument("--bits", type=int, default=2)
-    p.add_argument("--stes", nargs="+", default=["relu", "clipped_relu"])
+    p.add_argument("--stes", nargs="+", default=["clipped_relu"])
+    p.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS),
+                   help="precision-layout configurations (default: all four)")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--steps", type=int, default=20, help="timed steps per variant per round")
     p.add_argument("--vgg-steps", type=int, default=4, help="timed steps per round for vgg11 (slow on CPU)")
@@ -41,7 +51,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=2, help="untimed steps per variant before the first round")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    p.add_argument("--channels-last", action="store_true", help="NHWC weights and inputs")
     p.add_argument("--check-nan", choices=["on", "off", "both"], default="on",
                    help="QuantConfig.check_nan of the quantized variants (the library default is on)")
     p.add_argument("--compile", action="store_true",
@@ -59,8 +68,11 @@ def make_batches(dataset: str, batch_size: int, device: str, channels_last: bool
 
 
 class Variant:
-    def __init__(self, label: str, model: nn.Module, device: str, compile: bool = False) -> None:
-        self.label = label
+    def __init__(self, label: str, model: nn.Module, device: str, config: str, compile: bool = False) -> None:
+        self.label, self.config = label, config
+        self.batches_key = CONFIGS[config][1]
+        self.autocast = torch.autocast(torch.device(device).type, dtype=torch.bfloat16,
+                                       enabled=CONFIGS[config][0] == "bf16")
         model = model.to(device).train()
         self.opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
         self.model = torch.compile(model) if compile else model
@@ -68,7 +80,9 @@ class Variant:
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> None:
         self.opt.zero_grad(set_to_none=True)
-        self.loss_fn(self.model(x), y).backward()
+        with self.autocast:
+            loss = self.loss_fn(self.model(x), y)
+        loss.backward()
         self.opt.step()
 
 
@@ -86,39 +100,51 @@ def time_steps(variant: Variant, batches, steps: int, device: str) -> float:
     return time.perf_counter() - start
 
 
+def build_variants(name: str, args: argparse.Namespace) -> list[Variant]:
+    torch.manual_seed(0)
+    float_model = build(name)
+    checks = {"on": [True], "off": [False], "both": [True, False]}[args.check_nan]
+    variants = []
+    for config in args.configs:
+        cl = CONFIGS[config][1]
+        fm = build(name, channels_last=cl)
+        fm.load_state_dict(float_model.state_dict())
+        variants.append(Variant(f"{config} float", fm, args.device, config, args.compile))
+        for ste in args.stes:
+            for check in checks:
+                model = build(name, stelab.QuantConfig(bits=args.bits, ste=ste, check_nan=check), channels_last=cl)
+                model.load_state_dict(float_model.state_dict())  # the same weights: a quantized twin
+                label = f"{config} {args.bits}-bit {ste}" + ("" if check else ", no NaN check")
+                variants.append(Variant(label, model, args.device, config, args.compile))
+    return variants
+
+
 def bench_model(name: str, args: argparse.Namespace, bar: tqdm) -> list[dict]:
     dataset = DEFAULT_DATASET[name]
-    batches = make_batches(dataset, args.batch_size, args.device, args.channels_last)
-    torch.manual_seed(0)
-    float_model = build(name, channels_last=args.channels_last)
-    variants = [Variant("float", float_model, args.device, args.compile)]
-    checks = {"on": [True], "off": [False], "both": [True, False]}[args.check_nan]
-    for ste in args.stes:
-        for check in checks:
-            quant = stelab.QuantConfig(bits=args.bits, ste=ste, check_nan=check)
-            model = build(name, quant, channels_last=args.channels_last)
-            model.load_state_dict(float_model.state_dict())  # the same weights: a quantized twin
-            label = f"{args.bits}-bit {ste}" + ("" if check else ", no NaN check")
-            variants.append(Variant(label, model, args.device, args.compile))
+    batches = {cl: make_batches(dataset, args.batch_size, args.device, cl) for cl in (False, True)}
+    variants = build_variants(name, args)
     steps = args.vgg_steps if name == "vgg11" else args.steps
     for v in variants:
-        time_steps(v, batches, args.warmup, args.device)
+        time_steps(v, batches[v.batches_key], args.warmup, args.device)
     seconds: dict[str, list[float]] = {v.label: [] for v in variants}
     for _ in range(args.rounds):
         spent = dict.fromkeys(seconds, 0.0)
         for i in range(steps):  # alternate variants step by step, so load changes hit every variant alike
             for v in variants[i % len(variants):] + variants[:i % len(variants)]:  # and rotate who goes first
-                spent[v.label] += time_steps(v, batches[i % len(batches):], 1, args.device)
+                spent[v.label] += time_steps(v, batches[v.batches_key][i % 4:], 1, args.device)
         for label, t in spent.items():
             seconds[label].append(t)
         bar.update(len(variants))
     images = steps * args.batch_size
+    floats = [v.label for v in variants if v.label.endswith(" float")]
+    best_float = [min(seconds[f][r] for f in floats) for r in range(args.rounds)]
     rows = []
     for v in variants:
-        ratios = [f / q for f, q in zip(seconds["float"], seconds[v.label])]  # time ratio = throughput ratio
-        rows.append({"model": name, "variant": v.label, "steps_per_round": steps, "seconds": seconds[v.label],
-                     "images_per_s": images / statistics.median(seconds[v.label]),
-                     "ratio_vs_float": statistics.median(ratios)})
+        own = [f / q for f, q in zip(seconds[f"{v.config} float"], seconds[v.label])]  # time ratio = speed ratio
+        best = [f / q for f, q in zip(best_float, seconds[v.label])]
+        rows.append({"model": name, "config": v.config, "variant": v.label, "steps_per_round": steps,
+                     "seconds": seconds[v.label], "images_per_s": images / statistics.median(seconds[v.label]),
+                     "ratio_vs_float": statistics.median(own), "ratio_vs_best_float": statistics.median(best)})
     return rows
 
 
@@ -126,18 +152,19 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    total = len(args.models) * (1 + len(args.stes) * (2 if args.check_nan == "both" else 1)) * args.rounds
+    per_config = 1 + len(args.stes) * (2 if args.check_nan == "both" else 1)
+    total = len(args.models) * len(args.configs) * per_config * args.rounds
     with tqdm(total=total, desc="train_step", unit="timing") as bar:
         rows = [row for name in args.models for row in bench_model(name, args, bar)]
     env = {"device": args.device, "torch": torch.__version__, "threads": torch.get_num_threads(),
-           "batch_size": args.batch_size, "rounds": args.rounds, "channels_last": args.channels_last,
+           "batch_size": args.batch_size, "rounds": args.rounds, "configs": args.configs,
            "compile": args.compile, "check_nan": args.check_nan, "python": sys.version.split()[0],
            "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None}
-    table = markdown_table(["model", "activations", "images/s", "x float"],
-                           [[r["model"], r["variant"], f"{r['images_per_s']:.1f}", f"{r['ratio_vs_float']:.2f}"]
-                            for r in rows])
+    table = markdown_table(["model", "configuration, activations", "images/s", "x float", "x best float"],
+                           [[r["model"], r["variant"], f"{r['images_per_s']:.1f}", f"{r['ratio_vs_float']:.2f}",
+                             f"{r['ratio_vs_best_float']:.2f}"] for r in rows])
     header = (f"train_step on {env['gpu'] or 'CPU'} ({env['threads']} threads), batch {args.batch_size}, "
-              f"median of {args.rounds} interleaved rounds, channels_last={args.channels_last}, "
+              f"median of {args.rounds} interleaved rounds (cl = channels_last, bf16 = autocast), "
               f"compile={args.compile}, check_nan={env['check_nan']}\n\n")
     print("\n" + header + table)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")

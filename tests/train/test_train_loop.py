@@ -168,3 +168,36 @@ def test_runs_made_before_the_rename_are_still_read(tmp_path):
 
     write_json(tmp_path / "summary.json", {"status": "finished", "epochs": 1})
     assert read_summary(tmp_path) == {"status": "finished", "epochs": 1} and is_done(tmp_path)
+
+
+def test_bf16_cosine_run_follows_the_cosine_and_trains_in_autocast(tmp_path, monkeypatch):
+    from stelab.train import loop
+
+    seen = []
+    real = loop.autocast
+
+    def spy(device, precision):
+        seen.append(precision)
+        return real(device, precision)
+
+    monkeypatch.setattr(loop, "autocast", spy)
+    out = tmp_path / "bf16"
+    config = TrainConfig(**{**TINY, "epochs": 3}, bits=2, out=str(out), precision="bf16", lr_schedule="cosine")
+    summary = train(config, progress=False)
+    assert summary["status"] == "finished" and seen and set(seen) == {"bf16"}
+    lrs = [r["lr"] for r in read_jsonl(out / "metrics.jsonl") if r["kind"] == "epoch"]
+    expected = [0.1 * (1 + math.cos(math.pi * e / 3)) / 2 for e in range(3)]  # the rate each epoch trained at
+    assert lrs == pytest.approx(expected, rel=1e-12)
+    with pytest.raises(ValueError, match="valid choices: bf16, fp32"):
+        TrainConfig(precision="fp16")
+    with pytest.raises(ValueError, match="valid choices: cosine, step"):
+        TrainConfig(lr_schedule="onecycle")
+
+
+def test_channels_last_default_is_the_measured_one_and_can_be_overridden():
+    from stelab.train.config import CHANNELS_LAST_DEFAULT
+
+    assert TrainConfig(model="resnet20", dataset="cifar10").resolved_channels_last("cpu") is \
+        CHANNELS_LAST_DEFAULT[("cpu", "resnet20")]
+    assert TrainConfig(model="resnet20", dataset="cifar10", channels_last=False).resolved_channels_last("cpu") is False
+    assert TrainConfig(channels_last=True).resolved_channels_last("cpu") is True

@@ -45,9 +45,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def _train_fields(args: argparse.Namespace) -> dict:
     return dict(lr=args.lr, lr_milestones=tuple(args.lr_milestones), lr_gamma=args.lr_gamma,
+                lr_schedule=args.lr_schedule,
                 batch_size=args.batch_size, momentum=args.momentum, weight_decay=args.weight_decay,
                 nesterov=args.nesterov, augment=args.augment, data_dir=args.data_dir, device=args.device,
-                compile=args.compile, channels_last=args.channels_last, limit_train=args.limit_train,
+                compile=args.compile, channels_last=args.channels_last, precision=args.precision,
+                limit_train=args.limit_train,
                 limit_test=args.limit_test, synthetic=args.synthetic, eval_batch_size=args.eval_batch_size)
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..train.config import DEVICES, TrainConfig
+from ..train.config import DEVICES, PRECISIONS, SCHEDULES, TrainConfig
 
 
 def _bool_flag(p: argparse.ArgumentParser, name: str, help: str) -> None:
@@ -23,6 +23,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr-milestones", type=float, nargs="*", default=list(d.lr_milestones), metavar="F",
                    help="fractions of the run where the rate is cut by --lr-gamma (default 0.5 0.75; none: constant)")
     p.add_argument("--lr-gamma", type=float, default=d.lr_gamma)
+    p.add_argument("--lr-schedule", choices=SCHEDULES, default=d.lr_schedule,
+                   help="step: multiply by --lr-gamma at --lr-milestones (default); cosine: cosine to 0 over the run")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="global batch size over all processes")
     p.add_argument("--momentum", type=float, default=d.momentum)
     p.add_argument("--weight-decay", type=float, default=d.weight_decay)
@@ -31,7 +33,11 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", default=None, help="folder holding MNIST/ and cifar-10-batches-py/")
     p.add_argument("--device", choices=DEVICES, default=d.device)
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
-    p.add_argument("--channels-last", action="store_true", help="channels_last memory format (helps on GPUs)")
+    _bool_flag(p, "channels-last", "channels_last memory format (default: the faster one measured for the model "
+                                   "and device, see BENCHMARKS.md)")
+    p.add_argument("--precision", choices=PRECISIONS, default=d.precision,
+                   help="fp32, or bf16 mixed precision (autocast; fastest on CPUs with AVX-512 bf16/AMX and on "
+                        "GPUs; default fp32)")
     p.add_argument("--limit-train", type=int, default=0, metavar="N", help="use the first N training images")
     p.add_argument("--limit-test", type=int, default=0, metavar="N", help="use the first N test images")
     p.add_argument("--synthetic", type=int, default=0, metavar="N", help="N random images instead of the data set")
@@ -82,10 +88,12 @@ def _fields_from_args(args: argparse.Namespace, **overrides) -> dict:
         bits=None if getattr(args, "float_model", False) else getattr(args, "bits", 2),
         ste=getattr(args, "ste", "clipped_relu"), forward=getattr(args, "forward", "staircase"),
         alpha=getattr(args, "alpha", None), init=getattr(args, "init", None), epochs=getattr(args, "epochs", None),
-        lr=args.lr, lr_milestones=tuple(args.lr_milestones), lr_gamma=args.lr_gamma, batch_size=args.batch_size,
-        momentum=args.momentum, weight_decay=args.weight_decay, nesterov=args.nesterov, augment=args.augment,
+        lr=args.lr, lr_milestones=tuple(args.lr_milestones), lr_gamma=args.lr_gamma, lr_schedule=args.lr_schedule,
+        batch_size=args.batch_size, momentum=args.momentum, weight_decay=args.weight_decay, nesterov=args.nesterov,
+        augment=args.augment,
         seed=getattr(args, "seed", 0), data_dir=args.data_dir, out=getattr(args, "out", None), device=args.device,
-        compile=args.compile, channels_last=args.channels_last, limit_train=args.limit_train,
+        compile=args.compile, channels_last=args.channels_last, precision=args.precision,
+        limit_train=args.limit_train,
         limit_test=args.limit_test, synthetic=args.synthetic, eval_batch_size=args.eval_batch_size,
         diagnose_every=getattr(args, "diagnose_every", 0), save_best=getattr(args, "save_best", False),
     )

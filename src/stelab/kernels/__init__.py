@@ -125,8 +125,13 @@ def _ste_backward_cpu_kernel(grad, state, values):
 
 
 def _ste_backward_cpu(grad, state, values):
-    if grad.dtype not in cpu.DTYPE_CODES or not _same_layout(grad, state) or not cpu.available():
+    if grad.dtype not in cpu.DTYPE_CODES or grad.shape != state.shape or not _dense(grad) or not cpu.available():
         return reference.backward(grad, state, values)
+    if grad.stride() != state.stride():
+        # The gradient can arrive in another layout than the input had (oneDNN's convolution backward returns NCHW
+        # gradients in a channels_last model). dx goes back in the input's layout, as relu's does: the batch norm
+        # before it runs its backward several times slower on mixed layouts than this one copy costs.
+        grad = torch.empty_like(state, dtype=grad.dtype).copy_(grad)
     out = torch.empty_like(grad)
     cpu.backward(grad, state, out, values)
     return out

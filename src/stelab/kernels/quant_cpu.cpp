@@ -43,10 +43,10 @@ template <> inline f16 store<f16>(float v) { return (f16)v; }
 template <> inline bf16 store<bf16>(float v) {
     uint32_t u;
     std::memcpy(&u, &v, 4);
-    // Round to nearest even; a NaN keeps its sign and stays a (quiet) NaN.
-    uint32_t rounded = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
-    uint16_t quiet = (uint16_t)((u >> 16) | 0x40u);
-    return bf16{(v != v) ? quiet : (uint16_t)rounded};
+    // Round to nearest even.
+    // Every NaN reaching here came from a bfloat16 (low 16 bits zero) or is the default NaN, so adding the rounding
+    // bias cannot carry into the exponent: no NaN test is needed.
+    return bf16{(uint16_t)((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16)};
 }
 
 template <typename T, typename C> inline T out(C v) { return store<T>(v); }
@@ -77,9 +77,17 @@ inline void element(const T* __restrict x, T* __restrict y, uint8_t* __restrict 
     nan |= (int)(v != v);
     y[i] = out<T, C>(q);
     if (NB != 0) {
-        uint32_t code = 0;
-        for (int j = 0; j < (NB > 0 ? NB : 8); ++j) code += (uint32_t)(v > t[j]);
-        s[i] = (uint8_t)(MASK ? (mask_bits >> code) & 1u : code);
+        if (MASK && NB > 0 && NB <= 2) {
+            // The mask as boolean selects (cheaper in vector registers than a variable shift of the region).
+            const bool b0 = mask_bits & 1u, b1 = (mask_bits >> 1) & 1u, b2 = (mask_bits >> 2) & 1u;
+            const bool g0 = v > t[0];
+            const bool m = NB == 1 ? (g0 ? b1 : b0) : ((v > t[1]) ? b2 : (g0 ? b1 : b0));
+            s[i] = (uint8_t)m;
+        } else {
+            uint32_t code = 0;
+            for (int j = 0; j < (NB > 0 ? NB : 8); ++j) code += (uint32_t)(v > t[j]);
+            s[i] = (uint8_t)(MASK ? (mask_bits >> code) & 1u : code);
+        }
     }
 }
 
@@ -108,10 +116,13 @@ template <typename T, typename C, int MODE>
 int forward_nb(const T* x, T* y, uint8_t* s, int64_t n, double alpha, int levels, const double* breaks, int nb,
                int mask_bits, int threads) {
     const uint32_t m = (uint32_t)mask_bits;
-    // One break: the region code already is the mask. Two: the usual clipped shapes, masked or not.
+    // One break: the region code is the mask (mask_bits = 0b10, or 0b01 for a falling step). Two: the clipped shapes.
     switch (nb) {
         case 0: return forward_impl<T, C, MODE, 0, false>(x, y, s, n, alpha, levels, breaks, nb, m, threads);
-        case 1: return forward_impl<T, C, MODE, 1, false>(x, y, s, n, alpha, levels, breaks, nb, m, threads);
+        case 1:
+            if (mask_bits >= 0) return forward_impl<T, C, MODE, 1, true>(x, y, s, n, alpha, levels, breaks, nb, m,
+                                                                            threads);
+            return forward_impl<T, C, MODE, 1, false>(x, y, s, n, alpha, levels, breaks, nb, m, threads);
         case 2:
             if (mask_bits >= 0) return forward_impl<T, C, MODE, 2, true>(x, y, s, n, alpha, levels, breaks, nb, m,
                                                                             threads);

@@ -106,7 +106,7 @@ class CoarseGDConfig(JsonConfig):
     # a frozen dataclass allows; equality and to_dict see only the fields).
     @cached_property
     def resolution(self) -> float:
-        """The staircase step actually used: Lloyd's (or ``alpha``) snapped to the core's exact grid."""
+        """The staircase step used: Lloyd's for the bits, or ``alpha`` as given."""
         staircase = quantizers.get("staircase")
         return staircase.resolution(self.bits, staircase.default_alpha(self.bits) if self.alpha is None else self.alpha)
 

@@ -4,6 +4,8 @@ Learning-rate schedule (step decay, ``MultiStepLR``):
 
 .. math::  \eta_t = \eta_0 \, \gamma^{\#\{m \in M : m \le t\}}, \qquad M = \{\lfloor f E \rfloor : f \in F\}
 
+or, with ``lr_schedule="cosine"``, :math:`\eta_t = \eta_0 (1 + \cos(\pi t / E)) / 2` (per epoch; milestones and
+gamma unused), which suits short schedules better;
 with ``E`` the number of epochs and ``F = lr_milestones`` given as *fractions* of the run, so a shortened run
 (``--epochs-scale``) keeps the same shape. Defaults: ``F = (0.5, 0.75)``, ``gamma = 0.1`` -- the schedule of
 He et al. (2016) for CIFAR ResNets (decay at 50% and 75% of training), which the paper's VGG/ResNet baselines follow;
@@ -22,6 +24,12 @@ from ..errors import check_choice
 MODEL_EPOCHS = {"lenet5": 50, "vgg11": 200, "resnet20": 200}  # the paper's protocol
 DATASETS = ("mnist", "cifar10")
 DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("fp32", "bf16")
+SCHEDULES = ("step", "cosine")
+# --channels-last when not given: the faster memory format per (device type, model), measured with
+# benchmarks/train_step.py (BENCHMARKS.md). On CUDA, channels_last is what cuDNN's tensor-core kernels want.
+CHANNELS_LAST_DEFAULT = {("cpu", "lenet5"): False, ("cpu", "vgg11"): True, ("cpu", "resnet20"): True,
+                         ("cuda", "lenet5"): True, ("cuda", "vgg11"): True, ("cuda", "resnet20"): True}
 
 
 @dataclass(frozen=True)
@@ -30,6 +38,8 @@ class TrainConfig(JsonConfig):
 
     ``init`` is a float (or quantized) checkpoint file or run folder whose weights start the run.
     ``lr=None`` picks 0.1 from scratch and 0.01 with ``init`` (fine-tuning); ``epochs=None`` the paper's count.
+    ``precision="bf16"`` runs forward and loss under ``torch.autocast`` (bfloat16 matmuls and convolutions, float32
+    weights and optimizer); ``channels_last=None`` picks the faster memory format measured for the model and device.
     ``limit_train``/``limit_test`` keep the first N images (0 = all); ``synthetic`` > 0 replaces the data set by
     that many random images of the data set's shape (tests, benchmarks). ``augment=None`` means on for CIFAR-10.
     """
@@ -45,6 +55,7 @@ class TrainConfig(JsonConfig):
     lr: float | None = None
     lr_milestones: tuple[float, ...] = (0.5, 0.75)
     lr_gamma: float = 0.1
+    lr_schedule: str = "step"
     batch_size: int = 128
     momentum: float = 0.9
     weight_decay: float = 1e-4
@@ -55,7 +66,8 @@ class TrainConfig(JsonConfig):
     out: str | None = None
     device: str = "auto"
     compile: bool = False
-    channels_last: bool = False
+    channels_last: bool | None = None
+    precision: str = "fp32"
     limit_train: int = 0
     limit_test: int = 0
     synthetic: int = 0
@@ -69,6 +81,8 @@ class TrainConfig(JsonConfig):
 
         check_dataset(self.model, self.dataset)  # before any folder is made: a mismatch fails deep inside torch
         check_choice("device", self.device, DEVICES)
+        check_choice("precision", self.precision, PRECISIONS)
+        check_choice("lr schedule", self.lr_schedule, SCHEDULES)
         if self.bits is not None:
             self.quant_config()  # validates bits / ste / forward / alpha with the valid choices
         object.__setattr__(self, "lr_milestones", tuple(float(m) for m in self.lr_milestones))
@@ -119,6 +133,12 @@ class TrainConfig(JsonConfig):
         """Epoch indices (0-based, counted at the start of an epoch) where the rate is multiplied by gamma."""
         epochs = self.resolved_epochs()
         return sorted({max(1, int(f * epochs)) for f in self.lr_milestones if int(f * epochs) < epochs})
+
+    def resolved_channels_last(self, device_type: str) -> bool:
+        """``channels_last`` as given, else the measured faster format for this model on this device type."""
+        if self.channels_last is not None:
+            return self.channels_last
+        return CHANNELS_LAST_DEFAULT.get((device_type, self.model), False)
 
     def resolved_augment(self) -> bool:
         return self.augment if self.augment is not None else self.dataset == "cifar10"

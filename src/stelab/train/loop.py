@@ -57,7 +57,7 @@ def load_split(config: TrainConfig, split: str) -> tuple[Tensor, Tensor]:
 
 @torch.no_grad()
 def evaluate(model: nn.Module, x: Tensor, y: Tensor, batch_size: int, info: distributed.DistInfo,
-             channels_last: bool = False) -> tuple[float, float]:
+             channels_last: bool = False, precision: str = "fp32") -> tuple[float, float]:
     """Mean cross-entropy and accuracy over the whole set; ranks take interleaved shares and sum."""
     was_training = model.training
     model.eval()
@@ -67,7 +67,8 @@ def evaluate(model: nn.Module, x: Tensor, y: Tensor, batch_size: int, info: dist
         xb, yb = x[i:i + batch_size], y[i:i + batch_size]
         if channels_last:
             xb = xb.contiguous(memory_format=torch.channels_last)
-        out = model(xb)
+        with autocast(x.device, precision):
+            out = model(xb)
         sums[0] += nn.functional.cross_entropy(out.float(), yb, reduction="sum").double()
         sums[1] += (out.argmax(1) == yb).sum()
         sums[2] += len(yb)
@@ -75,6 +76,18 @@ def evaluate(model: nn.Module, x: Tensor, y: Tensor, batch_size: int, info: dist
     model.train(was_training)
     n = max(sums[2].item(), 1.0)
     return sums[0].item() / n, sums[1].item() / n
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig) -> torch.optim.lr_scheduler.LRScheduler:
+    """Step decay at the milestones, or a cosine from the initial rate to 0 over the run (stepped per epoch)."""
+    if config.lr_schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.resolved_epochs())
+    return torch.optim.lr_scheduler.MultiStepLR(optimizer, config.milestone_epochs(), config.lr_gamma)
+
+
+def autocast(device: torch.device, precision: str) -> torch.autocast:
+    """Mixed precision for ``precision="bf16"`` (bfloat16 autocast on CPU and CUDA); a no-op for fp32."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
 def _check_resume_config(run_dir: Path, config: TrainConfig) -> None:
@@ -133,7 +146,8 @@ def _train(config: TrainConfig, hooks: list, info: distributed.DistInfo, device:
     if config.init:
         load_weights(model, config.init)
     model.to(device)
-    if config.channels_last:
+    channels_last = config.resolved_channels_last(device.type)
+    if channels_last:
         model.to(memory_format=torch.channels_last)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
@@ -141,7 +155,7 @@ def _train(config: TrainConfig, hooks: list, info: distributed.DistInfo, device:
     epochs, lr = config.resolved_epochs(), config.resolved_lr()
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=config.momentum,
                                 weight_decay=config.weight_decay, nesterov=config.nesterov)
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, config.milestone_epochs(), config.lr_gamma)
+    scheduler = make_scheduler(optimizer, config)
 
     mean, std = data.STATS[config.dataset]
     train_x, train_y = load_split(config, "train")
@@ -149,7 +163,7 @@ def _train(config: TrainConfig, hooks: list, info: distributed.DistInfo, device:
     loader = data.DeviceLoader(train_x, train_y, batch_size=config.batch_size // info.world_size, shuffle=True,
                                augment=config.resolved_augment(), mean=mean, std=std, device=device,
                                seed=config.seed, rank=info.rank, world_size=info.world_size,
-                               channels_last=config.channels_last)
+                               channels_last=channels_last)
     test_x, test_y = data.normalise(test_x.to(device), mean, std), test_y.to(device)
 
     start_epoch, step, elapsed, best = 0, 0, 0.0, None
@@ -186,8 +200,9 @@ def _train(config: TrainConfig, hooks: list, info: distributed.DistInfo, device:
         bar = _progress_bar(len(loader), epoch, epochs, enabled=progress and info.is_main)
         try:
             for i, (xb, yb) in enumerate(loader):
-                out = net(xb)
-                loss = loss_fn(out, yb)
+                with autocast(device, config.precision):
+                    out = net(xb)
+                    loss = loss_fn(out, yb)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -224,7 +239,8 @@ def _train(config: TrainConfig, hooks: list, info: distributed.DistInfo, device:
         distributed.all_reduce_sum(sums)
         train_time = time.perf_counter() - t0
         # The plain model: DDP's forward would broadcast buffers, a collective the ranks' unequal shares could hang.
-        test_loss, test_acc = evaluate(model, test_x, test_y, config.eval_batch_size, info, config.channels_last)
+        test_loss, test_acc = evaluate(model, test_x, test_y, config.eval_batch_size, info, channels_last,
+                                      config.precision)
         record = {"kind": "epoch", "epoch": epoch, "step": step, "lr": optimizer.param_groups[0]["lr"],
                   "train_loss": sums[0].item() / sums[2].item(), "train_acc": sums[1].item() / sums[2].item(),
                   "test_loss": test_loss, "test_acc": test_acc, "time_s": time.perf_counter() - t0,
