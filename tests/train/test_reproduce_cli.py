@@ -100,3 +100,19 @@ def test_parse_pair_and_cli_errors(capsys):
     assert "lenet5" in capsys.readouterr().err
     assert main(["reproduce", "instability", "--pairs", "4-relu"]) == 2
     assert "BITS:FROM->TO" in capsys.readouterr().err
+
+
+def test_table1_cells_can_train_for_their_own_number_of_epochs(tmp_path):
+    out = tmp_path / "t1"
+    argv = ["reproduce", "table1", "--dataset", "mnist", "--bits", "2", "--stes", "relu", "--epochs-scale", "0.04",
+            "--cell-epochs", "1", "--synthetic", "256", "--out", str(out), "--no-progress"]
+    assert main(argv) == 0
+    assert read_json(out / "lenet5" / "seed0" / "float" / "results.json")["epochs"] == 2
+    assert read_json(out / "lenet5" / "seed0" / "2bit-relu" / "results.json")["epochs"] == 1
+    results = read_json(out / "results.json")
+    assert results["cell_epochs"] == 1
+    assert next(c for c in results["cells"] if c["ste"] == "relu")["n"] == 1  # the 1-epoch cell is in the table
+    assert "quantized cells: 1" in (out / "report.md").read_text()
+    bad = [a if a != str(out) else str(tmp_path / "bad") for a in argv]
+    bad[bad.index("--cell-epochs") + 1] = "0"
+    assert main(bad) == 2 and not (tmp_path / "bad" / "lenet5").exists()

@@ -21,6 +21,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--seeds", type=int, default=1, help="number of seeds: FIRST..FIRST+N-1")
     t.add_argument("--first-seed", type=int, default=0, help="first seed (to split seeds over processes/machines)")
     t.add_argument("--epochs-scale", type=float, default=1.0, help="fraction of the paper's epochs (50 / 200)")
+    t.add_argument("--cell-epochs", type=int, default=None,
+                   help="epochs of each quantized fine-tuning run (default: as many as the float run)")
     t.add_argument("--out", default=None, help="output folder (default runs/table1-<dataset>)")
     add_train_arguments(t)
     t.set_defaults(func=run_table1_cmd)
@@ -70,6 +72,7 @@ def run_table1_cmd(args: argparse.Namespace) -> int:
     check_out_dir(out)
     results = run_table1(args.dataset, out, models=args.models, bits=args.bits, stes=args.stes, seeds=args.seeds,
                          first_seed=args.first_seed, epochs_scale=args.epochs_scale, progress=not args.no_progress,
+                         cell_epochs=args.cell_epochs,
                          **_train_fields(args))
     from ..reproduce.table1 import table1_markdown
 

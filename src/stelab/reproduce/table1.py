@@ -49,13 +49,16 @@ def run_or_resume(config: TrainConfig, progress: bool = True) -> dict[str, Any]:
 
 def run_table1(dataset: str, root: str | Path, *, models: Sequence[str] | None = None, bits: Iterable[int] = (2, 4),
                stes: Iterable[str] = STES, seeds: int = 1, epochs_scale: float = 1.0, progress: bool = True,
-               first_seed: int = 0, **train_fields: Any) -> dict[str, Any]:
+               first_seed: int = 0, cell_epochs: int | None = None, **train_fields: Any) -> dict[str, Any]:
     """Run (or finish) the sweep over seeds ``first_seed .. first_seed + seeds - 1`` and write ``results.json``,
     ``report.md`` and the curve plots under ``root``. The table covers every seed folder present under ``root``,
-    so seeds trained by separate invocations (``first_seed``) end up in one table."""
+    so seeds trained by separate invocations (``first_seed``) end up in one table. ``cell_epochs``: epochs of the
+    quantized fine-tuning runs (default: as many as the float run's)."""
     root = Path(root)
     models = tuple(models or MODELS_BY_DATASET[dataset])
     bits, stes = tuple(bits), tuple(stes)
+    if cell_epochs is not None and cell_epochs < 1:
+        raise ValueError(f"cell_epochs must be >= 1, got {cell_epochs}")
     if seeds < 1 or first_seed < 0 or not epochs_scale > 0:
         raise ValueError(f"need seeds >= 1, first_seed >= 0 and epochs_scale > 0, got {seeds}, {first_seed} and "
                          f"{epochs_scale}")
@@ -70,12 +73,15 @@ def run_table1(dataset: str, root: str | Path, *, models: Sequence[str] | None =
             for b in bits:
                 for ste in stes:
                     out = cell_dir(root, model, seed, b, ste)
-                    run_or_resume(base.replace(bits=b, ste=ste, init=str(float_run), out=str(out)), progress)
-    runs = collect_runs(root, models, bits, stes, epochs_scale)
+                    cell = base.replace(bits=b, ste=ste, init=str(float_run), out=str(out),
+                                        epochs=cell_epochs or epochs)
+                    run_or_resume(cell, progress)
+    runs = collect_runs(root, models, bits, stes, epochs_scale, cell_epochs)
     seeds_present = sorted({r["seed"] for r in runs})
     results = {"dataset": dataset, "models": models, "bits": bits, "stes": stes, "seeds": len(seeds_present),
                "seed_list": seeds_present,
-               "epochs_scale": epochs_scale, "cells": aggregate(runs, models, bits, stes), "runs": runs}
+               "epochs_scale": epochs_scale, "cell_epochs": cell_epochs,
+               "cells": aggregate(runs, models, bits, stes), "runs": runs}
     write_json(root / "results.json", results)
     write_text(root / "report.md", table1_markdown(results))
     for model in models:
@@ -84,9 +90,10 @@ def run_table1(dataset: str, root: str | Path, *, models: Sequence[str] | None =
 
 
 def collect_runs(root: Path, models: Sequence[str], bits: Sequence[int], stes: Sequence[str],
-                 epochs_scale: float) -> list[dict]:
+                 epochs_scale: float, cell_epochs: int | None = None) -> list[dict]:
     """The summaries of every seed folder under ``root`` (this invocation's and earlier ones') trained for the
-    same number of epochs; a cell whose float run diverged is listed as skipped."""
+    same number of epochs; a cell whose float run diverged is listed as skipped. CIFAR-10 runs also get
+    ``test_acc_first1000``: accuracy on the first 1,000 test images, the only ones identical to the official set."""
     runs: list[dict[str, Any]] = []
     for model in models:
         seed_dirs = sorted((root / model).glob("seed*"), key=lambda p: int(p.name[4:]) if p.name[4:].isdigit() else -1)
@@ -97,17 +104,48 @@ def collect_runs(root: Path, models: Sequence[str], bits: Sequence[int], stes: S
             float_summary = read_summary(float_dir(root, model, seed))
             if float_summary is None or float_summary.get("epochs") != scaled_epochs(model, epochs_scale):
                 continue
-            runs.append({**float_summary, "dir": str(float_dir(root, model, seed))})
+            runs.append(_with_subset(float_summary, float_dir(root, model, seed)))
             for b in bits:
                 for ste in stes:
                     out = cell_dir(root, model, seed, b, ste)
                     cell = read_summary(out)
-                    if cell is not None and cell.get("epochs") == float_summary["epochs"]:
-                        runs.append({**cell, "dir": str(out)})
+                    if cell is not None and cell.get("epochs") == (cell_epochs or float_summary["epochs"]):
+                        runs.append(_with_subset(cell, out))
                     elif float_summary["status"] != "finished":
                         runs.append({"status": "skipped (float diverged)", "model": model, "bits": b, "ste": ste,
                                      "seed": seed, "dir": str(out)})
     return runs
+
+
+EXACT_TEST_IMAGES = 1000  # CIFAR-10 test images past index 999 in ../shared/data went through JPEG (its README)
+
+
+def _with_subset(summary: dict[str, Any], run_dir: Path) -> dict[str, Any]:
+    out = {**summary, "dir": str(run_dir)}
+    if summary.get("dataset") == "cifar10" and summary.get("status") == "finished":
+        out["test_acc_first1000"] = subset_accuracy(run_dir, EXACT_TEST_IMAGES)
+    return out
+
+
+def subset_accuracy(run_dir: Path, n: int) -> float | None:
+    """Test accuracy of the run's last checkpoint on the first ``n`` test images (None without data/checkpoint)."""
+    import torch
+
+    from .. import data
+    from ..train import load_model_from_run, read_config
+    from ..train.loop import autocast
+
+    try:
+        config = read_config(run_dir)
+        images, labels = data.load(config.dataset, config.data_dir, split="test")
+        model = load_model_from_run(run_dir)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"{run_dir}: no first-{n} accuracy ({err})", file=sys.stderr)
+        return None
+    mean, std = data.STATS[config.dataset]
+    with torch.no_grad(), autocast(torch.device("cpu"), config.precision):  # as the run evaluated itself
+        out = model(data.normalise(images[:n], mean, std))
+    return float((out.argmax(1) == labels[:n]).float().mean())
 
 
 def _finite(run: dict[str, Any]) -> bool:
@@ -131,11 +169,14 @@ def aggregate(runs: list[dict[str, Any]], models, bits, stes) -> list[dict[str, 
         finite = [r for r in mine if _finite(r)]
         loss_mean, loss_std = _mean_std([r["train_loss"] for r in finite])
         acc_mean, acc_std = _mean_std([100 * r["test_acc"] for r in finite])
+        first = [100 * r["test_acc_first1000"] for r in finite if r.get("test_acc_first1000") is not None]
+        first_mean, first_std = _mean_std(first)
         paper = paper_cell(model, b, ste) if b is not None else None
         cells.append({"model": model, "bits": b, "ste": ste, "n": len(finite), "runs": len(mine),
                       "diverged": sum(r.get("status") == "diverged" for r in mine),
                       "train_loss_mean": loss_mean, "train_loss_std": loss_std,
                       "test_acc_mean": acc_mean, "test_acc_std": acc_std,
+                      "test_acc_first1000_mean": first_mean, "test_acc_first1000_std": first_std,
                       "paper_train_loss": paper[0] if paper else None, "paper_test_acc": paper[1] if paper else None})
     return cells
 
@@ -147,21 +188,28 @@ def _pm(mean: float | None, std: float | None, fmt: str) -> str:
 
 
 def table1_markdown(results: dict[str, Any]) -> str:
-    headers = ["model", "bits", "STE", "paper loss / acc (%)", "ours loss", "ours acc (%)", "n (finite/runs)",
-               "note"]
+    subset = any(c.get("test_acc_first1000_mean") is not None for c in results["cells"])
+    headers = ["model", "bits", "STE", "paper loss / acc (%)", "ours loss", "ours acc (%)",
+               *(["ours acc, first 1,000 (%)"] if subset else []), "n (finite/runs)", "note"]
     rows = []
     for c in results["cells"]:
         paper = "-" if c["paper_train_loss"] is None else f"{c['paper_train_loss']:.2e} / {c['paper_test_acc']:.2f}"
         note = f"{c['diverged']} diverged" if c["diverged"] else ""
         rows.append([c["model"], c["bits"] if c["bits"] is not None else "float", c["ste"], paper,
                      _pm(c["train_loss_mean"], c["train_loss_std"], ".2e"),
-                     _pm(c["test_acc_mean"], c["test_acc_std"], ".2f"), f"{c['n']}/{c['runs']}", note])
+                     _pm(c["test_acc_mean"], c["test_acc_std"], ".2f"),
+                     *([_pm(c.get("test_acc_first1000_mean"), c.get("test_acc_first1000_std"), ".2f")]
+                       if subset else []), f"{c['n']}/{c['runs']}", note])
     scale = results["epochs_scale"]
     epochs = ", ".join(f"{m}: {scaled_epochs(m, scale)}" for m in results["models"])
+    if results.get("cell_epochs"):
+        epochs += f"; quantized cells: {results['cell_epochs']}"
     return (f"# Table 1 (Yin et al. 2019) on {results['dataset']}\n\n"
             f"Epochs per run ({epochs}; scale {scale} of the paper's), {results['seeds']} seed(s). Loss: the final "
             "epoch's mean training loss; accuracy: test accuracy after the last epoch; mean ± std over the finite "
-            "runs.\n\n" + markdown_table(headers, rows))
+            "runs." + (" CIFAR-10: 'acc' is on all 10,000 test images, 'first 1,000' on the images identical to the "
+                       "official set (the rest of our copy went through JPEG)." if subset else "")
+            + "\n\n" + markdown_table(headers, rows))
 
 
 def plot_model_curves(root: Path, model: str, bits: Sequence[int], stes: Sequence[str], seed: int = 0) -> Path | None:
