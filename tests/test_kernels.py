@@ -277,3 +277,16 @@ def test_triton_kernel_under_the_interpreter():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     assert int(out.stdout.split()[-1]) == len(DTYPES) * 4 * len(PIECEWISE)
+
+
+@pytest.mark.parametrize("ste", ["identity", "clipped_relu"])
+def test_dx_comes_back_in_the_input_layout_when_the_gradient_arrives_in_another(ste):
+    # oneDNN's convolution backward hands NCHW gradients to a channels_last model; a batch norm before the
+    # activation runs its backward much slower on mixed layouts, so dx must follow x, as relu's does.
+    x = (torch.randn(4, 6, 5, 7) * 2).contiguous(memory_format=torch.channels_last).requires_grad_(True)
+    y = stelab.QuantReLU(bits=2, ste=ste)(x)
+    g = torch.randn(y.shape)  # contiguous, not channels_last
+    y.backward(g)
+    assert x.grad.stride() == x.stride()
+    mu = stelab.ste.get(ste).derivative(x.detach(), 3 * np.float32(stelab.lloyd_alpha(2)))
+    assert torch.equal(x.grad, g * mu)

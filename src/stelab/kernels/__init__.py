@@ -157,13 +157,14 @@ def _(grad, state, values):
 
 def _setup_context(ctx, inputs, output):
     ctx.values = inputs[6]
+    ctx.layout = _layout(inputs[0]) if not inputs[4] else None
     ctx.save_for_backward(output[1])
 
 
 def _backward(ctx, grad_y, grad_state):
     (state,) = ctx.saved_tensors
     if state.numel() == 0 and grad_y.numel() != 0:  # mu' is one constant: no state was kept
-        gx = _constant_backward(grad_y, ctx.values)
+        gx = _constant_backward(grad_y, ctx.values, ctx.layout)
     else:
         gx = ste_backward(grad_y, state, ctx.values)
     return gx, None, None, None, None, None, None, None
@@ -182,8 +183,15 @@ _FORWARD = {"cpu": _quantize_cpu, "cuda": _quantize_cuda}
 _BACKWARD = {"cpu": _ste_backward_cpu, "cuda": _ste_backward_cuda}
 
 
-def _constant_backward(grad: Tensor, values: list[float]) -> Tensor:
+def _constant_backward(grad: Tensor, values: list[float], layout: tuple | None) -> Tensor:
+    """``grad * values[0]`` in the input's layout ``(shape, stride)`` (see :func:`_ste_backward_cpu` for why)."""
+    if layout is not None and grad.stride() != layout[1] and grad.shape == layout[0]:
+        return torch.empty_strided(*layout, dtype=grad.dtype, device=grad.device).copy_(grad).mul_(values[0])
     return grad if values[0] == 1.0 else grad * values[0]
+
+
+def _layout(x: Tensor) -> tuple | None:
+    return (x.shape, x.stride()) if _dense(x) else None
 
 
 class _Eager(torch.autograd.Function):
@@ -191,6 +199,7 @@ class _Eager(torch.autograd.Function):
     def forward(ctx, x, alpha, levels, mode, breaks, mask_bits, values, check_nan):
         y, state = _FORWARD[x.device.type](x, alpha, levels, mode, breaks, mask_bits, values, check_nan)
         ctx.values = values
+        ctx.layout = _layout(x) if not breaks else None
         ctx.save_for_backward(state)
         return y
 
@@ -198,7 +207,7 @@ class _Eager(torch.autograd.Function):
     def backward(ctx, grad):
         (state,) = ctx.saved_tensors
         if state.numel() == 0 and grad.numel() != 0:
-            gx = _constant_backward(grad, ctx.values)
+            gx = _constant_backward(grad, ctx.values, ctx.layout)
         else:
             gx = _BACKWARD[grad.device.type](grad, state, ctx.values)
         return gx, None, None, None, None, None, None, None
