@@ -290,3 +290,13 @@ def test_dx_comes_back_in_the_input_layout_when_the_gradient_arrives_in_another(
     assert x.grad.stride() == x.stride()
     mu = stelab.ste.get(ste).derivative(x.detach(), 3 * np.float32(stelab.lloyd_alpha(2)))
     assert torch.equal(x.grad, g * mu)
+
+
+@pytest.mark.parametrize("ste", PIECEWISE)
+def test_empty_inputs_pass_through_both_paths(ste):
+    plan = fused_plan("staircase", 2, 0.5, stelab.ste.get(ste))
+    args = (0.5, plan.levels, plan.mode, list(plan.breaks), plan.mask_bits, list(plan.values), True)
+    for fn in (lambda t: kernels.quantize(t, *args), lambda t: torch.ops.stelab.quantize(t, *args)[0]):
+        x = torch.zeros(0, 5, requires_grad=True)
+        fn(x).sum().backward()
+        assert x.grad.shape == (0, 5)

@@ -111,12 +111,26 @@ def _(x, alpha, levels, mode, breaks, mask_bits, values, check_nan):
 
 @torch.library.custom_op("stelab::ste_backward", mutates_args=())
 def ste_backward(grad: Tensor, state: Tensor, values: list[float]) -> Tensor:
-    """``dx = grad * values[state]``, computed in float32 (float64 for float64) and rounded to ``grad``'s dtype."""
-    return reference.backward(grad, state, values)
+    """``dx = grad * values[state]``, computed in float32 (float64 for float64) and rounded to ``grad``'s dtype.
+
+    ``dx`` always has the state's (that is, the input's) layout, whatever layout ``grad`` arrives in: every kernel
+    and the fake implementation agree on it, as ``torch.compile`` requires."""
+    return _in_state_layout(reference.backward(grad, state, values), state)
 
 
-def _same_layout(grad: Tensor, state: Tensor) -> bool:
-    return grad.shape == state.shape and grad.stride() == state.stride() and _dense(grad)
+def _dx_like(grad: Tensor, state: Tensor) -> Tensor:
+    return torch.empty_like(state, dtype=grad.dtype)
+
+
+def _in_state_layout(dx: Tensor, state: Tensor) -> Tensor:
+    return dx if dx.stride() == state.stride() else _dx_like(dx, state).copy_(dx)
+
+
+def _grad_in_state_layout(grad: Tensor, state: Tensor) -> Tensor:
+    """The gradient can arrive in another layout than the input had (oneDNN's convolution backward returns NCHW
+    gradients in a channels_last model). dx goes back in the input's layout, as relu's does: the batch norm before
+    the activation runs its backward several times slower on mixed layouts than this one copy costs."""
+    return grad if grad.stride() == state.stride() else _dx_like(grad, state).copy_(grad)
 
 
 @ste_backward.register_kernel("cpu")
@@ -125,13 +139,9 @@ def _ste_backward_cpu_kernel(grad, state, values):
 
 
 def _ste_backward_cpu(grad, state, values):
-    if grad.dtype not in cpu.DTYPE_CODES or grad.shape != state.shape or not _dense(grad) or not cpu.available():
-        return reference.backward(grad, state, values)
-    if grad.stride() != state.stride():
-        # The gradient can arrive in another layout than the input had (oneDNN's convolution backward returns NCHW
-        # gradients in a channels_last model). dx goes back in the input's layout, as relu's does: the batch norm
-        # before it runs its backward several times slower on mixed layouts than this one copy costs.
-        grad = torch.empty_like(state, dtype=grad.dtype).copy_(grad)
+    if grad.dtype not in cpu.DTYPE_CODES or not _dense(state) or not cpu.available():
+        return _in_state_layout(reference.backward(grad, state, values), state)
+    grad = _grad_in_state_layout(grad, state)
     out = torch.empty_like(grad)
     cpu.backward(grad, state, out, values)
     return out
@@ -145,25 +155,25 @@ def _ste_backward_cuda_kernel(grad, state, values):
 def _ste_backward_cuda(grad, state, values):
     from . import triton_quant
 
-    if not (_same_layout(grad, state) and triton_quant.available()):
-        return reference.backward(grad, state, values)
-    return triton_quant.backward(grad, state, values)
+    if not (_dense(state) and triton_quant.available()):
+        return _in_state_layout(reference.backward(grad, state, values), state)
+    return triton_quant.backward(_grad_in_state_layout(grad, state), state, values)
 
 
 @ste_backward.register_fake
 def _(grad, state, values):
-    return torch.empty_like(grad)
+    return _dx_like(grad, state)
 
 
 def _setup_context(ctx, inputs, output):
-    ctx.values = inputs[6]
-    ctx.layout = _layout(inputs[0]) if not inputs[4] else None
+    ctx.values, ctx.constant = inputs[6], not inputs[4]
+    ctx.layout = _layout(inputs[0]) if ctx.constant else None
     ctx.save_for_backward(output[1])
 
 
 def _backward(ctx, grad_y, grad_state):
     (state,) = ctx.saved_tensors
-    if state.numel() == 0 and grad_y.numel() != 0:  # mu' is one constant: no state was kept
+    if ctx.constant:  # mu' is one constant: no state was kept
         gx = _constant_backward(grad_y, ctx.values, ctx.layout)
     else:
         gx = ste_backward(grad_y, state, ctx.values)
@@ -198,15 +208,15 @@ class _Eager(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, alpha, levels, mode, breaks, mask_bits, values, check_nan):
         y, state = _FORWARD[x.device.type](x, alpha, levels, mode, breaks, mask_bits, values, check_nan)
-        ctx.values = values
-        ctx.layout = _layout(x) if not breaks else None
+        ctx.values, ctx.constant = values, not breaks
+        ctx.layout = _layout(x) if ctx.constant else None
         ctx.save_for_backward(state)
         return y
 
     @staticmethod
     def backward(ctx, grad):
         (state,) = ctx.saved_tensors
-        if state.numel() == 0 and grad.numel() != 0:
+        if ctx.constant:
             gx = _constant_backward(grad, ctx.values, ctx.layout)
         else:
             gx = _BACKWARD[grad.device.type](grad, state, ctx.values)
