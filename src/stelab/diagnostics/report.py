@@ -71,18 +71,40 @@ def plot_layer_cosines(result: FidelityResult, path: str | Path, reference: str 
     """Left: cosine per layer and STE against ``reference`` (95% CI). Right: whole-model cosine against each
     reference width, which shows the bias (wide s) / noise (narrow s) trade-off of the reference."""
     reference = reference or result.references[-1]
-    fig, (ax, ax_w) = plt.subplots(1, 2, figsize=(max(7.0, 0.9 * len(result.layers) * len(result.stes) / 2) + 4, 3.8),
-                                   gridspec_kw={"width_ratios": [3, 1.3]})
+    many = len(result.layers) > 8  # deep nets: layers down the page (horizontal bars) instead of a very wide figure
+    if many:
+        fig, (ax, ax_w) = plt.subplots(1, 2, figsize=(11, 1.5 + 0.12 * len(result.layers) * len(result.stes)),
+                                       gridspec_kw={"width_ratios": [3, 1.3]}, layout="constrained")
+    else:
+        fig, (ax, ax_w) = plt.subplots(1, 2, figsize=(max(7.0, 0.9 * len(result.layers) * len(result.stes) / 2) + 4,
+                                                      3.8), gridspec_kw={"width_ratios": [3, 1.3]})
     width = 0.8 / len(result.stes)
     for i, ste in enumerate(result.stes):
         rows = [result.get(ste, layer, reference) for layer in result.layers]
         values = [r["cosine"] if r["cosine"] is not None else float("nan") for r in rows]
         errors = [1.96 * (r["cosine_se"] or 0.0) for r in rows]
         xs = [j + (i - (len(result.stes) - 1) / 2) * width for j in range(len(result.layers))]
-        ax.bar(xs, values, width, yerr=errors, capsize=2, label=ste)
+        if many:
+            ax.barh(xs, values, width, xerr=errors, capsize=2, label=ste)
+        else:
+            ax.bar(xs, values, width, yerr=errors, capsize=2, label=ste)
         per_ref = [result.get(ste, MODEL, ref) for ref in result.references]
         ax_w.errorbar(range(len(result.references)), [r["cosine"] for r in per_ref],
                       yerr=[1.96 * (r["cosine_se"] or 0.0) for r in per_ref], marker="o", capsize=2, label=ste)
+    if many:
+        ax.set_yticks(range(len(result.layers)), result.layers, fontsize=8)
+        ax.invert_yaxis()  # input layer on top
+        ax.set(xlabel=f"cos(E g_STE, E grad) vs {reference}", xlim=(min(-1.05, ax.get_xlim()[0]), 1.05),
+               title=title or "coarse vs true gradient, per layer")
+        ax.axvline(0, color="k", lw=0.5)
+        ax.grid(axis="x", alpha=0.3)
+        ax.legend(fontsize=8, loc="lower right")
+        ax_w.set_xticks(range(len(result.references)),
+                        [r.replace("smoothed(s=", "s=").replace("a)", "α").replace("extrapolated(s->0)", "s→0")
+                         for r in result.references], rotation=30, ha="right")
+        ax_w.set(title="whole model, by reference", ylim=(-1.05, 1.05))
+        ax_w.axhline(0, color="k", lw=0.5)
+        return save_figure(fig, path)
     ax.set_xticks(range(len(result.layers)), result.layers, rotation=30, ha="right")
     ax.set(ylabel=f"cos(E g_STE, E grad) vs {reference}", ylim=(min(0.0, ax.get_ylim()[0]), 1.05),
            title=title or "coarse vs true gradient, per layer")
