@@ -94,26 +94,22 @@ def plot_layer_cosines(result: FidelityResult, path: str | Path, reference: str 
     if many:
         ax.set_yticks(range(len(result.layers)), result.layers, fontsize=8)
         ax.invert_yaxis()  # input layer on top
-        ax.set(xlabel=f"cos(E g_STE, E grad) vs {reference}", xlim=(min(-1.05, ax.get_xlim()[0]), 1.05),
-               title=title or "coarse vs true gradient, per layer")
+        ax.set(xlabel=f"cos(E g_STE, E grad) vs {reference}", xlim=(min(-1.05, ax.get_xlim()[0]), 1.05))
         ax.axvline(0, color="k", lw=0.5)
         ax.grid(axis="x", alpha=0.3)
         ax.legend(fontsize=8, loc="lower right")
-        ax_w.set_xticks(range(len(result.references)),
-                        [r.replace("smoothed(s=", "s=").replace("a)", "α").replace("extrapolated(s->0)", "s→0")
-                         for r in result.references], rotation=30, ha="right")
-        ax_w.set(title="whole model, by reference", ylim=(-1.05, 1.05))
-        ax_w.axhline(0, color="k", lw=0.5)
-        return save_figure(fig, path)
-    ax.set_xticks(range(len(result.layers)), result.layers, rotation=30, ha="right")
-    ax.set(ylabel=f"cos(E g_STE, E grad) vs {reference}", ylim=(min(0.0, ax.get_ylim()[0]), 1.05),
-           title=title or "coarse vs true gradient, per layer")
-    ax.axhline(0, color="k", lw=0.5)
-    ax.legend(fontsize=8)
+        cos_range = (-1.05, 1.05)
+    else:
+        ax.set_xticks(range(len(result.layers)), result.layers, rotation=30, ha="right")
+        ax.set(ylabel=f"cos(E g_STE, E grad) vs {reference}", ylim=(min(0.0, ax.get_ylim()[0]), 1.05))
+        ax.axhline(0, color="k", lw=0.5)
+        ax.legend(fontsize=8)
+        cos_range = ax.get_ylim()
+    ax.set_title(title or "coarse vs true gradient, per layer")
     ax_w.set_xticks(range(len(result.references)),
                     [r.replace("smoothed(s=", "s=").replace("a)", "α").replace("extrapolated(s->0)", "s→0")
                      for r in result.references], rotation=30, ha="right")
-    ax_w.set(title="whole model, by reference", ylim=ax.get_ylim())
+    ax_w.set(title="whole model, by reference", ylim=cos_range)
     ax_w.axhline(0, color="k", lw=0.5)
     return save_figure(fig, path)
 

@@ -66,21 +66,20 @@ def backend(x: Tensor) -> str:
 def quantize_fwd(x: Tensor, alpha: float, levels: int, mode: int, breaks: list[float], mask_bits: int,
                  values: list[float], check_nan: bool) -> tuple[Tensor, Tensor]:
     """``(y, state)`` for a fixed resolution; ``values`` is used by the backward only (see module docstring)."""
+    return _reference_forward(x, alpha, levels, mode, breaks, mask_bits, check_nan)
+
+
+def _reference_forward(x, alpha, levels, mode, breaks, mask_bits, check_nan):
     if check_nan and bool(x.isnan().any()):
         raise _nan_error()
     return reference.forward(x, alpha, levels, mode, breaks, mask_bits)
 
 
+# register_kernel returns the function itself, so the eager path below calls these same functions directly.
 @quantize_fwd.register_kernel("cpu")
-def _quantize_cpu_kernel(x, alpha, levels, mode, breaks, mask_bits, values, check_nan):
-    return _quantize_cpu(x, alpha, levels, mode, breaks, mask_bits, values, check_nan)
-
-
 def _quantize_cpu(x, alpha, levels, mode, breaks, mask_bits, values, check_nan):
     if backend(x) != "cpp":
-        if check_nan and bool(x.isnan().any()):
-            raise _nan_error()
-        return reference.forward(x, alpha, levels, mode, breaks, mask_bits)
+        return _reference_forward(x, alpha, levels, mode, breaks, mask_bits, check_nan)
     y = torch.empty_like(x)
     state = _state_like(x, breaks)
     has_nan = cpu.forward(x, y, state if breaks else None, alpha, levels, mode, breaks, mask_bits)
@@ -90,15 +89,11 @@ def _quantize_cpu(x, alpha, levels, mode, breaks, mask_bits, values, check_nan):
 
 
 @quantize_fwd.register_kernel("cuda")
-def _quantize_cuda_kernel(x, alpha, levels, mode, breaks, mask_bits, values, check_nan):
-    return _quantize_cuda(x, alpha, levels, mode, breaks, mask_bits, values, check_nan)
-
-
 def _quantize_cuda(x, alpha, levels, mode, breaks, mask_bits, values, check_nan):
+    if backend(x) != "triton":
+        return _reference_forward(x, alpha, levels, mode, breaks, mask_bits, check_nan)
     if check_nan and bool(x.isnan().any()):
         raise _nan_error()
-    if backend(x) != "triton":
-        return reference.forward(x, alpha, levels, mode, breaks, mask_bits)
     from . import triton_quant
 
     return triton_quant.forward(x, alpha, levels, mode, breaks, mask_bits)
@@ -134,10 +129,6 @@ def _grad_in_state_layout(grad: Tensor, state: Tensor) -> Tensor:
 
 
 @ste_backward.register_kernel("cpu")
-def _ste_backward_cpu_kernel(grad, state, values):
-    return _ste_backward_cpu(grad, state, values)
-
-
 def _ste_backward_cpu(grad, state, values):
     if grad.dtype not in cpu.DTYPE_CODES or not _dense(state) or not cpu.available():
         return _in_state_layout(reference.backward(grad, state, values), state)
@@ -148,10 +139,6 @@ def _ste_backward_cpu(grad, state, values):
 
 
 @ste_backward.register_kernel("cuda")
-def _ste_backward_cuda_kernel(grad, state, values):
-    return _ste_backward_cuda(grad, state, values)
-
-
 def _ste_backward_cuda(grad, state, values):
     from . import triton_quant
 
