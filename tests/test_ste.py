@@ -31,12 +31,15 @@ NUMPY_DERIVATIVES = {
     "hardtanh": lambda x, top: ((x > -top) & (x <= top)).astype(float),
     "swish_sign": _swish_sign,
     "approx_sign": lambda x, top: np.maximum(0.0, 2.0 - 2.0 * np.abs(x / top)),
+    "hat": lambda x, top: np.where((x > 0) & (x <= top), 1.0, np.where((x > top) & (x <= 2 * top), -1.0, 0.0)),
+    "half_hat": lambda x, top: np.where((x > 0) & (x <= top / 2), 1.0, np.where((x > top / 2) & (x <= top), -1.0, 0.0)),
 }
 BUILTINS = sorted(NUMPY_DERIVATIVES)
 DECLARED = {  # (monotone, zero_below, scale_invariant), from the math
     "identity": (True, False, True), "relu": (True, True, True), "clipped_relu": (True, True, False),
     "leaky_relu": (True, False, True), "log_tailed_relu": (True, True, False), "hardtanh": (True, False, False),
     "swish_sign": (False, False, False), "approx_sign": (True, False, False),
+    "hat": (False, True, False), "half_hat": (False, True, False),
 }
 SIGN_STES = {"hardtanh", "swish_sign", "approx_sign"}
 BITS, ALPHA = 2, quantizers.grid_alpha(0.6511, 2)

@@ -47,6 +47,11 @@ from .errors import unknown_name
 
 DerivativeFn = Callable[..., Tensor]
 
+# The three STEs compared by Yin et al. (2019), in the order of their Table 1, and the library's default STE (the one
+# their analysis and experiments favour). Every list of "the paper's STEs" and every default in stelab is these two.
+PAPER_STES: tuple[str, ...] = ("identity", "relu", "clipped_relu")
+DEFAULT_STE = "clipped_relu"
+
 
 @dataclass(frozen=True)
 class Piecewise:
@@ -396,3 +401,28 @@ def _approx_sign(x: Tensor, top: float | Tensor) -> Tensor:
     :math:`f(u) = 2u - u|u|` on :math:`|u| < 1` and :math:`\mathrm{sign}(u)` outside,
     :math:`\mu'(x) = \max(0, 2 - 2|u|)`."""
     return torch.clamp(2 - 2 * (x / top).abs(), min=0)
+
+
+def _hat_proxy(x: Tensor, top: float | Tensor, peak: float) -> Tensor:
+    return torch.clamp(torch.minimum(x, 2 * peak * top - x), min=0)
+
+
+@_builtin("hat", monotone=False, zero_below=True, scale_invariant=False,
+          piecewise=lambda: Piecewise((0.0, 1.0, 2.0), (0.0, 1.0, -1.0, 0.0)),
+          proxy=lambda x, top: _hat_proxy(x, top, 1.0))
+def _hat(x: Tensor, top: float | Tensor) -> Tensor:
+    r"""Hat STE (ours, a non-monotone probe for the classification experiments):
+    :math:`\mu(x) = \max(0, \min(x, 2\,\mathrm{top} - x))`, so :math:`\mu'(x) = 1\{0 < x \le \mathrm{top}\}
+    - 1\{\mathrm{top} < x \le 2\,\mathrm{top}\}`: clipped relu on the staircase, falling above it."""
+    return ((x > 0) & (x <= top)).to(x.dtype) - ((x > top) & (x <= 2 * top)).to(x.dtype)
+
+
+@_builtin("half_hat", monotone=False, zero_below=True, scale_invariant=False,
+          piecewise=lambda: Piecewise((0.0, 0.5, 1.0), (0.0, 1.0, -1.0, 0.0)),
+          proxy=lambda x, top: _hat_proxy(x, top, 0.5))
+def _half_hat(x: Tensor, top: float | Tensor) -> Tensor:
+    r"""Half-hat STE (ours): the hat peaking at :math:`\mathrm{top}/2`,
+    :math:`\mu'(x) = 1\{0 < x \le \mathrm{top}/2\} - 1\{\mathrm{top}/2 < x \le \mathrm{top}\}`: non-monotone
+    *inside* the staircase's support."""
+    half = top / 2
+    return ((x > 0) & (x <= half)).to(x.dtype) - ((x > half) & (x <= top)).to(x.dtype)

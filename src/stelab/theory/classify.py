@@ -48,7 +48,6 @@ from ..errors import check_alpha, check_bits, check_choice
 from ..ops import quantize
 from ..ste import STE
 from .classify_ste import (
-    EXTRA_STES,
     ONE_SIDED_STES,
     MonotoneCheck,
     check_monotone,
@@ -244,6 +243,6 @@ def symmetric_pair_sum(w: Tensor, v: Tensor, x: Tensor, config: CoarseGDConfig) 
         return forward(w, v, x, config) + forward(w, v, -x, config)
 
 
-__all__ = ["EXTRA_STES", "LOSSES", "ONE_SIDED_STES", "CoarseGDConfig", "MonotoneCheck", "accuracy", "check_monotone",
+__all__ = ["LOSSES", "ONE_SIDED_STES", "CoarseGDConfig", "MonotoneCheck", "accuracy", "check_monotone",
            "check_one_sided", "coarse_gradients", "evaluate", "fixed_readout", "forward", "init_weights",
            "is_monotone", "loss_fn", "resolve_ste", "ste_choices", "symmetric_pair_sum", "train_coarse"]

@@ -27,7 +27,7 @@ class SyntheticSettings(JsonConfig):
     ``hidden_trained`` neurons (few enough that random features alone do not fit the data)."""
 
     kinds: tuple[str, ...] = KINDS
-    stes: tuple[str, ...] = ()  # () = every STE (registry + classify.EXTRA_STES)
+    stes: tuple[str, ...] = ()  # () = every registered STE
     bits: tuple[int, ...] = (1, 2, 4)
     seeds: tuple[int, ...] = (0, 1)
     num_classes: int = 4

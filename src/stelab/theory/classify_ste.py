@@ -125,42 +125,11 @@ def is_monotone(ste: str | STE) -> bool:
     return check_monotone(ste).monotone
 
 
-# Non-monotone proxies for the experiments, kept out of the global registry so that importing this module does not
-# change `stelab.ste.names()`; every function of stelab.theory.classify* takes their names as well as registered ones.
-def _hat(peak: float):
-    def derivative(x: Tensor, top: float | Tensor) -> Tensor:
-        p = peak * top
-        return ((x > 0) & (x <= p)).to(x.dtype) - ((x > p) & (x <= 2 * p)).to(x.dtype)
-
-    def proxy(x: Tensor, top: float | Tensor) -> Tensor:
-        return torch.clamp(torch.minimum(x, 2 * peak * top - x), min=0)
-
-    return derivative, proxy
-
-
-EXTRA_STES: dict[str, STE] = {
-    name: STE(name, *_hat(peak), monotone=False, zero_below=True, scale_invariant=False, doc=doc)
-    for name, peak, doc in [
-        ("hat", 1.0, r"Hat proxy :math:`\mu = \max(0, \min(x, 2\,\mathrm{top} - x))`: clipped relu on the support, "
-                     r"then falling on :math:`(\mathrm{top}, 2\,\mathrm{top}]`; non-monotone only above the support."),
-        ("half_hat", 0.5, r"Hat proxy peaking at :math:`\mathrm{top}/2`: :math:`\mu' = -1` on "
-                          r":math:`(\mathrm{top}/2, \mathrm{top}]`, i.e. non-monotone *inside* the support."),
-    ]
-}
-
-
 def resolve_ste(ste: str | STE) -> STE:
-    """A registered STE (name or spec), an STE instance, or one of :data:`EXTRA_STES`."""
-    if isinstance(ste, str) and ste in EXTRA_STES:
-        return EXTRA_STES[ste]
-    try:
-        return ste_registry.get(ste)
-    except ValueError as err:
-        if isinstance(ste, str) and "unknown STE" in str(err):
-            raise ValueError(f"unknown STE {ste!r}; valid choices: {', '.join(ste_choices())}") from None
-        raise
+    """A registered STE (name or spec) or an STE instance; an unknown name raises with the valid choices."""
+    return ste_registry.get(ste)
 
 
 def ste_choices() -> list[str]:
-    """Every STE name the classify experiments run: the registry plus :data:`EXTRA_STES`."""
-    return sorted([*ste_registry.names(), *EXTRA_STES])
+    """Every STE name the classify experiments run: the whole registry (``hat`` and ``half_hat`` included)."""
+    return ste_registry.names()
