@@ -74,7 +74,7 @@ WRITERS = ("theory", "symmetry", "classify", "diagnose", "train", "reproduce")
 def no_compute(monkeypatch):
     """Any training or analysis that starts is a test failure: the checks must come first."""
     import stelab.diagnostics as diagnostics
-    import stelab.reproduce as reproduce
+    import stelab.experiments.reproduce as reproduce
     import stelab.theory.classify_report as classify_report
     import stelab.theory.symmetry_report as symmetry_report
     import stelab.theory.two_layer_report as two_layer_report

@@ -9,8 +9,8 @@ import statistics
 import pytest
 
 from stelab.cli import main
+from stelab.experiments.reproduce import TABLE1, aggregate, parse_pair, table1_markdown
 from stelab.io import read_json
-from stelab.reproduce import TABLE1, aggregate, parse_pair, table1_markdown
 
 
 def test_paper_table1_is_encoded_as_in_the_paper():

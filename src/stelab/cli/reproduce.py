@@ -64,7 +64,7 @@ def _check_models(names, dataset: str) -> None:
 
 
 def run_table1_cmd(args: argparse.Namespace) -> int:
-    from ..reproduce import run_table1
+    from ..experiments.reproduce import run_table1
 
     if args.models:
         _check_models(args.models, args.dataset)
@@ -74,7 +74,7 @@ def run_table1_cmd(args: argparse.Namespace) -> int:
                          first_seed=args.first_seed, epochs_scale=args.epochs_scale, progress=not args.no_progress,
                          cell_epochs=args.cell_epochs,
                          **_train_fields(args))
-    from ..reproduce.table1 import table1_markdown
+    from ..experiments.reproduce.table1 import table1_markdown
 
     print(table1_markdown(results))
     print(f"written to {out}/report.md, results.json and *-curves.png")
@@ -82,8 +82,8 @@ def run_table1_cmd(args: argparse.Namespace) -> int:
 
 
 def run_instability_cmd(args: argparse.Namespace) -> int:
-    from ..reproduce import parse_pair, run_instability
-    from ..reproduce.instability import instability_markdown
+    from ..experiments.reproduce import parse_pair, run_instability
+    from ..experiments.reproduce.instability import instability_markdown
 
     _check_models([args.model], args.dataset)
     pairs = [parse_pair(p) for p in args.pairs]

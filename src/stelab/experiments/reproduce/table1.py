@@ -20,8 +20,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..io import markdown_table, save_figure, write_json, write_text
-from ..train import MODEL_EPOCHS, TrainConfig, epoch_records, is_done, read_summary, train
+from ...io import markdown_table, save_figure, write_json, write_text
+from ...train import MODEL_EPOCHS, TrainConfig, epoch_records, is_done, read_summary, train
 from .paper import MODELS_BY_DATASET, STES, paper_cell
 
 
@@ -131,9 +131,9 @@ def subset_accuracy(run_dir: Path, n: int) -> float | None:
     """Test accuracy of the run's last checkpoint on the first ``n`` test images (None without data/checkpoint)."""
     import torch
 
-    from .. import data
-    from ..train import load_model_from_run, read_config
-    from ..train.loop import autocast
+    from ... import data
+    from ...train import load_model_from_run, read_config
+    from ...train.loop import autocast
 
     try:
         config = read_config(run_dir)

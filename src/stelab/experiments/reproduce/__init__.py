@@ -1,5 +1,5 @@
 """Reproductions of Yin et al. (2019): Table 1 (:func:`run_table1`) and the instability experiment
-(:func:`run_instability`); the paper's numbers live in :mod:`stelab.reproduce.paper`."""
+(:func:`run_instability`); the paper's numbers live in :mod:`stelab.experiments.reproduce.paper`."""
 
 from .instability import DEFAULT_PAIRS, parse_pair, run_instability
 from .paper import TABLE1, paper_cell

@@ -18,8 +18,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..io import markdown_table, save_figure, write_json, write_text
-from ..train import TrainConfig, epoch_records
+from ...io import markdown_table, save_figure, write_json, write_text
+from ...train import TrainConfig, epoch_records
 from .table1 import cell_dir, float_dir, run_or_resume, scaled_epochs
 
 DEFAULT_PAIRS = ((4, "relu", "identity"), (4, "clipped_relu", "identity"), (2, "clipped_relu", "relu"))
