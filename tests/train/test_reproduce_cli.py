@@ -9,7 +9,8 @@ import statistics
 import pytest
 
 from stelab.cli import main
-from stelab.experiments.reproduce import TABLE1, aggregate, parse_pair, table1_markdown
+from stelab.cli.reproduce import parse_pair
+from stelab.experiments.reproduce import TABLE1, aggregate, table1_markdown
 from stelab.io import read_json
 
 

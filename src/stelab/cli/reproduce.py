@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..io import check_out_dir
+from ..ste import PAPER_STES
 from .train import add_train_arguments
 
 
@@ -17,7 +18,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--dataset", choices=("mnist", "cifar10"), default="mnist")
     t.add_argument("--models", nargs="+", default=None, help="default: lenet5 (mnist) or vgg11 resnet20 (cifar10)")
     t.add_argument("--bits", type=int, nargs="+", default=[2, 4])
-    t.add_argument("--stes", nargs="+", default=["identity", "relu", "clipped_relu"])
+    t.add_argument("--stes", nargs="+", default=list(PAPER_STES))
     t.add_argument("--seeds", type=int, default=1, help="number of seeds: FIRST..FIRST+N-1")
     t.add_argument("--first-seed", type=int, default=0, help="first seed (to split seeds over processes/machines)")
     t.add_argument("--epochs-scale", type=float, default=1.0, help="fraction of the paper's epochs (50 / 200)")
@@ -43,6 +44,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     i.add_argument("--out", default=None, help="output folder (default runs/instability-<model>-<dataset>)")
     add_train_arguments(i)
     i.set_defaults(func=run_instability_cmd)
+
+
+def parse_pair(text: str) -> tuple[int, str, str]:
+    """``"4:relu->identity"`` -> ``(4, "relu", "identity")``."""
+    try:
+        bits, rest = text.split(":", 1)
+        src, dst = rest.split("->")
+        return int(bits), src.strip(), dst.strip()
+    except ValueError:
+        raise ValueError(f"bad pair {text!r}; expected BITS:FROM->TO, e.g. 4:relu->identity") from None
 
 
 def _train_fields(args: argparse.Namespace) -> dict:
@@ -82,7 +93,7 @@ def run_table1_cmd(args: argparse.Namespace) -> int:
 
 
 def run_instability_cmd(args: argparse.Namespace) -> int:
-    from ..experiments.reproduce import parse_pair, run_instability
+    from ..experiments.reproduce import run_instability
     from ..experiments.reproduce.instability import instability_markdown
 
     _check_models([args.model], args.dataset)

@@ -22,17 +22,8 @@ from ...io import markdown_table, save_figure, write_json, write_text
 from ...train import TrainConfig, epoch_records
 from .table1 import cell_dir, float_dir, run_or_resume, scaled_epochs
 
+# The paper's three switches, named literally: each pair is one specific (good -> poorer) STE transition.
 DEFAULT_PAIRS = ((4, "relu", "identity"), (4, "clipped_relu", "identity"), (2, "clipped_relu", "relu"))
-
-
-def parse_pair(text: str) -> tuple[int, str, str]:
-    """``"4:relu->identity"`` -> ``(4, "relu", "identity")``."""
-    try:
-        bits, rest = text.split(":", 1)
-        src, dst = rest.split("->")
-        return int(bits), src.strip(), dst.strip()
-    except ValueError:
-        raise ValueError(f"bad pair {text!r}; expected BITS:FROM->TO, e.g. 4:relu->identity") from None
 
 
 def run_instability(root: str | Path, *, dataset: str = "mnist", model: str = "lenet5",

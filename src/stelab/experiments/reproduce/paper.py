@@ -6,7 +6,10 @@ and ResNet-20; the STEs are the identity, the ReLU and the clipped ReLU.
 
 from __future__ import annotations
 
-STES = ("identity", "relu", "clipped_relu")
+from ...ste import PAPER_STES
+
+# Table 1's columns, in its order.
+STES = PAPER_STES
 MODELS_BY_DATASET = {"mnist": ("lenet5",), "cifar10": ("vgg11", "resnet20")}
 
 _ROWS = {
