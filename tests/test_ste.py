@@ -116,6 +116,75 @@ def test_parameterised_flags_follow_the_parameter():
     assert ste_registry.get("swish_sign(beta=2)").params == {"beta": 2.0}
 
 
+# Piecewise STEs are defined by their table alone. Their kinks are written here independently of the table (in units
+# of top), and mu' is checked against the numpy formulas above exactly, at every kink, its float neighbours on both
+# sides and random points, for several tops, in float32 and float64.
+KINKS = {"identity": [], "relu": [0], "clipped_relu": [0, 1], "leaky_relu": [0], "hardtanh": [-1, 1],
+         "hat": [0, 1, 2], "half_hat": [0, 0.5, 1]}
+PIECEWISE_SPECS = ["identity", "relu", "clipped_relu", "hardtanh", "hat", "half_hat", "leaky_relu",
+                   "leaky_relu(slope=0.05)", "leaky_relu(slope=0.0)", "leaky_relu(slope=-0.3)"]
+
+
+def _math_flags(spec):
+    """(monotone, zero_below, scale_invariant) of each piecewise STE, from its formula."""
+    ste = ste_registry.get(spec)
+    if ste.name == "leaky_relu":
+        slope = ste.params["slope"]
+        return slope >= 0, slope == 0, True
+    return DECLARED[ste.name]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("spec", PIECEWISE_SPECS)
+def test_piecewise_derivative_is_the_formula_at_every_breakpoint(spec, dtype):
+    ste = ste_registry.get(spec)
+    assert ste.piecewise is not None and ste.derivative_fn is None  # the table is the only definition
+    assert set(ste.piecewise.breaks) <= set(map(float, KINKS[ste.name]))
+    rng = np.random.default_rng(1)
+    for top in (0.25, 1.0, 3 * 0.6508, 7.3):
+        t = dtype(top)  # a top the dtype holds, so that b * t is exact for these b (0, +-1/2, +-1, 2)
+        edges = np.array([dtype(b) * t for b in KINKS[ste.name]] + [0.0], dtype=dtype)
+        x = np.concatenate([edges, np.nextafter(edges, dtype(np.inf)), np.nextafter(edges, dtype(-np.inf)),
+                            (rng.standard_normal(2000) * 3 * t).astype(dtype), [dtype(1e30), dtype(-1e30)]])
+        got = ste.derivative(torch.from_numpy(x), float(t))
+        assert got.dtype == torch.from_numpy(x).dtype
+        expected = NUMPY_DERIVATIVES[ste.name](x, t, **ste.params).astype(dtype)
+        np.testing.assert_array_equal(got.numpy(), expected, err_msg=f"{spec}, top={top}")
+
+
+@pytest.mark.parametrize("spec", PIECEWISE_SPECS)
+def test_piecewise_flags_are_derived_from_the_table_and_equal_the_math(spec):
+    ste = ste_registry.get(spec)
+    flags = (ste.monotone, ste.zero_below, ste.scale_invariant)
+    assert flags == _math_flags(spec)
+    assert flags == tuple(ste.piecewise.flags().values())
+    assert ste_registry.measure_properties(ste) == dict(zip(["monotone", "zero_below", "scale_invariant"], flags))
+
+
+def test_piecewise_table_rules():
+    P = ste_registry.Piecewise
+    assert P((-1.0, 0.0), (0.0, 0.0, 1.0)).zero_below  # both regions reaching x <= 0 are 0
+    assert not P((-1.0, 0.5), (0.0, 1.0, 0.0)).zero_below
+    assert P((0.0,), (2.0, 3.0)).scale_invariant and not P((0.5,), (0.0, 1.0)).scale_invariant
+    assert not P((0.0, 1.0), (0.0, -1.0, 0.0)).monotone
+    for bad in (((1.0, 0.0), (0.0, 1.0, 0.0)), ((0.0,), (1.0,)), ((0.0,), (math.nan, 1.0))):
+        with pytest.raises(ValueError):
+            P(*bad)
+
+
+def test_user_ste_by_table_runs_the_fused_op(registry):
+    registry("step_down", piecewise=ste_registry.Piecewise((0.0, 0.5), (0.0, 2.0, 1.0)),
+             proxy=lambda x, top: x)
+    ste = ste_registry.get("step_down")
+    assert (ste.monotone, ste.zero_below, ste.scale_invariant) == (True, True, False)
+    assert stelab.ops.fused_plan("staircase", 2, 0.5, ste) is not None
+    x = torch.tensor([-1.0, 0.0, 0.5, 0.75, 0.76, 3.0], requires_grad=True)
+    stelab.quantize(x, bits=2, alpha=0.5, ste="step_down").sum().backward()  # top 1.5: kink at 0.75
+    assert x.grad.tolist() == [0.0, 0.0, 2.0, 2.0, 1.0, 1.0]
+    with pytest.raises(ValueError, match="Piecewise table defines"):
+        ste_registry.register("both", lambda x, top: x, piecewise=ste_registry.Piecewise((), (1.0,)))
+
+
 # torch.compile: one small test per way the op saves state (mask, uint8 code, input). aot_eager traces the op
 # through dynamo and AOTAutograd (what can fail for an autograd.Function) without inductor's C++ build time.
 @pytest.mark.parametrize("name", ["clipped_relu", "leaky_relu", "approx_sign"])

@@ -26,8 +26,10 @@ Each STE states three properties as data:
   relu is not, since it has a clip level). This is why identity/relu coarse gradients keep the scale symmetry of a
   bias-free binary network and clipped relu breaks it (Gongyo & Ishikawa 2021).
 
-STEs whose derivative is piecewise constant with breakpoints at fixed multiples of ``top`` also declare that shape
-(``piecewise``), which lets the autograd op save one byte per element (a mask or region code) instead of the input.
+STEs whose derivative is piecewise constant with breakpoints at fixed multiples of ``top`` are *defined* by that
+table (:class:`Piecewise`): their ``mu'``, the fused op's one-byte backward state (a mask or region code,
+:func:`stelab.ops.fused_plan`) and their three properties all follow from it, so they cannot disagree. Only STEs
+with a smooth ``mu'`` declare their properties (or have them measured).
 """
 
 from __future__ import annotations
@@ -55,16 +57,56 @@ DEFAULT_STE = "clipped_relu"
 
 @dataclass(frozen=True)
 class Piecewise:
-    """``mu'`` is ``values[i]`` on region ``i``; region ``i`` is ``breaks[i-1]*top < x <= breaks[i]*top``."""
+    r"""A piecewise-constant ``mu'``: ``values[i]`` on region ``i``, region ``i`` being
+    ``breaks[i-1]*top < x <= breaks[i]*top`` (region 0 is everything at or below ``breaks[0]*top``, the last region
+    everything above ``breaks[-1]*top``). The right-closed convention is the fused op's region code
+    :math:`r = \#\{j : x > b_j\,\mathrm{top}\}` (:mod:`stelab.kernels.reference`).
+
+    The properties of the STE follow from the table (``top > 0``):
+
+    * ``monotone``: every value is ``>= 0``;
+    * ``zero_below``: the value is 0 on every region that reaches ``x <= 0`` (region 0 and every region whose lower
+      break is negative);
+    * ``scale_invariant``: no breakpoint other than 0 (a break ``b != 0`` sits at ``b*top``, which ``x -> c x``
+      moves across).
+    """
 
     breaks: tuple[float, ...]
     values: tuple[float, ...]
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "breaks", tuple(float(b) for b in self.breaks))
+        object.__setattr__(self, "values", tuple(float(v) for v in self.values))
         if len(self.values) != len(self.breaks) + 1:
             raise ValueError("Piecewise needs exactly one more value than breakpoints")
         if list(self.breaks) != sorted(self.breaks):
             raise ValueError("Piecewise breakpoints must be sorted")
+        if not all(math.isfinite(v) for v in (*self.breaks, *self.values)):
+            raise ValueError(f"Piecewise breakpoints and values must be finite, got {self}")
+
+    def derivative(self, x: Tensor, top: float | Tensor = 1.0) -> Tensor:
+        """``mu'(x; top)`` from the table: the value of the last region whose lower break ``x`` exceeds (NaN: 0's)."""
+        out = torch.full_like(x, self.values[0])
+        for b, v in zip(self.breaks, self.values[1:]):
+            bound = 0.0 if b == 0.0 else b * top  # 0 * top would be NaN for an infinite top
+            out = torch.where(x > bound, v, out)
+        return out
+
+    @property
+    def monotone(self) -> bool:
+        return all(v >= 0 for v in self.values)
+
+    @property
+    def zero_below(self) -> bool:
+        lower = (-math.inf, *self.breaks)
+        return all(v == 0 for lo, v in zip(lower, self.values) if lo < 0)
+
+    @property
+    def scale_invariant(self) -> bool:
+        return set(self.breaks) <= {0.0}
+
+    def flags(self) -> dict[str, bool]:
+        return {"monotone": self.monotone, "zero_below": self.zero_below, "scale_invariant": self.scale_invariant}
 
 
 @dataclass(frozen=True)
@@ -72,7 +114,7 @@ class STE:
     """A named straight-through estimator: the proxy derivative ``mu'(x; top)`` plus its declared properties."""
 
     name: str
-    derivative_fn: DerivativeFn = field(repr=False)
+    derivative_fn: DerivativeFn | None = field(repr=False)
     proxy_fn: DerivativeFn | None = field(default=None, repr=False)
     monotone: bool = True
     zero_below: bool = False
@@ -82,7 +124,9 @@ class STE:
     doc: str = field(default="", repr=False)
 
     def derivative(self, x: Tensor, top: float | Tensor = 1.0) -> Tensor:
-        """``mu'(x; top)``, same shape and dtype as ``x``."""
+        """``mu'(x; top)``, same shape and dtype as ``x`` (from the table for a piecewise STE)."""
+        if self.piecewise is not None:
+            return self.piecewise.derivative(x, top).to(x.dtype)
         out = self.derivative_fn(x, top, **self.params)
         if not isinstance(out, Tensor):
             out = torch.as_tensor(out, dtype=x.dtype, device=x.device)
@@ -106,11 +150,6 @@ class STE:
         # Copies and pickles (deepcopy of a model, torch.save) go by name: the functions may be closures or
         # lambdas, and the registry rebuilds the same STE from its name and parameters.
         return (_get_with, (self.name, dict(self.params)))
-
-    @property
-    def is_monotone(self) -> bool:
-        """True when the proxy ``mu`` is non-decreasing (``mu' >= 0`` everywhere)."""
-        return self.monotone
 
 
 @dataclass(frozen=True)
@@ -198,36 +237,45 @@ def register(
 ) -> None:
     """Register an STE under ``name``.
 
-    Give ``derivative(x, top, **params) -> mu'(x)``, or ``proxy(x, top, **params) -> mu(x)`` (elementwise; its
-    derivative is then taken by autograd). Keyword parameters with defaults in the function's signature become the
-    STE's parameters. Properties left as ``None`` are measured numerically on a grid (see :func:`measure_properties`).
+    Give ``mu'`` one way: ``derivative(x, top, **params) -> mu'(x)``; or ``proxy(x, top, **params) -> mu(x)``
+    (elementwise; its derivative is then taken by autograd); or, for a piecewise-constant ``mu'``, its
+    :class:`Piecewise` table alone (the fused op runs it; the derivative and the properties follow from the table,
+    and ``proxy`` may still be given for plots). Keyword parameters with defaults in the function's signature become
+    the STE's parameters. Properties left as ``None`` are measured numerically on a grid (:func:`measure_properties`).
     """
     if not isinstance(name, str) or not _CALL.match(name) or "(" in name:
         raise ValueError(f"STE name must be an identifier, got {name!r}")
     if name in _REGISTRY and not overwrite:
         raise ValueError(f"STE {name!r} is already registered; pass overwrite=True to replace it")
+    if piecewise is not None:
+        if derivative is not None or {monotone, zero_below, scale_invariant} != {None}:
+            raise ValueError("a Piecewise table defines mu' and the properties; give no derivative or flags with it")
+        table = piecewise
+        _REGISTRY[name] = _Entry(lambda: _piecewise_ste(name, table, proxy, doc), MappingProxyType({}))
+        _CACHE.clear()
+        return
     if derivative is None and proxy is None:
-        raise ValueError("register needs a derivative (mu') or a proxy (mu)")
+        raise ValueError("register needs a derivative (mu'), a proxy (mu) or a Piecewise table")
     fn = derivative if derivative is not None else _autograd_derivative(proxy)  # type: ignore[arg-type]
-    defaults = _defaults(derivative if derivative is not None else proxy)  # type: ignore[arg-type]
+    source = derivative if derivative is not None else proxy
+    defaults = _defaults(source)  # type: ignore[arg-type]
+    declared = {"monotone": monotone, "zero_below": zero_below, "scale_invariant": scale_invariant}
 
     def factory(**params: Any) -> STE:
-        ste = STE(name, fn, proxy, True, False, False, piecewise, MappingProxyType(dict(params)), doc)
-        measured = measure_properties(ste)
-        return STE(
-            name,
-            fn,
-            proxy,
-            measured["monotone"] if monotone is None else monotone,
-            measured["zero_below"] if zero_below is None else zero_below,
-            measured["scale_invariant"] if scale_invariant is None else scale_invariant,
-            piecewise,
-            MappingProxyType(dict(params)),
-            doc or (derivative or proxy).__doc__ or "",
-        )
+        frozen = MappingProxyType(dict(params))
+        measured = measure_properties(STE(name, fn, proxy, params=frozen))
+        props = {k: measured[k] if v is None else v for k, v in declared.items()}
+        return STE(name, fn, proxy, params=frozen, doc=doc or source.__doc__ or "", **props)  # type: ignore[union-attr]
 
     _REGISTRY[name] = _Entry(factory, MappingProxyType(defaults))
     _CACHE.clear()
+
+
+def _piecewise_ste(name: str, table: Piecewise, proxy: DerivativeFn | None, doc: str,
+                   params: Mapping[str, Any] | None = None) -> STE:
+    """An STE defined by its table: ``mu'``, the fused op's state and the three properties all come from it."""
+    return STE(name, None, proxy, piecewise=table, params=MappingProxyType(dict(params or {})), doc=doc,
+               **table.flags())
 
 
 def unregister(name: str) -> None:
@@ -237,10 +285,11 @@ def unregister(name: str) -> None:
     _CACHE.clear()
 
 
-def _defaults(fn: Callable) -> dict[str, Any]:
+def _defaults(fn: Callable, skip: int = 2) -> dict[str, Any]:
+    """The keyword parameters of ``fn`` after its first ``skip`` (``x, top``) ones, with their defaults."""
     out = {}
     for i, p in enumerate(inspect.signature(fn).parameters.values()):
-        if i < 2:  # x, top
+        if i < skip:
             continue
         if p.default is inspect.Parameter.empty:
             raise ValueError(f"STE parameter {p.name!r} of {fn.__name__} needs a default value")
@@ -273,75 +322,94 @@ def measure_properties(ste: STE, top: float = 1.0, points: int = 4001) -> dict[s
     }
 
 
-def _builtin(
-    name: str,
-    *,
-    monotone: bool,
-    zero_below: bool,
-    scale_invariant: bool,
-    piecewise: Callable[..., Piecewise | None] | None = None,
-    proxy: DerivativeFn | None = None,
-    flags: Callable[..., dict[str, bool]] | None = None,
-) -> Callable[[DerivativeFn], DerivativeFn]:
-    """Register a built-in STE whose properties are known analytically (``flags`` adjusts them per parameter)."""
+def _builtin(name: str, *, monotone: bool, zero_below: bool, scale_invariant: bool,
+             proxy: DerivativeFn | None = None) -> Callable[[DerivativeFn], DerivativeFn]:
+    """Register a built-in STE with a smooth ``mu'`` (the decorated function) and properties known analytically."""
 
     def wrap(fn: DerivativeFn) -> DerivativeFn:
-        defaults = _defaults(fn)
-
         def factory(**params: Any) -> STE:
-            props = {"monotone": monotone, "zero_below": zero_below, "scale_invariant": scale_invariant}
-            if flags is not None:
-                props.update(flags(**params))
-            shape = piecewise(**params) if piecewise is not None else None
-            return STE(name, fn, proxy, piecewise=shape, params=MappingProxyType(dict(params)), doc=fn.__doc__ or "",
-                       **props)
+            return STE(name, fn, proxy, monotone, zero_below, scale_invariant, params=MappingProxyType(dict(params)),
+                       doc=fn.__doc__ or "")
 
-        _REGISTRY[name] = _Entry(factory, MappingProxyType(defaults))
+        _REGISTRY[name] = _Entry(factory, MappingProxyType(_defaults(fn)))
         return fn
 
     return wrap
 
 
-def _ones_like(x: Tensor) -> Tensor:
-    return torch.ones_like(x)
+def _piecewise(name: str, *, proxy: DerivativeFn) -> Callable[[Callable[..., Piecewise]], Callable[..., Piecewise]]:
+    """Register a built-in piecewise STE by its table: the decorated function maps the STE's parameters (keywords
+    with defaults) to its :class:`Piecewise`, and its docstring gives the math."""
+
+    def wrap(table: Callable[..., Piecewise]) -> Callable[..., Piecewise]:
+        def factory(**params: Any) -> STE:
+            return _piecewise_ste(name, table(**params), proxy, table.__doc__ or "", params)
+
+        _REGISTRY[name] = _Entry(factory, MappingProxyType(_defaults(table, skip=0)))
+        return table
+
+    return wrap
 
 
-@_builtin("identity", monotone=True, zero_below=False, scale_invariant=True,
-          piecewise=lambda: Piecewise((), (1.0,)), proxy=lambda x, top: x)
-def _identity(x: Tensor, top: float | Tensor) -> Tensor:
+def _top(x: Tensor, top: float | Tensor) -> Tensor:
+    return torch.as_tensor(top, dtype=x.dtype)
+
+
+@_piecewise("identity", proxy=lambda x, top: x)
+def _identity() -> Piecewise:
     r"""Identity STE. :math:`\mu(x) = x`, :math:`\mu'(x) = 1`. Unstable near minima (Yin et al. 2019)."""
-    return torch.ones_like(x)
+    return Piecewise((), (1.0,))
 
 
-@_builtin("relu", monotone=True, zero_below=True, scale_invariant=True,
-          piecewise=lambda: Piecewise((0.0,), (0.0, 1.0)), proxy=lambda x, top: torch.relu(x))
-def _relu(x: Tensor, top: float | Tensor) -> Tensor:
+@_piecewise("relu", proxy=lambda x, top: torch.relu(x))
+def _relu() -> Piecewise:
     r"""Vanilla ReLU STE. :math:`\mu(x) = \max(x, 0)`, :math:`\mu'(x) = 1\{x > 0\}`."""
-    return (x > 0).to(x.dtype)
+    return Piecewise((0.0,), (0.0, 1.0))
 
 
-@_builtin("clipped_relu", monotone=True, zero_below=True, scale_invariant=False,
-          piecewise=lambda: Piecewise((0.0, 1.0), (0.0, 1.0, 0.0)),
-          proxy=lambda x, top: torch.minimum(torch.relu(x), torch.as_tensor(top, dtype=x.dtype)))
-def _clipped_relu(x: Tensor, top: float | Tensor) -> Tensor:
+@_piecewise("clipped_relu", proxy=lambda x, top: torch.minimum(torch.relu(x), _top(x, top)))
+def _clipped_relu() -> Piecewise:
     r"""Clipped ReLU STE, clipped at the top level of the staircase.
     :math:`\mu(x) = \min(\max(x, 0), \mathrm{top})`, :math:`\mu'(x) = 1\{0 < x \le \mathrm{top}\}`."""
-    return ((x > 0) & (x <= top)).to(x.dtype)
+    return Piecewise((0.0, 1.0), (0.0, 1.0, 0.0))
 
 
-def _leaky_proxy(x: Tensor, top: float | Tensor, slope: float = 0.1) -> Tensor:
-    return torch.where(x > 0, x, slope * x)
-
-
-@_builtin("leaky_relu", monotone=True, zero_below=False, scale_invariant=True,
-          piecewise=lambda slope=0.1: Piecewise((0.0,), (float(slope), 1.0)), proxy=_leaky_proxy,
-          flags=lambda slope=0.1: {"monotone": slope >= 0, "zero_below": slope == 0})
-def _leaky_relu(x: Tensor, top: float | Tensor, slope: float = 0.1) -> Tensor:
+@_piecewise("leaky_relu", proxy=lambda x, top, slope=0.1: torch.where(x > 0, x, slope * x))
+def _leaky_relu(slope: float = 0.1) -> Piecewise:
     r"""Leaky ReLU STE. :math:`\mu(x) = x` for :math:`x > 0`, ``slope``:math:`\cdot x` otherwise;
-    :math:`\mu'(x) = 1` for :math:`x > 0`, ``slope`` for :math:`x \le 0`. Monotone iff ``slope >= 0``."""
+    :math:`\mu'(x) = 1` for :math:`x > 0`, ``slope`` for :math:`x \le 0`. Monotone iff ``slope >= 0``, zero below
+    iff ``slope == 0``."""
     if not math.isfinite(slope):
         raise ValueError(f"leaky_relu slope must be finite, got {slope}")
-    return torch.where(x > 0, torch.ones_like(x), torch.full_like(x, slope))
+    return Piecewise((0.0,), (float(slope), 1.0))
+
+
+@_piecewise("hardtanh", proxy=lambda x, top: torch.maximum(torch.minimum(x, _top(x, top)), -_top(x, top)))
+def _hardtanh() -> Piecewise:
+    r"""Hardtanh STE, the usual one for ``sign`` (BinaryConnect/BNN).
+    :math:`\mu(x) = \mathrm{clamp}(x, -\mathrm{top}, \mathrm{top})`,
+    :math:`\mu'(x) = 1\{-\mathrm{top} < x \le \mathrm{top}\}` (the boundary convention of every table)."""
+    return Piecewise((-1.0, 1.0), (0.0, 1.0, 0.0))
+
+
+def _hat_proxy(x: Tensor, top: float | Tensor, peak: float) -> Tensor:
+    return torch.clamp(torch.minimum(x, 2 * peak * top - x), min=0)
+
+
+@_piecewise("hat", proxy=lambda x, top: _hat_proxy(x, top, 1.0))
+def _hat() -> Piecewise:
+    r"""Hat STE (ours, a non-monotone probe for the classification experiments):
+    :math:`\mu(x) = \max(0, \min(x, 2\,\mathrm{top} - x))`, so :math:`\mu'(x) = 1\{0 < x \le \mathrm{top}\}
+    - 1\{\mathrm{top} < x \le 2\,\mathrm{top}\}`: clipped relu on the staircase, falling above it."""
+    return Piecewise((0.0, 1.0, 2.0), (0.0, 1.0, -1.0, 0.0))
+
+
+@_piecewise("half_hat", proxy=lambda x, top: _hat_proxy(x, top, 0.5))
+def _half_hat() -> Piecewise:
+    r"""Half-hat STE (ours): the hat peaking at :math:`\mathrm{top}/2`,
+    :math:`\mu'(x) = 1\{0 < x \le \mathrm{top}/2\} - 1\{\mathrm{top}/2 < x \le \mathrm{top}\}`: non-monotone
+    *inside* the staircase's support."""
+    return Piecewise((0.0, 0.5, 1.0), (0.0, 1.0, -1.0, 0.0))
 
 
 def _log_tailed_proxy(x: Tensor, top: float | Tensor) -> Tensor:
@@ -357,17 +425,6 @@ def _log_tailed_relu(x: Tensor, top: float | Tensor) -> Tensor:
     :math:`\mu'(x) = 1\{0 < x \le \mathrm{top}\} + 1\{x > \mathrm{top}\}/(x - \mathrm{top} + 1)`."""
     tail = 1.0 / (torch.clamp(x - top, min=0) + 1.0)
     return torch.where(x <= 0, torch.zeros_like(x), torch.where(x <= top, torch.ones_like(x), tail))
-
-
-@_builtin("hardtanh", monotone=True, zero_below=False, scale_invariant=False,
-          piecewise=lambda: Piecewise((-1.0, 1.0), (0.0, 1.0, 0.0)),
-          proxy=lambda x, top: torch.maximum(torch.minimum(x, torch.as_tensor(top, dtype=x.dtype)),
-                                             -torch.as_tensor(top, dtype=x.dtype)))
-def _hardtanh(x: Tensor, top: float | Tensor) -> Tensor:
-    r"""Hardtanh STE, the usual one for ``sign`` (BinaryConnect/BNN).
-    :math:`\mu(x) = \mathrm{clamp}(x, -\mathrm{top}, \mathrm{top})`,
-    :math:`\mu'(x) = 1\{-\mathrm{top} < x \le \mathrm{top}\}` (the boundary convention matches the region code)."""
-    return ((x > -top) & (x <= top)).to(x.dtype)
 
 
 def _swish_sign_proxy(x: Tensor, top: float | Tensor, beta: float = 5.0) -> Tensor:
@@ -401,28 +458,3 @@ def _approx_sign(x: Tensor, top: float | Tensor) -> Tensor:
     :math:`f(u) = 2u - u|u|` on :math:`|u| < 1` and :math:`\mathrm{sign}(u)` outside,
     :math:`\mu'(x) = \max(0, 2 - 2|u|)`."""
     return torch.clamp(2 - 2 * (x / top).abs(), min=0)
-
-
-def _hat_proxy(x: Tensor, top: float | Tensor, peak: float) -> Tensor:
-    return torch.clamp(torch.minimum(x, 2 * peak * top - x), min=0)
-
-
-@_builtin("hat", monotone=False, zero_below=True, scale_invariant=False,
-          piecewise=lambda: Piecewise((0.0, 1.0, 2.0), (0.0, 1.0, -1.0, 0.0)),
-          proxy=lambda x, top: _hat_proxy(x, top, 1.0))
-def _hat(x: Tensor, top: float | Tensor) -> Tensor:
-    r"""Hat STE (ours, a non-monotone probe for the classification experiments):
-    :math:`\mu(x) = \max(0, \min(x, 2\,\mathrm{top} - x))`, so :math:`\mu'(x) = 1\{0 < x \le \mathrm{top}\}
-    - 1\{\mathrm{top} < x \le 2\,\mathrm{top}\}`: clipped relu on the staircase, falling above it."""
-    return ((x > 0) & (x <= top)).to(x.dtype) - ((x > top) & (x <= 2 * top)).to(x.dtype)
-
-
-@_builtin("half_hat", monotone=False, zero_below=True, scale_invariant=False,
-          piecewise=lambda: Piecewise((0.0, 0.5, 1.0), (0.0, 1.0, -1.0, 0.0)),
-          proxy=lambda x, top: _hat_proxy(x, top, 0.5))
-def _half_hat(x: Tensor, top: float | Tensor) -> Tensor:
-    r"""Half-hat STE (ours): the hat peaking at :math:`\mathrm{top}/2`,
-    :math:`\mu'(x) = 1\{0 < x \le \mathrm{top}/2\} - 1\{\mathrm{top}/2 < x \le \mathrm{top}\}`: non-monotone
-    *inside* the staircase's support."""
-    half = top / 2
-    return ((x > 0) & (x <= half)).to(x.dtype) - ((x > half) & (x <= top)).to(x.dtype)
