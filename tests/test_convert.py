@@ -112,6 +112,20 @@ def test_patterns_that_match_no_activation_raise_with_the_names(kwargs, kind, pa
     assert "are: 2, 4, 7" in str(err.value)
 
 
+def test_fields_are_quant_config_fields():
+    config = stelab.QuantConfig(bits=3, ste="relu")
+    by_config = stelab.quantize_activations(small_cnn(), config, exclude="7")
+    by_fields = stelab.quantize_activations(small_cnn(), bits=3, ste="relu", exclude="7")
+    assert [m.config for _, m in stelab.quantized_modules(by_config)] == [config, config]
+    assert [m.config for _, m in stelab.quantized_modules(by_fields)] == [config, config]
+    mixed = stelab.quantize_activations(small_cnn(), config, bits=4, exclude="7")
+    assert {m.config for _, m in stelab.quantized_modules(mixed)} == {config.replace(bits=4)}
+    with pytest.raises(ValueError, match=r"unknown QuantConfig field\(s\) \['bitz'\]; valid fields: bits, ste"):
+        stelab.quantize_activations(small_cnn(), bitz=4)
+    with pytest.raises(TypeError, match="config must be a stelab.QuantConfig"):
+        stelab.quantize_activations(small_cnn(), 2)
+
+
 def test_an_unknown_override_key_lists_the_fields():
     with pytest.raises(ValueError, match=r"unknown QuantConfig field\(s\) \['bitz'\]; valid fields: bits, ste"):
         stelab.quantize_activations(small_cnn(), overrides={"2": {"bitz": 4}})

@@ -31,9 +31,20 @@ def test_fixed_alpha_has_no_persistent_state():
 
 def test_config_and_keywords_build_the_same_module():
     config = stelab.QuantConfig(bits=4, ste="leaky_relu(slope=0.05)", alpha=0.2)
-    a, b = stelab.QuantReLU(config=config), stelab.QuantReLU(4, "leaky_relu(slope=0.05)", alpha=0.2)
+    a, b = stelab.QuantReLU(config=config), stelab.QuantReLU(bits=4, ste="leaky_relu(slope=0.05)", alpha=0.2)
     assert a.config == b.config and a.ste == b.ste and a.bits == 4
     assert a.ste.params == {"slope": 0.05}
+    c = stelab.QuantReLU(config, bits=3)  # the config with fields replaced
+    assert c.config == config.replace(bits=3)
+    assert stelab.QuantReLU().config == stelab.QuantConfig()  # the defaults are QuantConfig's, declared once
+    assert stelab.QuantReLU().config.ste == stelab.ste.DEFAULT_STE
+
+
+def test_unknown_field_or_positional_bits_is_an_error():
+    with pytest.raises(ValueError, match=r"unknown QuantConfig field\(s\) \['bitz'\]; valid fields: bits, ste, "):
+        stelab.QuantReLU(bitz=2)
+    with pytest.raises(TypeError, match="config must be a stelab.QuantConfig.*by keyword"):
+        stelab.QuantReLU(2)
 
 
 def test_learned_alpha_trains_and_loads():

@@ -192,3 +192,19 @@ def test_learned_alpha_module_under_torch_compile():
     assert torch.equal(y, eager(x.detach()))
     eager(x.detach()).sum().backward()
     assert compiled_layer.alpha.grad.item() == eager.alpha.grad.item() > 0
+
+
+def test_quantize_takes_quant_config_fields():
+    x = torch.randn(50, dtype=torch.float64)
+    config = stelab.QuantConfig(bits=3, ste="relu", alpha=0.3)
+    assert torch.equal(stelab.quantize(x, config), stelab.quantize(x, bits=3, ste="relu", alpha=0.3))
+    assert torch.equal(stelab.quantize(x, config, bits=2), stelab.quantize(x, bits=2, ste="relu", alpha=0.3))
+    with pytest.raises(ValueError, match=r"unknown QuantConfig field\(s\) \['bitz'\]"):
+        stelab.quantize(x, bitz=2)
+    with pytest.raises(ValueError, match="tensor that requires grad"):
+        stelab.quantize(x, learn_alpha=True)
+    alpha = torch.tensor(0.3, requires_grad=True)  # the functional form of learn_alpha=True
+    stelab.quantize(x, bits=3, alpha=alpha, ste="relu").sum().backward()
+    assert alpha.grad is not None
+    ste = stelab.ste.get("relu")  # an STE object is used as it is
+    assert torch.equal(stelab.quantize(x, bits=3, alpha=0.3, ste=ste), stelab.quantize(x, config))

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from .errors import check_alpha, check_bits, check_choice
+from .ste import DEFAULT_STE
 
 T = TypeVar("T", bound="JsonConfig")
 
@@ -25,11 +27,18 @@ class JsonConfig:
 
     @classmethod
     def from_dict(cls: type[T], data: dict[str, Any]) -> T:
-        names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-        unknown = set(data) - names
-        if unknown:
-            raise ValueError(f"unknown {cls.__name__} field(s) {sorted(unknown)}; valid fields: {sorted(names)}")
+        cls.check_fields(data)
         return cls(**data)
+
+    @classmethod
+    def check_fields(cls, names: Iterable[str]) -> None:
+        """Raise ``ValueError`` listing the valid fields if any of ``names`` is not a field of this config."""
+        # __dataclass_fields__ rather than dataclasses.fields(): torch.compile traces this (stelab.quantize) and
+        # does not handle fields() of a class.
+        valid = list(cls.__dataclass_fields__)  # type: ignore[attr-defined]
+        unknown = set(names) - set(valid)
+        if unknown:
+            raise ValueError(f"unknown {cls.__name__} field(s) {sorted(unknown)}; valid fields: {', '.join(valid)}")
 
     def to_json(self, indent: int | None = 2) -> str:
         return json.dumps(self.to_dict(), indent=indent, sort_keys=True)
@@ -50,10 +59,14 @@ class QuantConfig(JsonConfig):
     ``alpha=None`` means the forward's default (Lloyd's half-Gaussian step; 1 for sign).
     ``learn_alpha`` makes the resolution a parameter trained with the ``alpha_rule`` gradient (``ae`` only for sign).
     ``check_nan`` makes the module raise on NaN inputs (one reduction and host sync per call).
+
+    This is the one declaration of a quantized activation's fields and their defaults: :class:`stelab.QuantReLU`,
+    :func:`stelab.quantize` and :func:`stelab.quantize_activations` take ``config`` and/or these fields by keyword
+    (:meth:`merged`).
     """
 
     bits: int = 2
-    ste: str = "clipped_relu"
+    ste: str = DEFAULT_STE
     forward: str = "staircase"
     alpha: float | None = None
     learn_alpha: bool = False
@@ -78,3 +91,15 @@ class QuantConfig(JsonConfig):
                 raise TypeError(f"{flag} must be a bool, got {getattr(self, flag)!r}")
         if self.learn_alpha:
             check_learned(self.forward, self.alpha_rule)
+
+    @classmethod
+    def merged(cls, config: QuantConfig | None = None, /, **fields: Any) -> QuantConfig:
+        """``config`` (default ``QuantConfig()``) with ``fields`` replaced, validated; an unknown field name raises
+        ``ValueError`` listing the valid ones. ``QuantConfig.merged(bits=4) == QuantConfig(bits=4)``."""
+        if config is not None and not isinstance(config, QuantConfig):
+            raise TypeError(f"config must be a stelab.QuantConfig or None, got {type(config).__name__} ({config!r}); "
+                            "give the fields by keyword instead, e.g. bits=2, ste='relu'")
+        cls.check_fields(fields)
+        if config is None:
+            return cls(**fields)
+        return dataclasses.replace(config, **fields) if fields else config

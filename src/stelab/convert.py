@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import dataclasses
 import fnmatch
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -33,17 +32,16 @@ def _check_arguments(model: nn.Module, exclude, overrides) -> None:
             if not any(fnmatch.fnmatchcase(n, pattern) for n in names):
                 raise ValueError(f"{kind} pattern {pattern!r} matches no activation module; the activation modules "
                                  f"are: {', '.join(names) or 'none'}")
-    fields = [f.name for f in dataclasses.fields(QuantConfig)]
     for pattern, change in (overrides or {}).items():
         if isinstance(change, QuantConfig):
             continue
         if not isinstance(change, Mapping):
             raise TypeError(f"overrides[{pattern!r}] must be a QuantConfig or a mapping of its fields, got "
                             f"{type(change).__name__}")
-        unknown = sorted(set(change) - set(fields))
-        if unknown:
-            raise ValueError(f"overrides[{pattern!r}] has unknown QuantConfig field(s) {unknown}; valid fields: "
-                             f"{', '.join(fields)}")
+        try:
+            QuantConfig.check_fields(change)
+        except ValueError as err:
+            raise ValueError(f"overrides[{pattern!r}]: {err}") from None
 
 
 def _matches(name: str, patterns: Iterable[str] | str | None) -> bool:
@@ -56,21 +54,19 @@ def _matches(name: str, patterns: Iterable[str] | str | None) -> bool:
 
 def quantize_activations(
     model: nn.Module,
-    bits: int = 2,
-    ste: str = "clipped_relu",
-    alpha: float | None = None,
+    config: QuantConfig | None = None,
+    *,
     include: Iterable[str] | str | None = None,
     exclude: Iterable[str] | str | None = None,
     overrides: Mapping[str, Mapping[str, Any] | QuantConfig] | None = None,
-    *,
-    forward: str = "staircase",
-    learn_alpha: bool = False,
-    alpha_rule: str = "mean",
-    check_nan: bool = True,
     inplace: bool = False,
+    **fields: Any,
 ) -> nn.Module:
     """Return ``model`` (a deep copy unless ``inplace``) with its ReLU/ReLU6/Hardtanh modules quantized.
 
+    Every swapped module gets ``config`` (default ``QuantConfig()``) with ``fields`` replaced
+    (:meth:`QuantConfig.merged`; e.g. ``quantize_activations(model, bits=2, ste="relu")``; an unknown field raises
+    ``ValueError`` listing the valid ones).
     ``include``/``exclude`` are glob patterns on the module's qualified name (``"features.*"``, ``"*.act2"``); with
     ``include`` given only matching modules are swapped, and ``exclude`` always wins. ``overrides`` maps a pattern to
     the config fields that differ for the modules it matches (``{"layer3.*": {"bits": 4}}``); later patterns win.
@@ -81,8 +77,7 @@ def quantize_activations(
     Weights and state dict keys are kept: a
     fixed-resolution QuantReLU has no persistent state, so float and quantized state dicts load into each other.
     """
-    base = QuantConfig(bits=bits, ste=ste, forward=forward, alpha=alpha, learn_alpha=learn_alpha,
-                       alpha_rule=alpha_rule, check_nan=check_nan)
+    base = QuantConfig.merged(config, **fields)
     # Lists, so that a generator of patterns is not used up by the checks.
     include, exclude = (None if include is None else _patterns(include)), _patterns(exclude)
     _check_arguments(model, exclude, overrides)

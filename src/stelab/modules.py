@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
 from . import quantizers
 from . import ste as ste_registry
 from .config import QuantConfig
-from .errors import check_alpha
-from .ops import _QuantizeLearned, check_input, fused_plan, quantize_fixed
+from .ops import fused_plan, quantize_with
 
 
 class QuantReLU(nn.Module):
     """Quantized activation ``y = q(x)`` with STE backward ``dy/dx := mu'(x)``; see :mod:`stelab.ops`.
 
-    ``QuantReLU(bits=2, ste="clipped_relu")`` is the staircase of Yin et al. (2019) at Lloyd's resolution.
+    ``QuantReLU(config=None, **fields)``: the :class:`QuantConfig` ``config`` (default ``QuantConfig()``) with
+    ``fields`` (its fields, by keyword) replaced, so ``QuantReLU(bits=2, ste="relu")`` and
+    ``QuantReLU(config=cfg, bits=4)`` both work and an unknown field raises ``ValueError`` listing the valid ones.
+    ``QuantReLU()`` is the staircase of Yin et al. (2019) at Lloyd's resolution with the default STE
+    (:data:`stelab.ste.DEFAULT_STE`).
     The resolution lives in ``self.alpha``: a non-persistent buffer when fixed (so the state dict keys are those of
     the float model it replaces), a parameter when learned (a float state dict still loads: alpha keeps its value).
     A fixed resolution is set by the config and used as given (:meth:`current_alpha`). With a piecewise-constant
@@ -23,21 +28,9 @@ class QuantReLU(nn.Module):
     inputs; the fused kernel finds them in its own pass, other paths at the cost of one reduction and a host sync.
     """
 
-    def __init__(
-        self,
-        bits: int = 2,
-        ste: str = "clipped_relu",
-        forward: str = "staircase",
-        alpha: float | None = None,
-        learn_alpha: bool = False,
-        alpha_rule: str = "mean",
-        check_nan: bool = True,
-        *,
-        config: QuantConfig | None = None,
-    ) -> None:
+    def __init__(self, config: QuantConfig | None = None, **fields: Any) -> None:
         super().__init__()
-        if config is None:
-            config = QuantConfig(bits, ste, forward, alpha, learn_alpha, alpha_rule, check_nan)
+        config = QuantConfig.merged(config, **fields)
         self.config = config
         self.quantizer = quantizers.get(config.forward)
         self.ste = ste_registry.get(config.ste)
@@ -48,6 +41,7 @@ class QuantReLU(nn.Module):
         else:
             self.register_buffer("alpha", torch.tensor(value, dtype=torch.float32), persistent=False)
         self._value = float(value)
+        # Built once here rather than per call: the fused op's constant arguments depend only on the config.
         self._plan = None if config.learn_alpha else fused_plan(config.forward, config.bits, self._value, self.ste)
 
     @property
@@ -55,15 +49,8 @@ class QuantReLU(nn.Module):
         return self.config.bits
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.config.learn_alpha:
-            check_input(x, self.config.check_nan)
-            if not torch.compiler.is_compiling():  # training can push alpha through zero; say so, do not mirror
-                check_alpha(float(self.alpha.detach()))
-            return _QuantizeLearned.apply(x, self.alpha, self.quantizer.name, self.bits, self.ste,
-                                          self.config.alpha_rule)
-        check_input(x, check_nan=False)  # the op checks NaN in its own pass
-        return quantize_fixed(x, self.quantizer.name, self.bits, self._value, self.ste, self.config.check_nan,
-                              self._plan)
+        alpha = self.alpha if self.config.learn_alpha else self._value
+        return quantize_with(x, self.config, alpha, self.ste, self._plan)
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs):

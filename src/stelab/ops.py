@@ -23,12 +23,14 @@ gradient code (Yin et al. 2019), for :math:`x` in the region named (0 elsewhere)
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from . import kernels, quantizers
 from . import ste as ste_registry
+from .config import QuantConfig
 from .errors import check_alpha, check_bits, check_choice
 from .ste import STE
 
@@ -160,38 +162,59 @@ def check_learned(forward: str, alpha_rule: str) -> None:
                          f"{alpha_rule!r}; valid choices for sign: ae")
 
 
-def quantize(
-    x: Tensor,
-    bits: int = 2,
-    alpha: float | Tensor | None = None,
-    ste: str | STE = "clipped_relu",
-    forward: str = "staircase",
-    alpha_rule: str = "mean",
-    check_nan: bool = True,
-) -> Tensor:
-    """Quantize ``x`` with forward quantizer ``forward`` and backward STE ``ste``.
+def quantize_with(x: Tensor, config: QuantConfig, alpha: float | Tensor, ste: STE,
+                  plan: FusedPlan | None = None) -> Tensor:
+    """The one fixed/learned dispatch, for a validated ``config`` whose resolution and STE are already resolved.
 
-    ``alpha`` is the resolution: ``None`` for the default (Lloyd's for staircase/round, 1 for sign), a float for a
-    fixed one, or a tensor that requires grad for a learned one (its gradient follows ``alpha_rule``). It is used as
-    given, rounded to the input's compute type (float32; float64 for float64 inputs), and the forward is the
-    documented formula evaluated in that arithmetic (:mod:`stelab.kernels.reference`).
+    ``alpha`` is the resolution used: a float for a fixed one, the one-element tensor that learns when
+    ``config.learn_alpha`` (its value is checked every call: training can push it through zero). ``ste`` is the STE
+    ``config.ste`` names (or any STE object), ``plan`` the fixed layer's :func:`fused_plan` when the caller keeps it.
+    :class:`stelab.QuantReLU` and :func:`quantize` both end here.
     """
+    if config.learn_alpha:
+        check_input(x, config.check_nan)
+        if not torch.compiler.is_compiling():  # a host sync; under compile it would break the graph
+            check_alpha(float(alpha.detach()))  # type: ignore[union-attr]
+        return _QuantizeLearned.apply(x, alpha, config.forward, config.bits, ste, config.alpha_rule)
     check_input(x, check_nan=False)  # NaN is checked by the operator itself, in its pass over x
-    fq = quantizers.get(forward)
-    fq.check_bits(bits)
-    estimator = ste_registry.get(ste)
-    check_choice("alpha rule", alpha_rule, ALPHA_RULES)
-    if isinstance(alpha, Tensor) and alpha.requires_grad:
-        if alpha.numel() != 1:
-            raise ValueError(f"a learned alpha must have one element, got shape {tuple(alpha.shape)}")
-        check_learned(fq.name, alpha_rule)
-        check_input(x, check_nan)
-        if not torch.compiler.is_compiling():
-            check_alpha(float(alpha.detach()))
-        return _QuantizeLearned.apply(x, alpha, fq.name, bits, estimator, alpha_rule)
-    value = fq.default_alpha(bits) if alpha is None else check_alpha(alpha)
-    return quantize_fixed(x, fq.name, bits, float(value), estimator, check_nan)
+    return quantize_fixed(x, config.forward, config.bits, float(alpha), ste, config.check_nan, plan)
 
 
-__all__ = ["quantize", "quantize_fixed", "fused_plan", "FusedPlan", "ALPHA_RULES", "alpha_grad_factor", "check_bits",
-           "check_input", "check_learned"]
+def quantize(x: Tensor, config: QuantConfig | None = None, /, **fields: Any) -> Tensor:
+    """Quantize ``x`` as ``config`` with ``fields`` replaced says (:meth:`QuantConfig.merged`): forward quantizer
+    ``forward``, backward STE ``ste``, e.g. ``quantize(x, bits=2, alpha=0.6511, ste="relu")``.
+
+    ``fields`` are :class:`QuantConfig`'s fields and defaults (an unknown name raises ``ValueError`` listing them),
+    the one declaration of what a quantized activation is, so this function, :class:`stelab.QuantReLU` and
+    :func:`stelab.quantize_activations` cannot drift apart. Being a function of a tensor, it widens two of them:
+
+    * ``alpha`` may be a one-element tensor that requires grad: the resolution is then *learned* (this is how the
+      functional form says ``learn_alpha=True``; there is no layer to own a parameter), and its gradient follows
+      ``alpha_rule``. A number, or a tensor without grad, is a fixed resolution; ``None`` the forward's default
+      (Lloyd's for staircase/round, 1 for sign). It is used as given, rounded to the input's compute type (float32;
+      float64 for float64 inputs), and the forward is the documented formula evaluated in that arithmetic
+      (:mod:`stelab.kernels.reference`).
+    * ``ste`` may be an :class:`STE` object, used as it is (it need not be registered).
+    """
+    # No dict is mutated here: torch.compile traces this function and graph-breaks on dict mutation.
+    estimator = fields.get("ste") if isinstance(fields.get("ste"), STE) else None
+    if estimator is not None:
+        fields = {k: v for k, v in fields.items() if k != "ste"}
+    alpha = fields.get("alpha")
+    learned = isinstance(alpha, Tensor) and alpha.requires_grad
+    if learned:
+        if alpha.numel() != 1:  # type: ignore[union-attr]
+            raise ValueError(f"a learned alpha must have one element, got shape {tuple(alpha.shape)}")  # type: ignore
+        fields = {**fields, "alpha": None, "learn_alpha": True}
+    elif fields.get("learn_alpha") or (config is not None and config.learn_alpha and "learn_alpha" not in fields):
+        raise ValueError("the functional quantize learns alpha when alpha is a one-element tensor that requires "
+                         "grad; give one (or use stelab.QuantReLU(learn_alpha=True), which owns the parameter)")
+    cfg = QuantConfig.merged(config, **fields)
+    estimator = estimator or ste_registry.get(cfg.ste)
+    if not learned:
+        alpha = quantizers.get(cfg.forward).default_alpha(cfg.bits) if cfg.alpha is None else cfg.alpha
+    return quantize_with(x, cfg, alpha, estimator)  # type: ignore[arg-type]
+
+
+__all__ = ["quantize", "quantize_with", "quantize_fixed", "fused_plan", "FusedPlan", "ALPHA_RULES",
+           "alpha_grad_factor", "check_bits", "check_input", "check_learned"]

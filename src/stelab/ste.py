@@ -155,7 +155,9 @@ class STE:
 @dataclass(frozen=True)
 class _Entry:
     factory: Callable[..., STE]
-    defaults: Mapping[str, Any]
+    # A plain dict, not a MappingProxyType: torch.compile traces get() (stelab.quantize) and graph-breaks on reading
+    # a mapping proxy after any dict mutation (a dataclass's __init__ counts). Private to the registry.
+    defaults: dict[str, Any]
 
 
 _REGISTRY: dict[str, _Entry] = {}
@@ -251,7 +253,7 @@ def register(
         if derivative is not None or {monotone, zero_below, scale_invariant} != {None}:
             raise ValueError("a Piecewise table defines mu' and the properties; give no derivative or flags with it")
         table = piecewise
-        _REGISTRY[name] = _Entry(lambda: _piecewise_ste(name, table, proxy, doc), MappingProxyType({}))
+        _REGISTRY[name] = _Entry(lambda: _piecewise_ste(name, table, proxy, doc), {})
         _CACHE.clear()
         return
     if derivative is None and proxy is None:
@@ -267,7 +269,7 @@ def register(
         props = {k: measured[k] if v is None else v for k, v in declared.items()}
         return STE(name, fn, proxy, params=frozen, doc=doc or source.__doc__ or "", **props)  # type: ignore[union-attr]
 
-    _REGISTRY[name] = _Entry(factory, MappingProxyType(defaults))
+    _REGISTRY[name] = _Entry(factory, defaults)
     _CACHE.clear()
 
 
@@ -331,7 +333,7 @@ def _builtin(name: str, *, monotone: bool, zero_below: bool, scale_invariant: bo
             return STE(name, fn, proxy, monotone, zero_below, scale_invariant, params=MappingProxyType(dict(params)),
                        doc=fn.__doc__ or "")
 
-        _REGISTRY[name] = _Entry(factory, MappingProxyType(_defaults(fn)))
+        _REGISTRY[name] = _Entry(factory, _defaults(fn))
         return fn
 
     return wrap
@@ -345,7 +347,7 @@ def _piecewise(name: str, *, proxy: DerivativeFn) -> Callable[[Callable[..., Pie
         def factory(**params: Any) -> STE:
             return _piecewise_ste(name, table(**params), proxy, table.__doc__ or "", params)
 
-        _REGISTRY[name] = _Entry(factory, MappingProxyType(_defaults(table, skip=0)))
+        _REGISTRY[name] = _Entry(factory, _defaults(table, skip=0))
         return table
 
     return wrap

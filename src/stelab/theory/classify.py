@@ -118,7 +118,8 @@ class CoarseGDConfig(JsonConfig):
 def forward(w: Tensor, v: Tensor, x: Tensor, config: CoarseGDConfig) -> Tensor:
     """Scores ``z = V q(W x)`` for a batch ``x [N, n]`` -> ``[N, K]``; backward through ``q`` is the STE."""
     # check_nan off: train_coarse checks the weights for non-finite values itself, every 50 steps
-    hidden = quantize(x @ w.T, config.bits, config.resolution, config.estimator, "staircase", check_nan=False)
+    hidden = quantize(x @ w.T, bits=config.bits, alpha=config.resolution, ste=config.estimator, forward="staircase",
+                      check_nan=False)
     return hidden @ v.T
 
 
