@@ -75,15 +75,15 @@ def no_compute(monkeypatch):
     """Any training or analysis that starts is a test failure: the checks must come first."""
     import stelab.diagnostics as diagnostics
     import stelab.experiments.reproduce as reproduce
+    import stelab.experiments.theory_lab as theory_lab
     import stelab.theory.classify_report as classify_report
     import stelab.theory.symmetry_report as symmetry_report
-    import stelab.theory.two_layer_report as two_layer_report
     import stelab.train as train
 
     def boom(*args, **kwargs):
         raise AssertionError("computation started before the output folder was checked")
 
-    for module, name in ((two_layer_report, "run_theory"), (symmetry_report, "run_report"),
+    for module, name in ((theory_lab, "run_theory"), (symmetry_report, "run_report"),
                          (classify_report, "run_synthetic"), (diagnostics, "gradient_fidelity"), (train, "train"),
                          (reproduce, "run_table1")):
         monkeypatch.setattr(module, name, boom)

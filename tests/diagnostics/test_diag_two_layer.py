@@ -1,53 +1,28 @@
-"""The diagnostics on the two-layer Gaussian model of Yin et al. (2019) agree with the theory's closed forms."""
-
-import importlib.util
-import math
+"""The diagnostics on the two-layer Gaussian model of Yin et al. (2019) agree with the theory's closed forms (the
+closed forms themselves are checked against the paper and an independent quadrature in
+tests/theory/test_two_layer_closed_forms.py)."""
 
 import numpy as np
 import pytest
 
-from stelab.diagnostics.two_layer_check import (
-    _frame,
-    cross_check,
-    default_problem,
-    expected_coarse_grad_quadrature,
-    true_grad_w,
-)
+from stelab.diagnostics.two_layer_check import closed_form, cross_check, default_problem, gaussian_batches
+from stelab.theory import two_layer
 
 STES = ("identity", "relu", "clipped_relu")
 PROBLEMS = {"theta=1.0": default_problem(theta=1.0), "theta=2.0": default_problem(theta=2.0, seed=1)}
 
 
-def _brief_closed_forms(v, w, v_star, w_star):
-    """E g for identity and relu, and grad f, as written in Yin et al. (2019) (typed in independently)."""
-    w_hat, u, theta, norm_w = _frame(w, w_star)
-    r = math.sqrt(2 * math.pi)
-    vv = v @ v_star
-    identity = (v @ v * w_hat - vv * w_star) / r
-    h = v @ v + v.sum() ** 2 - v.sum() * v_star.sum() + vv
-    relu = (h - (1 + math.cos(theta)) * vv) / (2 * r) * w_hat - math.sin(theta) * vv / (2 * r) * u
-    return {"identity": identity, "relu": relu}, -vv / (2 * math.pi * norm_w) * u
-
-
-@pytest.mark.parametrize("problem", PROBLEMS)
-def test_quadrature_reproduces_the_papers_closed_forms(problem):
-    v, w, vs, ws = PROBLEMS[problem]
-    expected, grad = _brief_closed_forms(v, w, vs, ws)
-    for name, value in expected.items():
-        assert np.allclose(expected_coarse_grad_quadrature(v, w, vs, ws, name), value, atol=1e-10)
-    assert np.allclose(true_grad_w(v, w, vs, ws), grad, atol=1e-14)
-
-
-@pytest.mark.skipif(importlib.util.find_spec("stelab.theory.two_layer") is None, reason="theory module absent")
-@pytest.mark.parametrize("problem", PROBLEMS)
-def test_theory_module_agrees_with_independent_quadrature(problem):
-    from stelab.theory import two_layer
-
-    v, w, vs, ws = PROBLEMS[problem]
-    for name in STES:
-        theory = np.asarray(two_layer.expected_coarse_grad(v, w, vs, ws, ste=name, clip=1.0))
-        assert np.allclose(theory, expected_coarse_grad_quadrature(v, w, vs, ws, name), atol=1e-9), name
-    assert np.allclose(np.asarray(two_layer.population_grad(v, w, vs, ws)[1]), true_grad_w(v, w, vs, ws), atol=1e-12)
+def test_the_check_uses_the_theory_and_refuses_collinear_problems():
+    v, w, vs, ws = PROBLEMS["theta=1.0"]
+    expected, true, source = closed_form(v, w, vs, ws, "relu")
+    assert source == "stelab.theory.two_layer"
+    np.testing.assert_array_equal(expected, two_layer.expected_coarse_grad(v, w, vs, ws, "relu"))
+    np.testing.assert_array_equal(true, two_layer.population_grad(v, w, vs, ws)[1])
+    assert abs(two_layer.angle(w, ws) - 1.0) < 1e-12 and abs(np.linalg.norm(w) - 1.3) < 1e-12
+    with pytest.raises(ValueError, match="parallel"):
+        closed_form(v, ws, vs, ws, "relu")
+    z, y = next(gaussian_batches(vs, ws, 5, 1))
+    np.testing.assert_allclose(y.numpy(), ((z.numpy() @ ws) > 0) @ vs, rtol=1e-14)
 
 
 @pytest.mark.parametrize("problem", PROBLEMS)

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from stelab import ste as ste_registry
 from stelab.theory import two_layer as tl
-from stelab.theory.two_layer_sampling import standard_error_ok
+from stelab.theory.two_layer import standard_error_ok
 
 THREE = ("identity", "relu", "clipped_relu")
 
@@ -233,7 +233,7 @@ def test_bad_input_raises_clear_errors():
 @pytest.mark.parametrize("name", ste_registry.names())
 def test_sample_coarse_gradient_equals_autograd_through_the_training_op(name):
     import stelab
-    from stelab.theory.two_layer_sampling import standard_normal_inputs
+    from stelab.theory.two_layer import standard_normal_inputs
 
     v, w, v_star, w_star = (torch.from_numpy(a) for a in point(21, 4, 5, norm=0.7))
     z = standard_normal_inputs(256, 4, 5, seed=3)

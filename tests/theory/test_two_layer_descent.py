@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
+from stelab.experiments.theory_lab.experiments import TheoryConfig, problem
 from stelab.theory import two_layer as tl
-from stelab.theory.two_layer_experiments import TheoryConfig, problem
-from stelab.theory.two_layer_sampling import empirical_loss_along, standard_normal_inputs
+from stelab.theory.two_layer import empirical_loss_along, standard_normal_inputs
 
 
 def increases(traj) -> np.ndarray:

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from ..errors import check_choice
+from ..ste import DEFAULT_STE, PAPER_STES
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -26,7 +27,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dataset", help="mnist | cifar10 (default: the run's, or the model's)")
     p.add_argument("--bits", type=int, help="quantize a float model's activations at these bits (default 2 for a "
                                             "float model; a quantized run keeps its own)")
-    p.add_argument("--stes", nargs="+", default=["identity", "relu", "clipped_relu"], help="STEs to compare")
+    p.add_argument("--stes", nargs="+", default=list(PAPER_STES), help="STEs to compare")
     p.add_argument("--widths", nargs="+", type=float, default=[0.5, 0.25, 0.1],
                    help="smoothing widths s/alpha of the reference (the two narrowest are extrapolated to 0)")
     p.add_argument("--batches", type=int, default=16, help="i.i.d. batches to average over")
@@ -65,7 +66,7 @@ def _load_model(args: argparse.Namespace):
         if not args.model or args.checkpoint in ("last", "best"):
             raise ValueError("give RUN_DIR, or --model NAME together with --checkpoint PATH")
         check_choice("model", args.model, models.names())
-        name, dataset, run_bits, ste = args.model, models.DEFAULT_DATASET[args.model], None, "clipped_relu"
+        name, dataset, run_bits, ste = args.model, models.DEFAULT_DATASET[args.model], None, DEFAULT_STE
         run_quant = None
         source = Path(args.checkpoint)
     bits = run_bits if run_bits is not None else (args.bits or 2)

@@ -25,9 +25,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..experiments.theory_lab import TheoryConfig, run_theory
     from ..io import REPORTS, check_out_dir
-    from ..theory.two_layer_experiments import TheoryConfig
-    from ..theory.two_layer_report import run_theory
 
     if args.steps < 1 or args.mc_samples < 2:
         raise ValueError(f"need --steps >= 1 and --mc-samples >= 2, got {args.steps} and {args.mc_samples}")

@@ -39,7 +39,7 @@ from .. import ste as ste_registry
 from .reference import LossFn, default_loss, gradients, parameter_groups, preserved_state
 from .smoothing import STESelector, require_quantized, smoothed, switchable_ste
 
-DEFAULT_STES = ("identity", "relu", "clipped_relu")
+DEFAULT_STES = ste_registry.PAPER_STES
 DEFAULT_WIDTHS = (0.5, 0.25, 0.1)
 MODEL = "model"
 

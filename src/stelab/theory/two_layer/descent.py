@@ -18,9 +18,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .. import ste as ste_registry
-from .two_layer import _check_clip, _expected, _grad_v, _grad_w, _loss, check_problem, frame
-from .two_layer_sampling import sample_terms
+from ... import ste as ste_registry
+from .expected import expected_at
+from .model import check_clip, check_problem, frame, grad_v_at, grad_w_at, loss_at
+from .sampling import sample_terms
 
 RECORDED = ("loss", "theta", "w_norm", "v_error", "grad_v_norm", "grad_w_norm", "inner", "cosine", "cosine_w")
 
@@ -72,7 +73,7 @@ def coarse_gradient_descent(v0, w0, v_star, w_star, ste="relu", eta: float = 0.1
     if batch_size is not None and batch_size < 1:
         raise ValueError(f"batch_size must be None (exact expectation) or >= 1, got {batch_size}")
     mu = ste_registry.get(ste)
-    clip = _check_clip(clip)
+    clip = check_clip(clip)
     v, w, v_star, w_star = check_problem(v0, w0, v_star, w_star)
     v, w = v.copy(), w.copy()
     traj = Trajectory(mu.label, float(eta), batch_size)
@@ -80,9 +81,9 @@ def coarse_gradient_descent(v0, w0, v_star, w_star, ste="relu", eta: float = 0.1
     t_vs, t_ws = torch.from_numpy(v_star), torch.from_numpy(w_star)
     for t in tqdm(range(steps + 1), disable=not progress, desc=f"descent {mu.label}", leave=False):
         fr = frame(w, w_star)
-        grad_v, grad_w = _grad_v(v, v_star, fr.theta), _grad_w(v, v_star, fr)
+        grad_v, grad_w = grad_v_at(v, v_star, fr.theta), grad_w_at(v, v_star, fr)
         if batch_size is None:
-            step_v, step_w = grad_v, _expected(mu, v, v_star, fr, clip)
+            step_v, step_w = grad_v, expected_at(mu, v, v_star, fr, clip)
         else:
             z = torch.randn(batch_size, v.size, w.size, generator=gen, dtype=torch.float64)
             terms = sample_terms(z, torch.from_numpy(v), torch.from_numpy(w), t_vs, t_ws, mu, clip)
@@ -90,7 +91,7 @@ def coarse_gradient_descent(v0, w0, v_star, w_star, ste="relu", eta: float = 0.1
         true = np.concatenate([grad_v, grad_w])
         coarse = np.concatenate([step_v, step_w])
         rec = traj.records
-        rec["loss"].append(_loss(v, v_star, fr.theta))
+        rec["loss"].append(loss_at(v, v_star, fr.theta))
         rec["theta"].append(fr.theta)
         rec["w_norm"].append(fr.norm)
         rec["v_error"].append(float(np.linalg.norm(v - v_star)))
@@ -111,11 +112,3 @@ def coarse_gradient_descent(v0, w0, v_star, w_star, ste="relu", eta: float = 0.1
     traj.v, traj.w = v, w
     return traj
 
-
-def random_problem(m: int, n: int, seed: int = 0) -> dict[str, np.ndarray]:
-    """A random teacher: ``v* ~ N(0, I_m)``, ``w*`` uniform on the unit sphere of R^n (seeded)."""
-    if m < 1 or n < 1:
-        raise ValueError(f"m and n must be >= 1, got m={m}, n={n}")
-    rng = np.random.default_rng(seed)
-    w_star = rng.standard_normal(n)
-    return {"v_star": rng.standard_normal(m), "w_star": w_star / np.linalg.norm(w_star)}

@@ -16,8 +16,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .. import ste as ste_registry
-from .two_layer import _check_clip, check_problem
+from ... import ste as ste_registry
+from .model import check_clip, check_problem
 
 
 @dataclass(frozen=True)
@@ -29,13 +29,19 @@ class SampleTerms:
     grad_w: Tensor
 
 
+def teacher_outputs(z: Tensor, v_star: Tensor, w_star: Tensor) -> Tensor:
+    r"""The teacher's outputs :math:`v^{*\top}\sigma(Z_b w^*)`, shape ``(B,)``, for inputs ``z`` of shape
+    ``(B, m, n)``."""
+    return (z @ w_star > 0).to(z.dtype) @ v_star
+
+
 def sample_terms(z: Tensor, v: Tensor, w: Tensor, v_star: Tensor, w_star: Tensor, ste, clip: float = 1.0
                  ) -> SampleTerms:
     """Per-sample terms for inputs ``z`` of shape ``(B, m, n)``; all tensors float64."""
     mu = ste_registry.get(ste)
     pre = z @ w  # (B, m)
     on = (pre > 0).to(z.dtype)
-    residual = on @ v - (z @ w_star > 0).to(z.dtype) @ v_star  # (B,)
+    residual = on @ v - teacher_outputs(z, v_star, w_star)  # (B,)
     back = mu.derivative(pre, clip) * v  # (B, m)
     grad_w = torch.einsum("bmn,bm->bn", z, back) * residual[:, None]
     return SampleTerms(residual**2 / 2, on * residual[:, None], grad_w)
@@ -69,7 +75,7 @@ def sample_coarse_grads(v, w, v_star, w_star, stes, clip: float = 1.0, samples: 
     """:func:`sample_coarse_grad` for several STEs on the same draws of ``Z`` (common random numbers), keyed by
     the names as given (``STE.label`` for :class:`~stelab.ste.STE` instances)."""
     v, w, v_star, w_star = (torch.from_numpy(a) for a in check_problem(v, w, v_star, w_star))
-    clip = _check_clip(clip)
+    clip = check_clip(clip)
     if samples < 2 or batch_size < 1:
         raise ValueError(f"need samples >= 2 and batch_size >= 1, got {samples} and {batch_size}")
     mus = [ste_registry.get(s) for s in stes]
@@ -102,7 +108,7 @@ def empirical_loss_along(z: Tensor, v, w, v_star, w_star, direction, steps) -> n
     :math:`\sigma`, so this is the part whose sampled version is piecewise constant."""
     v, w, v_star, w_star = (torch.from_numpy(a) for a in check_problem(v, w, v_star, w_star))
     d = torch.as_tensor(np.asarray(direction, dtype=np.float64))
-    teacher = (z @ w_star > 0).to(z.dtype) @ v_star  # (N,)
+    teacher = teacher_outputs(z, v_star, w_star)  # (N,)
     pre, slope = z @ w, z @ d  # pre-activations move linearly in eta: pre - eta * slope
     out = np.empty(len(steps))
     for i, eta in enumerate(steps):

@@ -18,10 +18,12 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
-from ..io import markdown_table, save_figure, write_json, write_text  # noqa: E402
-from . import two_layer_experiments as ex  # noqa: E402
+from ...io import markdown_table, save_figure, write_json, write_text  # noqa: E402
+from ...ste import PAPER_STES  # noqa: E402
+from ...theory import two_layer as tl  # noqa: E402
+from . import experiments as ex  # noqa: E402
 
-COLORS = {"identity": "tab:red", "relu": "tab:blue", "clipped_relu": "tab:green"}
+COLORS = dict(zip(PAPER_STES, ("tab:red", "tab:blue", "tab:green")))
 
 # Where each claim comes from. "Yin et al.": a statement of the paper's abstract (positive correlation of the
 # expected coarse gradient with the true gradient, descent, convergence to a critical point, instability of a poor
@@ -80,8 +82,6 @@ def run_theory(out_dir: str | Path, cfg: ex.TheoryConfig | None = None, progress
 
 
 def _critical_table(prob: dict) -> list[dict]:
-    from . import two_layer as tl
-
     rows = []
     for p in tl.critical_points(prob["v_star"], prob["w_star"]):
         gv, gw = tl.population_grad(p.v, p.w, prob["v_star"], prob["w_star"])

@@ -13,12 +13,13 @@ import numpy as np
 import torch
 from scipy.stats import norm
 
-from .. import ste as ste_registry
-from ..config import JsonConfig
-from . import two_layer as tl
-from .two_layer_sampling import empirical_loss_along, z_scores
+from ... import ste as ste_registry
+from ...config import JsonConfig
+from ...ste import PAPER_STES
+from ...theory import two_layer as tl
+from ...theory.two_layer import empirical_loss_along, z_scores
 
-THREE = ("identity", "relu", "clipped_relu")
+THREE = PAPER_STES  # the STEs whose claims the paper makes (and which have closed forms)
 
 
 @dataclass
@@ -95,7 +96,7 @@ def monte_carlo_table(cfg: TheoryConfig, prob: dict) -> dict:
                      "rel_error": float(np.linalg.norm(first.grad_v - gv) / np.linalg.norm(gv))})
         worst = max(worst, z_loss, z_v)
         for label, est in mc.items():
-            method = "closed" if label in THREE else "integrate"
+            method = "closed" if tl.closed_form_for(ste_registry.get(label)) else "integrate"
             exact = tl.expected_coarse_grad(v, w, vs, ws, label)
             z_all = np.abs(z_scores(est.grad_w, est.grad_w_se, exact))
             z = float(np.max(z_all))
@@ -179,6 +180,7 @@ def cosine_curves(cfg: TheoryConfig, prob: dict) -> dict:
         vals, sizes = [], []
         for r in norms:
             w = r * tl.unit_at_angle(ws, th)
+            # clipped relu by name: the only paper STE with a clip level, so the only one that depends on ||w||
             g, (_, gw) = tl.expected_coarse_grad(v, w, vs, ws, "clipped_relu"), tl.population_grad(v, w, vs, ws)
             vals.append(float(g @ gw / (np.linalg.norm(g) * np.linalg.norm(gw))))
             sizes.append(float(g @ gw))
@@ -225,7 +227,7 @@ def spurious_ratio(cfg: TheoryConfig, prob: dict) -> dict:
     # Asymptotically ratio ~ C eps^k with k = -1 (identity) and k = +1 (relu, clipped relu), see docs/theory.md;
     # the slope is measured over the last two decades, where every teacher tried is in the asymptotic regime.
     slopes = {n: float(np.polyfit(np.log10(eps[-3:]), np.log10(r[-3:]), 1)[0]) for n, r in ratios.items()}
-    expected = {"identity": -1.0, "relu": 1.0, "clipped_relu": 1.0}
+    expected = {"identity": -1.0, "relu": 1.0, "clipped_relu": 1.0}  # the derived rate of each STE, by name
     claims = [
         claim("spurious_identity_norm", "At the spurious minimizer ||E g_id|| = 2(m-1)(1'v*)^2/(sqrt(2pi)(m+1)^2) "
               "!= 0 while E g_relu = E g_crelu = 0",
@@ -293,6 +295,7 @@ def _descent_summary(runs: dict) -> list[dict]:
 
 
 def _descent_claims(runs: dict) -> list[dict]:
+    # By name: the paper claims descent for relu and clipped relu and instability for identity.
     mono = {n: [_ups(t) for t in runs["random"][n] + [runs["spurious"][n]]] for n in ("relu", "clipped_relu")}
     min_w = {n: min(float(t.array("w_norm").min()) for t in runs["random"][n] + [runs["spurious"][n]])
              for n in ("relu", "clipped_relu")}
