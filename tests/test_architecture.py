@@ -1,0 +1,151 @@
+"""The import graph matches the layers of README's Layout section.
+
+Every ``import`` in ``src/stelab`` (top-level and inside functions alike: a lazy import is still a dependency) is
+resolved to the stelab module it names and checked against the layer rules below; a module may import its own layer
+and the layers listed for it, nothing else. Separately, the graph of imports executed at module load (top-level
+statements) must have no cycle: such a cycle makes the import order matter.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+PACKAGE = SRC / "stelab"
+
+CORE = {"stelab", "stelab.ste", "stelab.quantizers", "stelab.lloyd", "stelab.kernels", "stelab.ops",
+        "stelab.modules", "stelab.convert", "stelab.config"}
+BASE = {"stelab.errors", "stelab.io"}
+# layer -> the layers it may import besides itself
+ALLOWED = {
+    "base": {"base"},
+    "core": {"base"},
+    # theory is math: the STE registry, the op and the quantizers, and errors; no files, data, reports or configs
+    "theory": {"errors", "core-math"},
+    "data": {"base"},
+    "models": {"base", "core"},
+    "train": {"base", "core", "data", "models"},
+    "diagnostics": {"base", "core", "theory", "models", "data"},
+    "experiments": {"base", "core", "theory", "data", "models", "train", "diagnostics"},
+    "cli": {"base", "core", "theory", "data", "models", "train", "diagnostics", "experiments"},
+}
+CORE_MATH = {"stelab.ste", "stelab.quantizers", "stelab.lloyd", "stelab.kernels", "stelab.ops"}
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(SRC).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def modules() -> dict[str, Path]:
+    return {module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
+
+
+def layer(module: str) -> str:
+    top = ".".join(module.split(".")[:2])
+    if module in CORE or top in CORE:
+        return "core"
+    if module in BASE:
+        return "base"
+    if top == "stelab.__main__":
+        return "cli"
+    return top.split(".")[1]
+
+
+def allowed(src: str, dst: str) -> bool:
+    a, b = layer(src), layer(dst)
+    if a == b:
+        return True
+    rules = ALLOWED[a]
+    if "errors" in rules and dst == "stelab.errors":
+        return True
+    if "core-math" in rules and ".".join(dst.split(".")[:2]) in CORE_MATH:
+        return True
+    return b in rules
+
+
+def _resolve(importer: str, is_package: bool, node: ast.ImportFrom, known: set[str]) -> list[str]:
+    if node.level:
+        base = importer.split(".") if is_package else importer.split(".")[:-1]
+        base = base[: len(base) - (node.level - 1)]
+        target = ".".join(base + ([node.module] if node.module else []))
+    else:
+        target = node.module or ""
+    if not target.startswith("stelab"):
+        return []
+    # `from pkg import name` imports the submodule pkg.name when there is one, else an attribute of pkg
+    subs = [f"{target}.{a.name}" for a in node.names if f"{target}.{a.name}" in known]
+    return subs if len(subs) == len(node.names) else [target, *subs]
+
+
+def imports(top_level_only: bool = False) -> dict[str, set[str]]:
+    """stelab module -> the stelab modules it imports (resolved to existing modules)."""
+    known = set(modules())
+    graph: dict[str, set[str]] = {}
+    for name, path in modules().items():
+        tree = ast.parse(path.read_text(), str(path))
+        nodes = tree.body if top_level_only else list(ast.walk(tree))
+        deps: set[str] = set()
+        for node in nodes:
+            if isinstance(node, ast.Import):
+                deps.update(a.name for a in node.names if a.name.startswith("stelab"))
+            elif isinstance(node, ast.ImportFrom):
+                deps.update(_resolve(name, path.name == "__init__.py", node, known))
+        graph[name] = {_existing(d, known) for d in deps} - {name}
+    return graph
+
+
+def _existing(module: str, known: set[str]) -> str:
+    while module not in known and "." in module:
+        module = module.rsplit(".", 1)[0]
+    return module
+
+
+def test_every_module_is_in_a_known_layer():
+    unknown = sorted({layer(m) for m in modules()} - set(ALLOWED))
+    assert not unknown, f"modules outside the layers of the Layout section: {unknown}"
+
+
+def test_no_upward_or_sideways_import():
+    bad = sorted(f"{src} ({layer(src)}) -> {dst} ({layer(dst)})"
+                 for src, deps in imports().items() for dst in deps if not allowed(src, dst))
+    assert not bad, "imports against the layers:\n" + "\n".join(bad)
+
+
+def test_no_import_cycle_at_module_load():
+    graph = imports(top_level_only=True)
+    state: dict[str, int] = {}  # 1 = on the stack, 2 = done
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        stack.append(node)
+        for dep in sorted(graph.get(node, ())):
+            if state.get(dep) == 1:
+                return stack[stack.index(dep):] + [dep]
+            if dep not in state and (cycle := visit(dep)):
+                return cycle
+        stack.pop()
+        state[node] = 2
+        return None
+
+    for module in sorted(graph):
+        if module not in state and (cycle := visit(module)):
+            pytest.fail("import cycle at module load: " + " -> ".join(cycle))
+
+
+@pytest.mark.parametrize("src, dst, ok", [
+    ("stelab.ops", "stelab.train.loop", False),
+    ("stelab.theory.symmetry", "stelab.io", False),
+    ("stelab.theory.symmetry", "stelab.ste", True),
+    ("stelab.train.loop", "stelab.diagnostics.hook", False),
+    ("stelab.cli.train", "stelab.experiments.table1", True),
+    ("stelab.experiments.table1", "stelab.cli.train", False),
+])
+def test_rules_catch_what_they_should(src, dst, ok):
+    assert allowed(src, dst) is ok
