@@ -1,8 +1,7 @@
-"""Scale symmetry (Gongyo & Ishikawa 2021): invariances, clipped-ReLU limits, the stationary set, descent, CLI."""
+"""Scale symmetry (Gongyo & Ishikawa 2021): invariances, clipped-ReLU limits, the stationary set, descent."""
 
 from __future__ import annotations
 
-import json
 import math
 
 import numpy as np
@@ -13,7 +12,6 @@ from hypothesis import strategies as st
 from scipy.integrate import quad
 from scipy.optimize import brentq
 
-from stelab.cli import main
 from stelab.theory.symmetry import (
     WeightedData,
     coarse_descent,
@@ -24,7 +22,6 @@ from stelab.theory.symmetry import (
     sample_inputs,
 )
 from stelab.theory.symmetry_exact import AngularModel, crelu_scaling, loglog_slope
-from stelab.theory.symmetry_report import SymmetryConfig
 from stelab.theory.symmetry_stationary import (
     enumeration_gap,
     ray_behaviour,
@@ -233,32 +230,11 @@ def test_identity_and_relu_drift_while_clipped_relu_settles():
     (lambda: AngularModel(tilt=1.0), "tilt"),
     (lambda: coarse_grad_w(V2, W2[:1], WeightedData.empirical(torch.ones(3, 2), torch.ones(3))), "same m"),
     (lambda: sample_inputs("cauchy", 10), "uniform_square"),
-    (lambda: SymmetryConfig(stes=("nope",)), "relu"),
-    (lambda: SymmetryConfig(lr=-1.0), "lr"),
     (lambda: stationary_points_analytic(AngularModel(tilt=0.2)), "tilt"),
 ])
 def test_bad_arguments_raise_clear_errors(call, match):
     with pytest.raises(ValueError, match=match):
         call()
-
-
-def test_cli_writes_a_report(tmp_path, capsys):
-    out = tmp_path / "run"
-    argv = ["symmetry", "--quick", "--steps", "40", "--samples", "500", "--out", str(out), "--no-progress",
-            "--ste", "relu", "--ste", "clipped_relu"]
-    assert main(argv) == 0
-    results = json.loads((out / "results.json").read_text())
-    assert [s["max_analytic_numeric_gap"] < 1e-8 for s in results["stationary"]] == [True] * 3
-    assert (out / "symmetry.png").stat().st_size > 10_000
-    report = (out / "report.md").read_text()
-    assert "global minimum" in report and "## Verdicts" in report
-    verdicts = {v["ste"]: v for v in results["verdicts"]}
-    assert verdicts["clipped_relu"]["global_minimum_ray"].startswith("zero at ‖w‖ = 1.76")
-    assert verdicts["relu"]["global_minimum_ray"].startswith("never zero")
-    printed = capsys.readouterr().out
-    assert "clipped_relu: global-minimum ray zero at" in printed and str(out) in printed
-    assert main(["symmetry", "--ste", "nope", "--out", str(tmp_path / "bad")]) == 2
-    assert "valid choices" in capsys.readouterr().err
 
 
 def test_exact_descent_settles_where_the_ray_analysis_says():

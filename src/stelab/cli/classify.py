@@ -60,9 +60,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from ..io import REPORTS, check_out_dir
-    from ..theory.classify_data import KINDS
-    from ..theory.classify_report import (
+    from ..experiments.classify import (
         MnistSettings,
         SyntheticSettings,
         headline,
@@ -70,7 +68,9 @@ def run(args: argparse.Namespace) -> int:
         run_mnist,
         run_synthetic,
     )
-    from ..theory.classify_report import write_report as write
+    from ..experiments.classify import write_report as write
+    from ..io import REPORTS, check_out_dir
+    from ..theory.classify_data import KINDS
     from ..theory.classify_ste import resolve_ste
 
     torch.set_num_threads(max(1, args.threads))

@@ -29,8 +29,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..experiments.symmetry import SymmetryConfig, run_report, verdict_lines
     from ..io import REPORTS, check_out_dir
-    from ..theory.symmetry_report import SymmetryConfig, run_report, verdict_lines
 
     config = SymmetryConfig(kappa=args.kappa, b=args.b, tilt=args.tilt, steps=args.steps, lr=args.lr,
                             samples=args.samples, seed=args.seed, stes=tuple(args.ste or ()), quick=args.quick)

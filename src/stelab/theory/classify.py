@@ -32,6 +32,7 @@ principle for the subspace data, a measure-zero set of :math:`W`; impossible for
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Callable
@@ -43,10 +44,9 @@ import torch
 from torch import Tensor
 
 from .. import quantizers
-from ..config import JsonConfig
 from ..errors import check_alpha, check_bits, check_choice
 from ..ops import quantize
-from ..ste import STE
+from ..ste import DEFAULT_STE, STE
 from .classify_ste import (
     ONE_SIDED_STES,
     MonotoneCheck,
@@ -62,13 +62,13 @@ LOSSES = ("hinge", "cross_entropy", "squared")
 
 # --------------------------------------------------------------------------------------------------------- network
 @dataclass(frozen=True)
-class CoarseGDConfig(JsonConfig):
+class CoarseGDConfig:
     """Coarse gradient descent on ``V q(W x)``. ``batch_size=0`` is full batch; ``alpha=None`` is Lloyd's
     resolution for ``bits``. ``init_scale`` sets the pre-activation standard deviation at initialisation
     (``W`` entries ~ N(0, (init_scale / rms ||x||)^2)); ``V`` entries ~ N(0, 1/hidden)."""
 
     bits: int = 2
-    ste: str = "clipped_relu"
+    ste: str = DEFAULT_STE
     alpha: float | None = None
     hidden: int = 32
     loss: str = "hinge"
@@ -100,6 +100,10 @@ class CoarseGDConfig(JsonConfig):
             raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
         if not (math.isfinite(self.init_scale) and self.init_scale > 0):
             raise ValueError(f"init_scale must be positive and finite, got {self.init_scale}")
+
+    def to_dict(self) -> dict:
+        """The fields as plain data (for results files)."""
+        return dataclasses.asdict(self)
 
     # Cached: the training loop reads them every step (cached_property writes the instance __dict__ directly, which
     # a frozen dataclass allows; equality and to_dict see only the fields).

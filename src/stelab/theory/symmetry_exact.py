@@ -25,6 +25,7 @@ the optimal :math:`v = 2B(\theta)`, and :math:`(v, \theta)` is stationary iff :m
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from functools import lru_cache
@@ -34,7 +35,6 @@ import torch
 from torch import Tensor
 
 from .. import ste as ste_registry
-from ..config import JsonConfig
 from ..errors import check_choice
 from .symmetry import DTYPE, WeightedData, _params, grad_v, loss
 
@@ -43,7 +43,7 @@ TWO_PI = 2 * math.pi
 
 
 @dataclass(frozen=True)
-class AngularModel(JsonConfig):
+class AngularModel:
     """Inputs on the disk or circle with angular density ``(1 + tilt cos phi)/(2 pi)``; labels
     ``kappa + cos phi + b cos 3 phi``. ``order``: Gauss-Legendre nodes per panel."""
 
@@ -62,6 +62,10 @@ class AngularModel(JsonConfig):
             raise ValueError(f"tilt must be in (-1, 1) so the angular density stays positive, got {self.tilt}")
         if not (isinstance(self.order, int) and 2 <= self.order <= 200):
             raise ValueError(f"order must be an int in 2..200, got {self.order!r}")
+
+    def to_dict(self) -> dict:
+        """The parameters as plain data (for results files)."""
+        return dataclasses.asdict(self)
 
     @property
     def symmetric(self) -> bool:

@@ -1,4 +1,5 @@
-"""The ``stelab symmetry`` report: stationary-point tables, clipped-ReLU limits, and coarse gradient descent.
+"""``stelab symmetry`` (Gongyo & Ishikawa 2021): :class:`SymmetryConfig` -> :func:`run_report` on
+:mod:`stelab.theory.symmetry` -> stationary-point tables, clipped-ReLU limits, and coarse gradient descent.
 
 Writes ``report.md``, ``results.json``, ``config.json`` and ``symmetry.png`` into the run folder.
 """
@@ -17,9 +18,10 @@ from tqdm import tqdm
 from .. import ste as ste_registry
 from ..config import JsonConfig
 from ..io import markdown_table, save_figure, write_json, write_text
-from .symmetry import DATASETS, WeightedData, coarse_descent, misspecified_labels, sample_inputs
-from .symmetry_exact import AngularModel, crelu_scaling, exact_descent, loglog_slope
-from .symmetry_stationary import (
+from ..ste import PAPER_STES
+from ..theory.symmetry import DATASETS, WeightedData, coarse_descent, misspecified_labels, sample_inputs
+from ..theory.symmetry_exact import AngularModel, crelu_scaling, exact_descent, loglog_slope
+from ..theory.symmetry_stationary import (
     enumeration_gap,
     radial_along_ray,
     ray_behaviour,
@@ -287,7 +289,7 @@ STE_STYLES = ("-", "--", "-.", ":")
 def _ste_style(i: int, name: str) -> dict:
     """One colour and dash pattern per STE, the same in every panel; the paper's three drawn thicker."""
     return {"color": f"C{i % 10}", "ls": STE_STYLES[i % len(STE_STYLES)],
-            "lw": 2.4 if name in ("identity", "relu", "clipped_relu") else 1.3}
+            "lw": 2.4 if name in PAPER_STES else 1.3}
 
 
 def _figure(results: dict, path: Path) -> None:

@@ -1,5 +1,7 @@
-"""Experiments behind ``stelab classify``: coarse gradient descent on synthetic non-linearly-separable data and on
-MNIST, for every STE, written as a run folder (``report.md``, ``results.json``, PNG figures)."""
+"""``stelab classify`` (Long, Yin & Xin 2021): :class:`SyntheticSettings` / :class:`MnistSettings` ->
+:func:`run_synthetic` / :func:`run_mnist` (coarse gradient descent of :mod:`stelab.theory.classify` on synthetic
+non-linearly-separable data and on MNIST, for every STE) -> results -> a run folder (``report.md``,
+``results.json``, PNG figures, :func:`write_report`)."""
 
 from __future__ import annotations
 
@@ -16,8 +18,8 @@ from tqdm import tqdm  # noqa: E402
 
 from ..config import JsonConfig  # noqa: E402
 from ..io import markdown_table, save_figure, write_json, write_text  # noqa: E402
-from .classify import ONE_SIDED_STES, CoarseGDConfig, check_monotone, ste_choices, train_coarse  # noqa: E402
-from .classify_data import KINDS, make, min_cross_class_angle  # noqa: E402
+from ..theory.classify import ONE_SIDED_STES, CoarseGDConfig, check_monotone, ste_choices, train_coarse  # noqa: E402
+from ..theory.classify_data import KINDS, make, min_cross_class_angle  # noqa: E402
 
 
 @dataclass(frozen=True)
