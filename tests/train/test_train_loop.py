@@ -155,11 +155,48 @@ def test_cli_trains_and_prints_the_summary(tmp_path, capsys):
     assert config["bits"] is None and config["lr_milestones"] == [] and config["batch_size"] == 128
 
 
-def test_diagnose_every_adds_the_diagnostics_hook(tmp_path):
+def test_diagnose_every_adds_the_diagnostics_hook_from_the_cli(tmp_path):
     pytest.importorskip("stelab.diagnostics")
-    train(TrainConfig(**TINY, bits=2, diagnose_every=2, out=str(tmp_path / "d")), progress=False)
-    (record,) = [r for r in read_jsonl(tmp_path / "d" / "metrics.jsonl") if r["kind"] == "hook"]
+    out = tmp_path / "d"
+    assert main(["train", "--bits", "2", "--synthetic", "256", "--batch-size", "128", "--epochs", "1",
+                 "--diagnose-every", "2", "--out", str(out), "--no-progress"]) == 0
+    (record,) = [r for r in read_jsonl(out / "metrics.jsonl") if r["kind"] == "hook"]
     assert record["step"] == 2 and "diagnostics" in record
+    assert read_json(out / "config.json")["diagnose_every"] == 2  # recorded: --resume keeps diagnosing
+
+
+def test_train_takes_hooks_from_its_caller_only(tmp_path):
+    # diagnose_every is a record of what the CLI was asked; train() itself adds no hook.
+    train(TrainConfig(**TINY, bits=2, diagnose_every=1, out=str(tmp_path / "r")), progress=False)
+    assert not [r for r in read_jsonl(tmp_path / "r" / "metrics.jsonl") if r["kind"] == "hook"]
+    with pytest.raises(TypeError, match="every >= 1"):
+        train(TrainConfig(**TINY, bits=2, out=str(tmp_path / "bad")), hooks=[lambda **_: None], progress=False)
+
+
+def test_training_imports_no_diagnostics():
+    import subprocess
+    import sys
+
+    code = "import sys, stelab.train, stelab.train.worker; print('stelab.diagnostics' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True).stdout.strip() == "False"
+
+
+def test_worker_runs_a_job_file_with_hook_specs(tmp_path):
+    from stelab.train import worker
+    from stelab.train.hooks import HookSpec
+
+    spec = HookSpec(f"{__name__}:RecordingHook", {"every": 1})
+    assert HookSpec.from_dict(json.loads(json.dumps(spec.to_dict()))) == spec
+    config = TrainConfig(**TINY, bits=2, out=str(tmp_path / "w"))
+    job = worker.write_job(tmp_path / "job.json", config, progress=False, hooks=[spec])
+    assert worker.main(job) == 0
+    records = [r for r in read_jsonl(tmp_path / "w" / "metrics.jsonl") if r["kind"] == "hook"]
+    assert [r["step"] for r in records] == [1, 2]
+    worker.write_job(job, config, resume=True, progress=False)
+    assert worker.main(job) == 0  # already finished: resuming is a no-op
+    with pytest.raises(ValueError, match="package.module:attribute"):
+        HookSpec("no_colon").build()
 
 
 def test_runs_made_before_the_rename_are_still_read(tmp_path):

@@ -116,18 +116,34 @@ def run(args: argparse.Namespace) -> int:
         verb = "resuming" if args.resume else "writing to"
         print(f"stelab train: {verb} {run_dir}")
         print(f"stelab train: initial learning rate {config.resolved_lr():g} ({config.lr_reason()})", flush=True)
+    specs = hook_specs(config)
+    hooks = [spec.build() for spec in specs]  # built here too, so that a bad hook fails before any launch
     if args.nproc > 1:
         from ..train.distributed import launch
 
-        code = launch(config, args.nproc, resume=args.resume, progress=not args.no_progress)
+        code = launch(config, args.nproc, resume=args.resume, progress=not args.no_progress, hooks=specs)
         print(f"stelab train: run folder {run_dir}")
         return code
-    summary = train(config, resume=args.resume, progress=not args.no_progress)
+    summary = train(config, hooks, resume=args.resume, progress=not args.no_progress)
     if is_main:
         keys = ("status", "epochs_done", "train_loss", "train_acc", "test_loss", "test_acc", "wall_time_s")
         print(" ".join(f"{k}={_fmt(summary.get(k))}" for k in keys))
         print(f"stelab train: run folder {run_dir}")
     return 0 if summary.get("status") == "finished" else 3
+
+
+# The hook --diagnose-every adds, by name: worker processes of --nproc build it from this (stelab.train.hooks).
+DIAGNOSTICS_HOOK = "stelab.diagnostics:DiagnosticsHook"
+
+
+def hook_specs(config: TrainConfig) -> list:
+    """The training hooks the command line asks for: the diagnostics hook every ``diagnose_every`` steps.
+
+    From the config (where ``--diagnose-every`` is recorded), so that ``--resume`` keeps diagnosing a run that was.
+    """
+    from ..train.hooks import HookSpec
+
+    return [HookSpec(DIAGNOSTICS_HOOK, {"every": config.diagnose_every})] if config.diagnose_every else []
 
 
 # Flags whose destination is not the TrainConfig field of the same name.

@@ -11,6 +11,7 @@ import os
 import socket
 import subprocess
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -75,27 +76,27 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch(config, nproc: int, *, resume: bool = False, progress: bool = True) -> int:
+def launch(config, nproc: int, *, resume: bool = False, progress: bool = True, hooks: Sequence = ()) -> int:
     """Train ``config`` in ``nproc`` processes with torchrun's environment variables; returns the worst exit code.
 
+    ``hooks`` are :class:`~stelab.train.hooks.HookSpec` s: every rank builds them, rank 0 calls them. Each rank runs
+    :mod:`stelab.train.worker` on a job file holding the config, ``resume``, ``progress`` and the hooks.
     A small in-repo launcher (rather than ``torchrun``) so that CPU multi-process runs and tests need nothing but
     this package; the children see what torchrun would set: RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT.
     """
     import tempfile
 
+    from .worker import write_job
+
     port = free_port()
     with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "config.json")
-        with open(path, "w") as f:
-            f.write(config.to_json())
+        path = write_job(os.path.join(tmp, "job.json"), config, resume=resume, progress=progress, hooks=hooks)
         procs = []
         for rank in range(nproc):
             env = dict(os.environ, RANK=str(rank), WORLD_SIZE=str(nproc), LOCAL_RANK=str(rank),
                        LOCAL_WORLD_SIZE=str(nproc), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
             # One thread each unless told otherwise: the ranks already share the cores.
             env.setdefault("OMP_NUM_THREADS", "1")
-            cmd = [sys.executable, "-m", "stelab.train.worker", path]
-            cmd += (["--resume"] if resume else []) + ([] if progress else ["--no-progress"])
-            procs.append(subprocess.Popen(cmd, env=env))
+            procs.append(subprocess.Popen([sys.executable, "-m", "stelab.train.worker", str(path)], env=env))
         codes = [p.wait() for p in procs]
     return next((c for c in codes if c != 0), 0)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from ..io import append_jsonl, read_json, read_jsonl, write_json, write_text
 from . import distributed
 from .checkpoint import BEST, CHECKPOINT, load_checkpoint, load_weights, save_checkpoint, set_rng_state, unwrap
 from .config import TrainConfig
+from .hooks import TrainHook, check_hooks, run_hooks
 from .runs import CONFIG, METRICS, build_model, is_done, plot_curves, read_summary, write_summary
 
 # Fields that may differ between a run and its resumption: they change speed or logging, not the result.
@@ -104,163 +106,238 @@ def _jsonable(v: Any) -> Any:
     return list(v) if isinstance(v, tuple) else v
 
 
-def train(config: TrainConfig, hooks: Iterable = (), *, resume: bool = False, progress: bool = True) -> dict:
+def train(config: TrainConfig, hooks: Iterable[TrainHook] = (), *, resume: bool = False,
+          progress: bool = True) -> dict:
     """Train one model per ``config``; returns the summary (also written to ``results.json``).
 
-    ``hooks``: objects with an int ``every`` and ``__call__(*, step, epoch, model, inputs, targets, loss_fn)``,
-    called on rank 0 after every ``every``-th optimizer step; a returned dict becomes a ``"kind": "hook"`` record.
-    Under ``torchrun`` (``WORLD_SIZE`` > 1) this is one rank of a DistributedDataParallel job.
+    ``hooks`` follow the protocol of :mod:`stelab.train.hooks` (an int ``every`` and a keyword call after every
+    ``every``-th optimizer step on rank 0, whose returned dict is logged); the caller builds them (training knows no
+    concrete hook). ``resume`` continues the run in the config's folder from its last checkpoint; ``progress`` shows
+    a progress bar. Under ``torchrun`` (``WORLD_SIZE`` > 1) this is one rank of a DistributedDataParallel job.
     """
+    hooks = check_hooks(hooks)
     info = distributed.from_env()
     device = resolve_device(config.device, info)
     distributed.init(info, device)
     try:
-        return _train(config, list(hooks), info, device, resume, progress)
+        return _train(config, hooks, info, device, resume, progress)
     finally:
         distributed.shutdown()
 
 
-def _train(config: TrainConfig, hooks: list, info: distributed.DistInfo, device: torch.device, resume: bool,
-           progress: bool) -> dict:
-    from .. import data
+@dataclass
+class _Run:
+    """One run's pieces, as the steps below build them, and its progress (``epoch``: the last finished one)."""
 
-    run_dir = run_dir_for(config)
-    ckpt_path = run_dir / CHECKPOINT
-    if config.batch_size % info.world_size:
-        raise ValueError(f"batch_size {config.batch_size} must be divisible by the {info.world_size} processes")
+    config: TrainConfig
+    info: distributed.DistInfo
+    device: torch.device
+    run_dir: Path
+    hooks: list[TrainHook]
+    progress: bool
+    model: nn.Module = field(init=False)
+    net: nn.Module = field(init=False)  # what the steps call: the model, wrapped by DDP and/or torch.compile
+    channels_last: bool = False
+    optimizer: torch.optim.Optimizer = field(init=False)
+    scheduler: torch.optim.lr_scheduler.LRScheduler = field(init=False)
+    loader: Any = None
+    test: tuple[Tensor, Tensor] = field(init=False)
+    loss_fn: nn.Module = field(default_factory=nn.CrossEntropyLoss)
+    epoch: int = 0
+    step: int = 0
+    best: dict[str, Any] | None = None
+    t_start: float = 0.0  # perf_counter at the start, shifted back by the time of the epochs resumed from
+
+
+def _train(config: TrainConfig, hooks: list[TrainHook], info: distributed.DistInfo, device: torch.device,
+           resume: bool, progress: bool) -> dict:
+    run = _Run(config, info, device, run_dir_for(config), hooks, progress)
+    finished = _check_start(run, resume)
+    if finished is not None:
+        return finished
+    # The order below is the order the global RNG is used in (seed, weight init); it fixes a run's numbers.
+    _build_model(run)
+    _build_optimizer(run)
+    _load_data(run)
+    elapsed = _restore(run) if resume else 0.0
+    if info.is_main:
+        _start_run_folder(run)
+    run.net = _wrap(run)
+    status, run.t_start = "finished", time.perf_counter() - elapsed
+    for epoch in range(run.epoch + 1, config.resolved_epochs() + 1):
+        if not _train_epoch(run, epoch):
+            status = "diverged"
+            break
+        distributed.barrier()
+    return _finish(run, status)
+
+
+def _check_start(run: _Run, resume: bool) -> dict | None:
+    """Refuse what cannot be started or resumed; the saved summary when a resumed run had already finished."""
+    config, run_dir = run.config, run.run_dir
+    if config.batch_size % run.info.world_size:
+        raise ValueError(f"batch_size {config.batch_size} must be divisible by the {run.info.world_size} processes")
     if resume and (run_dir / CONFIG).is_file():
         _check_resume_config(run_dir, config)
         if is_done(run_dir):
-            if info.is_main:
+            if run.info.is_main:
                 print(f"{run_dir} already finished; nothing to resume", file=sys.stderr)
-            return read_summary(run_dir)  # type: ignore[return-value]
-    elif not resume and (ckpt_path.is_file() or is_done(run_dir)):
+            return read_summary(run_dir)
+    elif not resume and ((run_dir / CHECKPOINT).is_file() or is_done(run_dir)):
         # Only a trained epoch blocks a fresh start: a start that failed before its first checkpoint has nothing
         # to lose and must not block the corrected re-run.
         raise ValueError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out")
-    if config.diagnose_every:
-        hooks = [*hooks, _diagnostics_hook(config.diagnose_every)]
+    return None
 
+
+def _build_model(run: _Run) -> None:
+    """The seeded model (with the ``init`` weights), on the device, in the memory format used for the run."""
+    config, device = run.config, run.device
     torch.manual_seed(config.seed)
-    model = build_model(config)
+    run.model = build_model(config)
     if config.init:
-        load_weights(model, config.init)
-    model.to(device)
-    channels_last = config.resolved_channels_last(device.type)
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
+        load_weights(run.model, config.init)
+    run.model.to(device)
+    run.channels_last = config.resolved_channels_last(device.type)
+    if run.channels_last:
+        run.model.to(memory_format=torch.channels_last)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
 
-    epochs, lr = config.resolved_epochs(), config.resolved_lr()
-    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=config.momentum,
-                                weight_decay=config.weight_decay, nesterov=config.nesterov)
-    scheduler = make_scheduler(optimizer, config)
 
+def _build_optimizer(run: _Run) -> None:
+    c = run.config
+    run.optimizer = torch.optim.SGD(run.model.parameters(), lr=c.resolved_lr(), momentum=c.momentum,
+                                    weight_decay=c.weight_decay, nesterov=c.nesterov)
+    run.scheduler = make_scheduler(run.optimizer, c)
+
+
+def _load_data(run: _Run) -> None:
+    """The training loader (this rank's share of every epoch) and the normalised test set, on the device."""
+    from .. import data
+
+    config, info, device = run.config, run.info, run.device
     mean, std = data.STATS[config.dataset]
     train_x, train_y = load_split(config, "train")
     test_x, test_y = load_split(config, "test")
-    loader = data.DeviceLoader(train_x, train_y, batch_size=config.batch_size // info.world_size, shuffle=True,
-                               augment=config.resolved_augment(), mean=mean, std=std, device=device,
-                               seed=config.seed, rank=info.rank, world_size=info.world_size,
-                               channels_last=channels_last)
-    test_x, test_y = data.normalise(test_x.to(device), mean, std), test_y.to(device)
+    run.loader = data.DeviceLoader(train_x, train_y, batch_size=config.batch_size // info.world_size, shuffle=True,
+                                   augment=config.resolved_augment(), mean=mean, std=std, device=device,
+                                   seed=config.seed, rank=info.rank, world_size=info.world_size,
+                                   channels_last=run.channels_last)
+    run.test = data.normalise(test_x.to(device), mean, std), test_y.to(device)
 
-    start_epoch, step, elapsed, best = 0, 0, 0.0, None
-    if resume and ckpt_path.is_file():
-        blob = load_checkpoint(ckpt_path, map_location=device)
-        unwrap(model).load_state_dict(blob["model"])
-        optimizer.load_state_dict(blob["optimizer"])
-        scheduler.load_state_dict(blob["scheduler"])
-        set_rng_state(blob["rng"])
-        start_epoch, step, best = blob["epoch"], blob["step"], blob.get("best")
-        elapsed = float(blob.get("elapsed_s", 0.0))
-    if info.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        write_json(run_dir / CONFIG, config.to_dict())
-        # Records past the checkpoint belong to the interrupted epoch, which is trained again.
-        kept = [r for r in read_jsonl(run_dir / METRICS) if r.get("epoch", 0) <= start_epoch]
-        write_text(run_dir / METRICS, "".join(_jsonl(r) for r in kept))
 
-    net: nn.Module = model
-    if info.enabled:
-        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    if config.compile:
+def _restore(run: _Run) -> float:
+    """Model, optimizer, schedule, RNG and counters from the last checkpoint, if any; the time already trained."""
+    path = run.run_dir / CHECKPOINT
+    if not path.is_file():
+        return 0.0
+    blob = load_checkpoint(path, map_location=run.device)
+    unwrap(run.model).load_state_dict(blob["model"])
+    run.optimizer.load_state_dict(blob["optimizer"])
+    run.scheduler.load_state_dict(blob["scheduler"])
+    set_rng_state(blob["rng"])
+    run.epoch, run.step, run.best = blob["epoch"], blob["step"], blob.get("best")
+    return float(blob.get("elapsed_s", 0.0))
+
+
+def _start_run_folder(run: _Run) -> None:
+    run.run_dir.mkdir(parents=True, exist_ok=True)
+    write_json(run.run_dir / CONFIG, run.config.to_dict())
+    # Records past the checkpoint belong to the interrupted epoch, which is trained again.
+    kept = [r for r in read_jsonl(run.run_dir / METRICS) if r.get("epoch", 0) <= run.epoch]
+    write_text(run.run_dir / METRICS, "".join(_jsonl(r) for r in kept))
+
+
+def _wrap(run: _Run) -> nn.Module:
+    net: nn.Module = run.model
+    if run.info.enabled:
+        device = run.device
+        net = nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
+    if run.config.compile:
         net = torch.compile(net)
-    loss_fn = nn.CrossEntropyLoss()
+    return net
+
+
+def _train_epoch(run: _Run, epoch: int) -> bool:
+    """Train, evaluate, log and checkpoint one epoch; False when the loss turned non-finite (the run stops)."""
+    t0 = time.perf_counter()
+    try:
+        sums = _train_steps(run, epoch, t0)
+    except Diverged as err:
+        if run.info.is_main:
+            print(f"{run.run_dir}: {err}; stopping, last good checkpoint kept", file=sys.stderr)
+            append_jsonl(run.run_dir / METRICS, {"kind": "diverged", "step": run.step, "epoch": epoch})
+        return False
+    distributed.all_reduce_sum(sums)
+    train_time = time.perf_counter() - t0
+    # The plain model: DDP's forward would broadcast buffers, a collective the ranks' unequal shares could hang.
+    test_loss, test_acc = evaluate(run.model, *run.test, run.config.eval_batch_size, run.info, run.channels_last,
+                                   run.config.precision)
+    record = {"kind": "epoch", "epoch": epoch, "step": run.step, "lr": run.optimizer.param_groups[0]["lr"],
+              "train_loss": sums[0].item() / sums[2].item(), "train_acc": sums[1].item() / sums[2].item(),
+              "test_loss": test_loss, "test_acc": test_acc, "time_s": time.perf_counter() - t0,
+              "images_per_s": sums[2].item() / train_time}
+    run.scheduler.step()
+    run.epoch = epoch
+    if run.info.is_main:
+        append_jsonl(run.run_dir / METRICS, record)
+        _save_checkpoints(run, test_acc)
+    return True
+
+
+def _train_steps(run: _Run, epoch: int, t0: float) -> Tensor:
+    """One pass over this rank's share; ``[loss sum, correct, count]`` over its batches (float64)."""
+    config, info, device = run.config, run.info, run.device
     # On a GPU every .item() is a sync; there the loss is checked every few steps instead of every step.
     check_every = 1 if device.type == "cpu" else 25
-    status, t_start = "finished", time.perf_counter() - elapsed
-
-    for epoch in range(start_epoch + 1, epochs + 1):
-        loader.set_epoch(epoch)
-        net.train()
-        sums = torch.zeros(3, dtype=torch.float64, device=device)
-        t0 = time.perf_counter()
-        bar = _progress_bar(len(loader), epoch, epochs, enabled=progress and info.is_main)
-        try:
-            for i, (xb, yb) in enumerate(loader):
-                with autocast(device, config.precision):
-                    out = net(xb)
-                    loss = loss_fn(out, yb)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                step += 1
-                sums[0] += loss.detach().double() * len(yb)
-                sums[1] += (out.detach().argmax(1) == yb).sum()
-                sums[2] += len(yb)
-                if (step % check_every == 0 or i == len(loader) - 1) and distributed.any_rank(
-                        not torch.isfinite(sums[0]).item(), device):
-                    raise Diverged(f"non-finite training loss at step {step} (epoch {epoch})")
-                if info.is_main:
-                    for hook in hooks:
-                        if step % hook.every == 0:
-                            out_rec = hook(step=step, epoch=epoch, model=unwrap(model), inputs=xb, targets=yb,
-                                           loss_fn=loss_fn)
-                            if out_rec:
-                                append_jsonl(run_dir / METRICS, {"kind": "hook", "step": step, "epoch": epoch,
-                                                                 **out_rec})
-                if bar is not None:
-                    bar.update(1)
-                    if i % 20 == 0 or i == len(loader) - 1:
-                        s = sums.tolist()
-                        bar.set_postfix(loss=f"{s[0] / s[2]:.4f}", acc=f"{100 * s[1] / s[2]:.2f}%",
-                                        img_s=f"{s[2] * info.world_size / (time.perf_counter() - t0):.0f}")
-        except Diverged as err:
-            status = "diverged"
+    run.loader.set_epoch(epoch)
+    run.net.train()
+    sums = torch.zeros(3, dtype=torch.float64, device=device)
+    bar = _progress_bar(len(run.loader), epoch, config.resolved_epochs(), enabled=run.progress and info.is_main)
+    try:
+        for i, (xb, yb) in enumerate(run.loader):
+            with autocast(device, config.precision):
+                out = run.net(xb)
+                loss = run.loss_fn(out, yb)
+            run.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            run.optimizer.step()
+            run.step += 1
+            sums[0] += loss.detach().double() * len(yb)
+            sums[1] += (out.detach().argmax(1) == yb).sum()
+            sums[2] += len(yb)
+            last = i == len(run.loader) - 1
+            if (run.step % check_every == 0 or last) and distributed.any_rank(
+                    not torch.isfinite(sums[0]).item(), device):
+                raise Diverged(f"non-finite training loss at step {run.step} (epoch {epoch})")
             if info.is_main:
-                print(f"{run_dir}: {err}; stopping, last good checkpoint kept", file=sys.stderr)
-                append_jsonl(run_dir / METRICS, {"kind": "diverged", "step": step, "epoch": epoch})
-            break
-        finally:
+                for record in run_hooks(run.hooks, step=run.step, epoch=epoch, model=unwrap(run.model), inputs=xb,
+                                        targets=yb, loss_fn=run.loss_fn):
+                    append_jsonl(run.run_dir / METRICS, record)
             if bar is not None:
-                bar.close()
-        distributed.all_reduce_sum(sums)
-        train_time = time.perf_counter() - t0
-        # The plain model: DDP's forward would broadcast buffers, a collective the ranks' unequal shares could hang.
-        test_loss, test_acc = evaluate(model, test_x, test_y, config.eval_batch_size, info, channels_last,
-                                      config.precision)
-        record = {"kind": "epoch", "epoch": epoch, "step": step, "lr": optimizer.param_groups[0]["lr"],
-                  "train_loss": sums[0].item() / sums[2].item(), "train_acc": sums[1].item() / sums[2].item(),
-                  "test_loss": test_loss, "test_acc": test_acc, "time_s": time.perf_counter() - t0,
-                  "images_per_s": sums[2].item() / train_time}
-        scheduler.step()
-        if info.is_main:
-            append_jsonl(run_dir / METRICS, record)
-            if config.save_best and (best is None or test_acc > best["test_acc"]):
-                best = {"epoch": epoch, "test_acc": test_acc}
-                save_checkpoint(run_dir / BEST, model=model, optimizer=optimizer, scheduler=scheduler, epoch=epoch,
-                                step=step, config=config.to_dict(), best=best)
-            save_checkpoint(ckpt_path, model=model, optimizer=optimizer, scheduler=scheduler, epoch=epoch,
-                            step=step, config=config.to_dict(), best=best,
-                            elapsed_s=time.perf_counter() - t_start)
-        distributed.barrier()
+                _update_bar(bar, sums, i % 20 == 0 or last, info.world_size, t0)
+    finally:
+        if bar is not None:
+            bar.close()
+    return sums
 
-    summary = _summary(run_dir, config, status, step, time.perf_counter() - t_start, info)
-    if info.is_main:
-        write_summary(run_dir, summary)
-        plot_curves(run_dir)
+
+def _save_checkpoints(run: _Run, test_acc: float) -> None:
+    """``checkpoint.pt`` every epoch; ``best.pt`` too when asked and this epoch has the best test accuracy."""
+    state = dict(model=run.model, optimizer=run.optimizer, scheduler=run.scheduler, epoch=run.epoch, step=run.step,
+                 config=run.config.to_dict())
+    if run.config.save_best and (run.best is None or test_acc > run.best["test_acc"]):
+        run.best = {"epoch": run.epoch, "test_acc": test_acc}
+        save_checkpoint(run.run_dir / BEST, **state, best=run.best)
+    save_checkpoint(run.run_dir / CHECKPOINT, **state, best=run.best, elapsed_s=time.perf_counter() - run.t_start)
+
+
+def _finish(run: _Run, status: str) -> dict[str, Any]:
+    summary = _summary(run.run_dir, run.config, status, run.step, time.perf_counter() - run.t_start, run.info)
+    if run.info.is_main:
+        write_summary(run.run_dir, summary)
+        plot_curves(run.run_dir)
     return summary
 
 
@@ -300,10 +377,9 @@ def _progress_bar(total: int, epoch: int, epochs: int, enabled: bool):
                 mininterval=0.1 if interactive else 30.0, file=sys.stderr)
 
 
-def _diagnostics_hook(every: int):
-    try:
-        from ..diagnostics import DiagnosticsHook
-    except ImportError as err:
-        raise ValueError(f"--diagnose-every needs stelab.diagnostics.DiagnosticsHook, which is unavailable ({err}); "
-                         "use --diagnose-every 0") from None
-    return DiagnosticsHook(every=every)
+def _update_bar(bar, sums: Tensor, postfix: bool, world_size: int, t0: float) -> None:
+    bar.update(1)
+    if postfix:  # every 20 batches: the figures need a host sync
+        s = sums.tolist()
+        bar.set_postfix(loss=f"{s[0] / s[2]:.4f}", acc=f"{100 * s[1] / s[2]:.2f}%",
+                        img_s=f"{s[2] * world_size / (time.perf_counter() - t0):.0f}")
