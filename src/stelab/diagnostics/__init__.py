@@ -5,7 +5,9 @@
 * :mod:`.fidelity`: per-layer and whole-model cosine / inner product of each STE vs the reference, with intervals;
 * :mod:`.stats`: saturation fractions, level histograms and code-flip ratios of quantized layers;
 * :mod:`.hook`: :class:`DiagnosticsHook` for :func:`stelab.train.train`;
-* :mod:`.report`: Markdown / JSON / PNG reports (``stelab diagnose``).
+* :mod:`.two_layer_check`: the same machinery on the two-layer model, against :mod:`stelab.theory.two_layer`.
+
+The ``stelab diagnose`` run folder (report, plots) is written by :mod:`stelab.experiments.diagnose`.
 """
 
 from .fidelity import (

@@ -1,4 +1,5 @@
-"""Reports: Markdown tables, JSON and PNG plots of gradient fidelity, saturation, and their course over training."""
+"""The ``stelab diagnose`` report: Markdown tables, JSON and PNG plots of gradient fidelity, saturation, and their
+course over training."""
 
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from ..io import markdown_table, read_jsonl, save_figure, write_json, write_text  # noqa: E402
-from .fidelity import MODEL, FidelityResult  # noqa: E402
+from ...diagnostics.fidelity import MODEL, FidelityResult  # noqa: E402
+from ...io import markdown_table, read_jsonl, save_figure, write_json, write_text  # noqa: E402
 
 JSON_NAME, MARKDOWN_NAME = "results.json", "report.md"
 LAYER_PLOT, TRAINING_PLOT, SATURATION_PLOT = "cosine_per_layer.png", "cosine_over_training.png", "saturation.png"
