@@ -10,14 +10,12 @@ from stelab.experiments.diagnose import hook_records
 
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory):
-    """A 2-bit LeNet-5 trained for a few steps on synthetic images with the diagnostics hook every 2 steps."""
-    from stelab.diagnostics import DiagnosticsHook
-    from stelab.train import TrainConfig, train
-
+    """A 2-bit LeNet-5 trained for a few steps on synthetic images with the diagnostics hook every 2 steps (through
+    the command line, which builds the hook)."""
     out = tmp_path_factory.mktemp("run") / "lenet"
-    config = TrainConfig(model="lenet5", dataset="mnist", bits=2, epochs=1, batch_size=16, synthetic=64,
-                         limit_test=32, diagnose_every=2, out=str(out), device="cpu")
-    train(config, hooks=[DiagnosticsHook(every=2)], progress=False)  # train() adds no hook itself
+    assert main(["train", "--model", "lenet5", "--dataset", "mnist", "--bits", "2", "--epochs", "1", "--batch-size",
+                 "16", "--synthetic", "64", "--limit-test", "32", "--diagnose-every", "2", "--out", str(out),
+                 "--device", "cpu", "--no-progress"]) == 0
     return out
 
 

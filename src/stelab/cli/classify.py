@@ -93,6 +93,7 @@ def run(args: argparse.Namespace) -> int:
                                      seeds=tuple(args.seeds), steps=args.steps, lr=args.lr, hidden=args.hidden,
                                      per_class=args.per_class)
         if args.quick:
+            # by name: two monotone STEs and one that is not, the smallest set that shows the contrast
             settings = settings.replace(stes=args.stes or ("relu", "clipped_relu", "swish_sign"), bits=(2,),
                                         seeds=(0,), steps=min(args.steps, 300), per_class=min(args.per_class, 20),
                                         minibatch_bits=(2,), trained_readout_bits=())

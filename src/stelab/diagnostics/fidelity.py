@@ -205,6 +205,21 @@ def _finite(x: Tensor | float) -> float | None:
     return v if math.isfinite(v) else None
 
 
+def _grams(per_layer: dict[str, list[Tensor]], n: int, kinds: int) -> dict[str, Tensor]:
+    """Per layer (consumed from ``per_layer`` to free memory) and for the whole model: the float64 Gram matrix of
+    every batch's gradients of every kind, shape ``[n, kinds, n, kinds]``."""
+    grams = {}
+    for layer in list(per_layer):
+        flat = torch.stack(per_layer.pop(layer)).reshape(n * kinds, -1)  # [B*V, P] float32
+        gram = torch.zeros(flat.shape[0], flat.shape[0], dtype=torch.float64)
+        for start in range(0, flat.shape[1], 8192):  # float64 products, chunked to bound memory
+            chunk = flat[:, start:start + 8192].to(torch.float64)
+            gram += chunk @ chunk.T
+        grams[layer] = gram.reshape(n, kinds, n, kinds)
+    grams[MODEL] = sum(grams.values())
+    return grams
+
+
 def gradient_fidelity(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], stes: Sequence[str] = DEFAULT_STES,
                       widths: Sequence[float] = DEFAULT_WIDTHS, loss_fn: LossFn = default_loss, seed: int = 0,
                       confidence: float = 0.95, extrapolate: bool = True, progress: bool = False) -> FidelityResult:
@@ -233,15 +248,7 @@ def gradient_fidelity(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]]
     if n == 0:
         raise ValueError("gradient_fidelity needs at least one batch")
     layers = list(per_layer)
-    grams = {}
-    for layer in list(per_layer):
-        flat = torch.stack(per_layer.pop(layer)).reshape(n * len(kinds), -1)  # [B*V, P] float32
-        gram = torch.zeros(flat.shape[0], flat.shape[0], dtype=torch.float64)
-        for start in range(0, flat.shape[1], 8192):  # float64 products, chunked to bound memory
-            chunk = flat[:, start:start + 8192].to(torch.float64)
-            gram += chunk @ chunk.T
-        grams[layer] = gram.reshape(n, len(kinds), n, len(kinds))
-    grams[MODEL] = sum(grams.values())
+    grams = _grams(per_layer, n, len(kinds))
     refs = kinds[len(labels):]
     result = FidelityResult(labels, refs, layers + [MODEL], n)
     for layer in result.layers:

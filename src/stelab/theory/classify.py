@@ -176,6 +176,17 @@ def evaluate(w: Tensor, v: Tensor, x: Tensor, y: Tensor, config: CoarseGDConfig,
     return {"loss": float(loss_fn(z, y, config.loss)), "accuracy": accuracy(z, y)}
 
 
+def _check_data(x: Tensor | np.ndarray, y: Tensor | np.ndarray, num_classes: int) -> tuple[Tensor, Tensor]:
+    """``x`` as a float64 tensor (a tensor keeps its dtype) ``[N, n]`` and ``y`` as int64 labels ``[N]`` in range."""
+    x = torch.as_tensor(x, dtype=torch.float64) if not isinstance(x, Tensor) else x
+    y = torch.as_tensor(y, dtype=torch.int64)
+    if x.ndim != 2 or y.shape != (x.shape[0],):
+        raise ValueError(f"x must be [N, n] and y [N], got {tuple(x.shape)} and {tuple(y.shape)}")
+    if int(y.min()) < 0 or int(y.max()) >= num_classes:
+        raise ValueError(f"labels must lie in 0..{num_classes - 1}")
+    return x, y
+
+
 def train_coarse(config: CoarseGDConfig, x: Tensor | np.ndarray, y: Tensor | np.ndarray, num_classes: int,
                  test: tuple[Tensor, Tensor] | None = None,
                  on_eval: Callable[[dict], None] | None = None) -> dict:
@@ -187,12 +198,7 @@ def train_coarse(config: CoarseGDConfig, x: Tensor | np.ndarray, y: Tensor | np.
     evaluation with loss exactly 0: for the hinge loss every per-sample loss is then 0, so every later coarse
     gradient, full or mini-batch, is exactly zero and the rest of the run would not move.
     """
-    x = torch.as_tensor(x, dtype=torch.float64) if not isinstance(x, Tensor) else x
-    y = torch.as_tensor(y, dtype=torch.int64)
-    if x.ndim != 2 or y.shape != (x.shape[0],):
-        raise ValueError(f"x must be [N, n] and y [N], got {tuple(x.shape)} and {tuple(y.shape)}")
-    if int(y.min()) < 0 or int(y.max()) >= num_classes:
-        raise ValueError(f"labels must lie in 0..{num_classes - 1}")
+    x, y = _check_data(x, y, num_classes)
     w, v = init_weights(x, num_classes, config)
     mw, mv = torch.zeros_like(w), torch.zeros_like(v)
     gen = torch.Generator().manual_seed(config.seed + 1)

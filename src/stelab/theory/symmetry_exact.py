@@ -214,7 +214,7 @@ def crelu_scaling(model: AngularModel, v: Tensor, W: Tensor, cs: np.ndarray, top
     limit = model.crelu_limit(v, W)
     out = {k: [] for k in ("c", "radial", "tangential", "small_c_gap", "large_c_gap")}
     for c in np.asarray(cs, dtype=float):
-        g = model.coarse_grad_w(v, c * W, "clipped_relu", top)
+        g = model.coarse_grad_w(v, c * W, "clipped_relu", top)  # by name: these are clipped relu's limits
         r, t = radial_tangential(c * W, g)
         out["c"].append(float(c))
         out["radial"].append(float(r.abs().sum()))
