@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 
-from stelab.experiments.theory_lab.experiments import TheoryConfig, problem
 from stelab.theory import two_layer as tl
 from stelab.theory.two_layer import empirical_loss_along, standard_normal_inputs
 
@@ -37,7 +36,7 @@ def test_descent_is_monotone_with_large_w0_small_v0_small_eta_in_20_random_probl
 
 
 def _near_spurious(seed: int = 0):
-    prob = problem(TheoryConfig(m=5, n=10, seed=seed))
+    prob = tl.teacher_with_spurious_minima(5, 10, seed)
     spur = next(p for p in tl.critical_points(prob["v_star"], prob["w_star"]) if p.kind == "spurious_min")
     v0 = spur.v + 0.01 * np.random.default_rng(seed).standard_normal(5)
     return prob, v0, tl.unit_at_angle(prob["w_star"], math.pi - 0.05)

@@ -60,14 +60,9 @@ def claim(cid: str, text: str, evidence: str, held: bool) -> dict:
 
 
 def problem(cfg: TheoryConfig) -> dict[str, np.ndarray]:
-    """The teacher used by every experiment: the first seed from ``cfg.seed`` whose teacher has spurious minima
-    (``(1^T v*)^2 < (m+1)/2 ||v*||^2``) with a clearly nonzero identity gradient there (``|1^T v*| > ||v*||/2``)."""
-    for seed in range(cfg.seed, cfg.seed + 1000):
-        p = tl.random_problem(cfg.m, cfg.n, seed)
-        s, ss = p["v_star"].sum(), p["v_star"] @ p["v_star"]
-        if s * s < (cfg.m + 1) / 2 * ss and s * s > ss / 4:
-            return {**p, "seed": seed}
-    raise RuntimeError("no teacher with a spurious minimizer found")  # pragma: no cover
+    """The teacher used by every experiment: :func:`stelab.theory.two_layer.teacher_with_spurious_minima` from
+    ``cfg.seed`` (spurious minimizers exist, and the identity coarse gradient is clearly nonzero there)."""
+    return tl.teacher_with_spurious_minima(cfg.m, cfg.n, cfg.seed)
 
 
 def _random_point(rng: np.random.Generator, cfg: TheoryConfig, norm: float) -> tuple[np.ndarray, np.ndarray]:

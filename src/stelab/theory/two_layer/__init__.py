@@ -59,6 +59,7 @@ from .model import (
     population_loss,
     random_problem,
     student_near_teacher,
+    teacher_with_spurious_minima,
     unit_at_angle,
 )
 from .sampling import (
@@ -79,5 +80,5 @@ __all__ = [
     "critical_points", "descent_ratio", "empirical_loss_along", "expected_at", "expected_coarse_grad", "frame",
     "h_term", "integration_grid", "population_grad", "population_loss", "random_problem", "sample_coarse_grad",
     "sample_coarse_grads", "sample_terms", "span_coefficients", "standard_error_ok", "standard_normal_inputs",
-    "student_near_teacher", "teacher_outputs", "unit_at_angle", "z_scores",
+    "student_near_teacher", "teacher_outputs", "teacher_with_spurious_minima", "unit_at_angle", "z_scores",
 ]

@@ -185,6 +185,18 @@ def random_problem(m: int, n: int, seed: int = 0) -> dict[str, np.ndarray]:
     return {"v_star": rng.standard_normal(m), "w_star": w_star / np.linalg.norm(w_star)}
 
 
+def teacher_with_spurious_minima(m: int, n: int, seed: int = 0, tries: int = 1000) -> dict:
+    """The first :func:`random_problem` from ``seed`` on whose teacher has spurious minimizers
+    (``(1^T v*)^2 < (m+1)/2 ||v*||^2``) with a clearly nonzero identity coarse gradient there
+    (``|1^T v*| > ||v*||/2``); ``seed`` in the result is the one used."""
+    for s in range(seed, seed + tries):
+        p = random_problem(m, n, s)
+        total, sq = p["v_star"].sum(), p["v_star"] @ p["v_star"]
+        if total * total < (m + 1) / 2 * sq and total * total > sq / 4:
+            return {**p, "seed": s}
+    raise RuntimeError(f"no teacher with a spurious minimizer in seeds {seed}..{seed + tries - 1}")
+
+
 def student_near_teacher(m: int, n: int, theta: float, w_norm: float = 1.3, v_noise: float = 0.3, seed: int = 0
                          ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """A reproducible ``(v, w, v*, w*)``: unit ``w*`` uniform on the sphere, ``w`` at angle ``theta`` to it (in a
