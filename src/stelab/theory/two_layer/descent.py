@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from ... import ste as ste_registry
 from .expected import expected_at
@@ -60,8 +59,7 @@ def _cos(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def coarse_gradient_descent(v0, w0, v_star, w_star, ste="relu", eta: float = 0.1, steps: int = 1000,
-                            clip: float = 1.0, batch_size: int | None = None, seed: int = 0,
-                            progress: bool = False) -> Trajectory:
+                            clip: float = 1.0, batch_size: int | None = None, seed: int = 0) -> Trajectory:
     """Run ``steps`` coarse gradient steps from ``(v0, w0)``; see the module docstring.
 
     Stops early (``Trajectory.stopped``) if ``w`` becomes exactly 0 or the iterate stops being finite.
@@ -79,7 +77,7 @@ def coarse_gradient_descent(v0, w0, v_star, w_star, ste="relu", eta: float = 0.1
     traj = Trajectory(mu.label, float(eta), batch_size)
     gen = torch.Generator().manual_seed(seed)
     t_vs, t_ws = torch.from_numpy(v_star), torch.from_numpy(w_star)
-    for t in tqdm(range(steps + 1), disable=not progress, desc=f"descent {mu.label}", leave=False):
+    for t in range(steps + 1):
         fr = frame(w, w_star)
         grad_v, grad_w = grad_v_at(v, v_star, fr.theta), grad_w_at(v, v_star, fr)
         if batch_size is None:
