@@ -1,0 +1,121 @@
+"""Convert any ``nn.Module``: swap its ``nn.Linear``/``nn.Conv2d`` for :class:`QuantLinear`/:class:`QuantConv2d`,
+and report what is quantized and the model's size."""
+
+from __future__ import annotations
+
+import copy
+import fnmatch
+from collections.abc import Iterable
+from typing import Any
+
+from torch import nn
+
+from ..io import markdown_table
+from .config import WeightQuantConfig
+from .modules import WEIGHT_QUANT_TYPES, QuantConv2d, QuantLinear
+from .quantizers import storage_bits
+
+#: Float module types that :func:`quantize_weights` replaces, and their quantized counterparts.
+FLOAT_TYPES: dict[type[nn.Module], type[nn.Module]] = {nn.Linear: QuantLinear, nn.Conv2d: QuantConv2d}
+
+
+def _patterns(patterns: Iterable[str] | str | None) -> list[str] | None:
+    if patterns is None:
+        return None
+    return [patterns] if isinstance(patterns, str) else list(patterns)
+
+
+def _matches(name: str, patterns: list[str] | None) -> bool:
+    return bool(patterns) and any(fnmatch.fnmatchcase(name, p) for p in patterns)  # type: ignore[union-attr]
+
+
+def weight_layer_names(model: nn.Module) -> list[str]:
+    """Qualified names of the layers :func:`quantize_weights` could swap (exactly ``nn.Linear``/``nn.Conv2d``)."""
+    return [n for n, m in model.named_modules() if n and type(m) in FLOAT_TYPES]
+
+
+def _check_patterns(model: nn.Module, include: list[str] | None, exclude: list[str] | None) -> None:
+    """Every pattern must match a candidate layer: a typo would otherwise quantize the wrong layers silently."""
+    names = weight_layer_names(model)
+    for kind, patterns in (("include", include or []), ("exclude", exclude or [])):
+        for pattern in patterns:
+            if not any(fnmatch.fnmatchcase(n, pattern) for n in names):
+                raise ValueError(f"{kind} pattern {pattern!r} matches no Linear/Conv2d layer; the candidates are: "
+                                 f"{', '.join(names) or 'none'}")
+
+
+def quantize_weights(model: nn.Module, config: WeightQuantConfig | None = None, *,
+                     include: Iterable[str] | str | None = None, exclude: Iterable[str] | str | None = None,
+                     inplace: bool = False, **fields: Any) -> nn.Module:
+    """Return ``model`` (a deep copy unless ``inplace``) with its ``nn.Linear``/``nn.Conv2d`` layers computing with
+    quantized weights.
+
+    Every swapped layer gets ``config`` (default ``WeightQuantConfig()``) with ``fields`` replaced
+    (e.g. ``quantize_weights(model, quantizer="binary", ste="hardtanh")``; an unknown field raises listing the
+    valid ones). ``include``/``exclude`` are glob patterns on qualified module names (``"features.*"``); with
+    ``include`` only matching layers are swapped, and ``exclude`` always wins (e.g. keep the first and last layers
+    float: ``exclude=["conv1", "fc"]``). A pattern that matches no Linear/Conv2d layer raises ``ValueError``
+    listing the candidates. Subclasses of Linear/Conv2d (and layers already quantized) are left alone.
+    State dict keys are kept (plus ``weight_scale`` per layer with a learned scale, which loads leniently).
+    """
+    base = WeightQuantConfig.merged(config, **fields)
+    include, exclude = _patterns(include), _patterns(exclude)
+    _check_patterns(model, include, exclude)
+    target = model if inplace else copy.deepcopy(model)
+    swaps = []
+    for name, module in target.named_modules():
+        if not name or type(module) not in FLOAT_TYPES:
+            continue
+        if (include is not None and not _matches(name, include)) or _matches(name, exclude):
+            continue
+        swaps.append((name, FLOAT_TYPES[type(module)].from_float(module, base)))  # type: ignore[attr-defined]
+    for name, replacement in swaps:
+        parent_name, _, child = name.rpartition(".")
+        parent = target.get_submodule(parent_name) if parent_name else target
+        setattr(parent, child, replacement)
+    return target
+
+
+def weight_quantized_modules(model: nn.Module) -> list[tuple[str, QuantLinear | QuantConv2d]]:
+    """Every :class:`QuantLinear`/:class:`QuantConv2d` in ``model`` with its qualified name."""
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, WEIGHT_QUANT_TYPES)]  # type: ignore[misc]
+
+
+def _scale_count(m: QuantLinear | QuantConv2d) -> int:
+    return m.weight.shape[0] if m.weight_config.granularity == "channel" else 1
+
+
+def model_size_bits(model: nn.Module) -> int:
+    """Bits to store ``model``'s parameters: each quantized weight at its storage width (1 for binary, 2 for ternary,
+    ``b`` for uniform), plus one 32-bit scale per tensor or output channel; every other parameter (biases, float
+    layers, BatchNorm affine, learned steps counted as the scales) at 32 bits. Buffers are not counted."""
+    quantized = {id(m.weight): m for _, m in weight_quantized_modules(model)}
+    steps = {id(m.weight_scale) for m in quantized.values() if m.weight_scale is not None}
+    total = 0
+    for p in model.parameters():
+        if id(p) in steps:
+            continue  # counted below, once, as the layer's scales
+        m = quantized.get(id(p))
+        if m is None:
+            total += 32 * p.numel()
+        else:
+            c = m.weight_config
+            total += storage_bits(c.quantizer, c.effective_bits) * p.numel() + 32 * _scale_count(m)
+    return total
+
+
+def weight_summary(model: nn.Module) -> str:
+    """A Markdown table of every layer with quantized weights (name, quantizer, bits, granularity, scale rule, STE,
+    weights), then the model size: quantized (:func:`model_size_bits`) against all-float 32-bit."""
+    rows = []
+    for name, m in weight_quantized_modules(model):
+        c = m.weight_config
+        rows.append([name, c.quantizer, c.effective_bits, c.granularity, c.rule, m.weight_ste.label, m.weight.numel()])
+    steps = {id(m.weight_scale) for _, m in weight_quantized_modules(model) if m.weight_scale is not None}
+    floats = 32 * sum(p.numel() for p in model.parameters() if id(p) not in steps)  # the float model has no steps
+    size = model_size_bits(model)
+    table = (markdown_table(["name", "quantizer", "bits", "granularity", "scale", "STE", "weights"], rows) if rows
+             else "no quantized weights\n")
+    ratio = floats / size if size else float("nan")
+    return (f"{table}\nmodel size: {size} bits ({size / 8 / 2**20:.3f} MiB) quantized vs {floats} bits "
+            f"({floats / 8 / 2**20:.3f} MiB) float, {ratio:.2f}x smaller\n")

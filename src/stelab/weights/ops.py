@@ -1,0 +1,77 @@
+r"""Quantized weights as an autograd op: a weight quantizer forward, an STE backward, chosen independently.
+
+.. math::  \hat w = Q(w) = s\,k(w), \qquad
+           \frac{\partial \ell}{\partial w} := \frac{\partial \ell}{\partial \hat w}\,\mu'(w;\ \mathrm{top}),
+           \quad \mathrm{top} = Q_P\,s
+
+(``top`` is the largest level magnitude: ``s`` for binary and ternary, :math:`(2^{b-1}-1)s` for uniform), with
+``mu'`` any registered STE that is not zero below 0 (:func:`stelab.weights.config.check_weight_ste`). A scale
+computed from the weights (rules ``mean``, ``max``) is treated as a constant in the backward pass: the gradient
+reaches ``w`` only through the STE, as in the formula. A learned scale (rule ``lsq``) gets LSQ's gradient
+(:mod:`stelab.weights.lsq`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .config import WeightQuantConfig, check_weight_ste
+from .lsq import ScaledCodes, check_step, grad_scale
+from .quantizers import channel_view, get
+
+
+def resolve_scale(w: Tensor, config: WeightQuantConfig, step: Tensor | None = None) -> Tensor:
+    """The scale used for ``w``, broadcastable to it: the learned ``step`` (rule ``lsq``; shape ``()`` or ``(C,)``),
+    the config's number (``fixed``) or the data rule's statistic (``mean``, ``max``)."""
+    q = get(config.quantizer)
+    if config.learned:
+        if step is None:
+            raise ValueError("scale rule 'lsq' learns the scale: pass the step tensor (QuantLinear/QuantConv2d own it)")
+        check_step(step)
+        return step if config.granularity == "tensor" or step.dim() == 0 else channel_view(step, w)
+    if config.rule == "fixed":
+        return torch.tensor(config.scale, dtype=w.dtype, device=w.device)
+    return q.data_scale(w, config.effective_bits, config.granularity, config.rule)
+
+
+def quantize_weight(w: Tensor, config: WeightQuantConfig | None = None, /, *, step: Tensor | None = None,
+                    **fields: Any) -> Tensor:
+    """:math:`Q(w)` with the STE backward, for ``config`` with ``fields`` replaced (:meth:`WeightQuantConfig.merged`).
+
+    ``step`` is the learned scale when the rule is ``lsq`` (a tensor that requires grad, shape ``()`` per tensor or
+    ``(C,)`` per channel); it then receives LSQ's gradient, scaled by :math:`1/\\sqrt{N Q_P}` with :math:`N` the
+    number of weights sharing one scale.
+    """
+    cfg = WeightQuantConfig.merged(config, **fields)
+    q = get(cfg.quantizer)
+    bits = cfg.effective_bits
+    q_p = q.q_max(bits)
+    scale = resolve_scale(w, cfg, step)
+    codes = q.codes(w, scale, bits, cfg.granularity)
+    g = grad_scale(max(1, w.numel() // max(1, scale.numel())), q_p)
+    return ScaledCodes.apply(w, scale, codes, check_weight_ste(cfg.ste), q.name == "uniform", q_p, q_p, g)
+
+
+class _PassThrough(torch.autograd.Function):
+    """Forward ``value``; backward the incoming gradient to ``w`` unchanged."""
+
+    @staticmethod
+    def forward(ctx, w: Tensor, value: Tensor) -> Tensor:
+        return value.detach().clone()
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        return grad, None
+
+
+def relaxed_weight(w: Tensor, quantized: Tensor, lam: float) -> Tensor:
+    """BinaryRelax's pseudo-quantized weights :math:`(w + \\lambda Q(w)) / (1 + \\lambda)`, whose gradient is passed
+    to ``w`` unchanged (the gradient is evaluated at the relaxed weights and applied to the float ones;
+    :mod:`stelab.optim`)."""
+    if not lam >= 0:
+        raise ValueError(f"the relaxation parameter lambda must be >= 0, got {lam}")
+    value = (w.detach() + lam * quantized.detach()) / (1.0 + lam)
+    return _PassThrough.apply(w, value)
