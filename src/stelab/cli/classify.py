@@ -60,15 +60,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from ..experiments.classify import (
-        MnistSettings,
-        SyntheticSettings,
-        headline,
-        monotone_table,
-        run_mnist,
-        run_synthetic,
-    )
-    from ..experiments.classify import write_report as write
+    from ..experiments.classify import MnistSettings, SyntheticSettings, headline, run_classify
     from ..io import REPORTS, check_out_dir
     from ..theory.classify_data import KINDS
     from ..theory.classify_ste import resolve_ste
@@ -86,26 +78,23 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(args, name)}")
     out = args.out or Path("runs") / f"classify-{time.strftime('%Y%m%d-%H%M%S')}"
     check_out_dir(out, reports=(*REPORTS, "classify.md", "classify.json"), force=args.force)  # before the work
-    progress = not args.no_progress
-    result: dict = {"monotone": monotone_table(args.stes)}
+    synthetic = mnist = None
     if not args.no_synthetic:
-        settings = SyntheticSettings(kinds=tuple(args.kinds), stes=tuple(args.stes), bits=tuple(args.bits),
-                                     seeds=tuple(args.seeds), steps=args.steps, lr=args.lr, hidden=args.hidden,
-                                     per_class=args.per_class)
+        synthetic = SyntheticSettings(kinds=tuple(args.kinds), stes=tuple(args.stes), bits=tuple(args.bits),
+                                      seeds=tuple(args.seeds), steps=args.steps, lr=args.lr, hidden=args.hidden,
+                                      per_class=args.per_class)
         if args.quick:
             # by name: two monotone STEs and one that is not, the smallest set that shows the contrast
-            settings = settings.replace(stes=args.stes or ("relu", "clipped_relu", "swish_sign"), bits=(2,),
-                                        seeds=(0,), steps=min(args.steps, 300), per_class=min(args.per_class, 20),
-                                        minibatch_bits=(2,), trained_readout_bits=())
-        result["synthetic"] = run_synthetic(settings, progress)
+            synthetic = synthetic.replace(stes=args.stes or ("relu", "clipped_relu", "swish_sign"), bits=(2,),
+                                          seeds=(0,), steps=min(args.steps, 300), per_class=min(args.per_class, 20),
+                                          minibatch_bits=(2,), trained_readout_bits=())
     if args.mnist:
         mnist = MnistSettings(stes=tuple(args.stes), bits=tuple(args.mnist_bits), seeds=tuple(args.mnist_seeds),
                               train_subset=args.mnist_subset, epochs=args.mnist_epochs, data_dir=args.data_dir)
         if args.quick:
             mnist = mnist.replace(stes=args.stes or ("relu",), bits=(2,), seeds=(0,),
                                   train_subset=min(args.mnist_subset, 2000))
-        result["mnist"] = run_mnist(mnist, progress)
-    paths = write(result, out)
+    result, paths = run_classify(out, tuple(args.stes), synthetic, mnist, progress=not args.no_progress)
     print("\n".join(headline(result)))
     print(f"wrote {', '.join(str(p) for p in paths)}")
     return 0

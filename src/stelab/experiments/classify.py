@@ -314,3 +314,15 @@ def monotone_table(stes: tuple[str, ...] = ()) -> list[dict]:
         c = check_monotone(name)
         rows.append({**c.__dict__, "monotone": c.monotone})
     return rows
+
+
+def run_classify(out: Path, stes: tuple[str, ...] = (), synthetic: SyntheticSettings | None = None,
+                 mnist: MnistSettings | None = None, progress: bool = True) -> tuple[dict, list[Path]]:
+    """The whole command: the monotone table of ``stes`` (() = every registered STE), then each experiment given;
+    writes the run folder and returns ``(result, paths written)``."""
+    result: dict = {"monotone": monotone_table(stes)}
+    if synthetic is not None:
+        result["synthetic"] = run_synthetic(synthetic, progress)
+    if mnist is not None:
+        result["mnist"] = run_mnist(mnist, progress)
+    return result, write_report(result, out)
