@@ -74,7 +74,7 @@ def test_instability_runs_from_the_minima_and_plots(tmp_path):
     (pair,) = read_json(out / "results.json")["pairs"]
     assert pair["to_status"] == "finished" and pair["control_status"] == "finished"
     switched = read_json(out / "2bit-clipped_relu-to-identity" / "config.json")
-    assert switched["lr"] == 1e-5 and switched["ste"] == "identity" and switched["lr_milestones"] == []
+    assert switched["lr"] == 1e-5 and switched["quant"]["ste"] == "identity" and switched["lr_milestones"] == []
     assert switched["init"].endswith("2bit-clipped_relu")
     assert (out / "instability.png").is_file() and "clipped_relu -> identity" in (out / "report.md").read_text()
 
@@ -88,7 +88,7 @@ def test_instability_then_continues_with_the_normal_schedule(tmp_path):
     (pair,) = read_json(out / "results.json")["pairs"]
     assert pair["to_then_status"] == "finished" and "control_status" not in pair
     then = read_json(out / "2bit-clipped_relu-to-identity-then" / "config.json")
-    assert then["ste"] == "identity" and then["epochs"] == 2 and then["lr"] != 1e-5
+    assert then["quant"]["ste"] == "identity" and then["epochs"] == 2 and then["lr"] != 1e-5
     assert then["init"].endswith("2bit-clipped_relu-to-identity")
     assert "then 2 ep." in (out / "report.md").read_text()
 

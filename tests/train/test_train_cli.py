@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from stelab.cli import main
+from stelab.config import QuantConfig
 from stelab.io import read_json
 from stelab.train import TrainConfig, train
 from stelab.train.runs import SUMMARY
@@ -14,10 +15,10 @@ TINY = ["--synthetic", "64", "--batch-size", "32", "--epochs", "1", "--no-progre
 
 
 def test_rate_follows_how_the_run_starts():
-    assert TrainConfig(bits=2).resolved_lr() == 0.1  # quantized from scratch: the from-scratch rate
-    assert TrainConfig(bits=None).resolved_lr() == 0.1
-    assert TrainConfig(bits=2, init="runs/float").resolved_lr() == 0.01  # fine-tuning a trained model
-    assert TrainConfig(bits=2, init="runs/float", lr=0.3).resolved_lr() == 0.3
+    assert TrainConfig(quant=QuantConfig(bits=2)).resolved_lr() == 0.1  # quantized from scratch: the from-scratch rate
+    assert TrainConfig(quant=None).resolved_lr() == 0.1
+    assert TrainConfig(quant=QuantConfig(bits=2), init="runs/float").resolved_lr() == 0.01  # fine-tuning
+    assert TrainConfig(quant=QuantConfig(bits=2), init="runs/float", lr=0.3).resolved_lr() == 0.3
 
 
 def test_train_prints_rate_with_reason_and_run_folder(tmp_path, capsys):

@@ -15,12 +15,13 @@ from torch import nn
 
 from stelab import data
 from stelab.cli import main
+from stelab.config import QuantConfig
 from stelab.io import read_json
 from stelab.train import TrainConfig, load_checkpoint
 from stelab.train.runs import build_model
 
-CONFIG = TrainConfig(model="lenet5", dataset="mnist", synthetic=256, batch_size=64, epochs=2, bits=2,
-                     ste="clipped_relu", lr=0.05, seed=3)
+CONFIG = TrainConfig(model="lenet5", dataset="mnist", synthetic=256, batch_size=64, epochs=2,
+                     quant=QuantConfig(bits=2, ste="clipped_relu"), lr=0.05, seed=3)
 
 
 def simulate_two_ranks(config: TrainConfig) -> dict[str, torch.Tensor]:

@@ -11,9 +11,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from stelab.cli import main
+from stelab.config import QuantConfig
 from stelab.io import read_json, read_jsonl
 from stelab.train import TrainConfig, load_checkpoint, load_model_from_run, train
 
+Q2 = QuantConfig(bits=2)  # the default quantization, spelled out
 # 256 synthetic MNIST-shaped images, batch 128: one epoch is exactly 2 optimizer steps.
 TINY = dict(model="lenet5", dataset="mnist", synthetic=256, batch_size=128, epochs=1)
 
@@ -23,7 +25,8 @@ TINY = dict(model="lenet5", dataset="mnist", synthetic=256, batch_size=128, epoc
        milestones=st.lists(st.floats(0.01, 0.99), max_size=3), seed=st.integers(0, 2**31 - 1),
        augment=st.one_of(st.none(), st.booleans()))
 def test_config_round_trips_through_json(bits, lr, milestones, seed, augment):
-    config = TrainConfig(bits=bits, lr=lr, lr_milestones=tuple(milestones), seed=seed, augment=augment)
+    quant = None if bits is None else QuantConfig(bits=bits)
+    config = TrainConfig(quant=quant, lr=lr, lr_milestones=tuple(milestones), seed=seed, augment=augment)
     assert TrainConfig.from_json(config.to_json()) == config
 
 
@@ -31,7 +34,7 @@ def test_config_rejects_bad_values_with_the_valid_choices():
     with pytest.raises(ValueError, match="cifar10, mnist"):
         TrainConfig(dataset="imagenet")
     with pytest.raises(ValueError, match="clipped_relu"):
-        TrainConfig(ste="nope")
+        TrainConfig(quant=QuantConfig(ste="nope"))
     with pytest.raises(ValueError, match="fractions"):
         TrainConfig(lr_milestones=(20,))
     with pytest.raises(ValueError, match="unknown TrainConfig field"):
@@ -41,8 +44,8 @@ def test_config_rejects_bad_values_with_the_valid_choices():
 def test_schedule_defaults_follow_the_documented_protocol():
     assert TrainConfig(model="lenet5").resolved_epochs() == 50
     assert TrainConfig(model="resnet20", dataset="cifar10").resolved_epochs() == 200
-    assert TrainConfig(bits=None).resolved_lr() == 0.1 and TrainConfig(bits=2).resolved_lr() == 0.1  # from scratch
-    assert TrainConfig(bits=2, init="runs/float").resolved_lr() == 0.01  # fine-tuning a trained model
+    assert TrainConfig(quant=None).resolved_lr() == 0.1 == TrainConfig(quant=Q2).resolved_lr()  # from scratch
+    assert TrainConfig(quant=Q2, init="runs/float").resolved_lr() == 0.01  # fine-tuning a trained model
     assert TrainConfig(epochs=50).milestone_epochs() == [25, 37]
     assert TrainConfig(epochs=200).milestone_epochs() == [100, 150]
     assert TrainConfig(epochs=50, lr_milestones=()).milestone_epochs() == []
@@ -50,11 +53,11 @@ def test_schedule_defaults_follow_the_documented_protocol():
 
 def test_two_step_run_writes_a_complete_run_folder(tmp_path):
     out = tmp_path / "float"
-    summary = train(TrainConfig(**TINY, bits=None, out=str(out)), progress=False)
+    summary = train(TrainConfig(**TINY, quant=None, out=str(out)), progress=False)
     assert summary["status"] == "finished" and summary["steps"] == 2 and summary["epochs_done"] == 1
     for name in ("config.json", "metrics.jsonl", "checkpoint.pt", "results.json", "report.md", "curves.png"):
         assert (out / name).is_file(), name
-    assert TrainConfig.from_dict(read_json(out / "config.json")) == TrainConfig(**TINY, bits=None, out=str(out))
+    assert TrainConfig.from_dict(read_json(out / "config.json")) == TrainConfig(**TINY, quant=None, out=str(out))
     (record,) = [r for r in read_jsonl(out / "metrics.jsonl") if r["kind"] == "epoch"]
     for key in ("train_loss", "train_acc", "test_loss", "test_acc", "lr", "time_s"):
         assert math.isfinite(record[key]), key
@@ -64,10 +67,11 @@ def test_two_step_run_writes_a_complete_run_folder(tmp_path):
 
 
 def test_quantized_run_starts_from_the_float_weights(tmp_path):
-    train(TrainConfig(**TINY, bits=None, out=str(tmp_path / "float")), progress=False)
+    train(TrainConfig(**TINY, quant=None, out=str(tmp_path / "float")), progress=False)
     float_model = load_model_from_run(tmp_path / "float")
     # lr tiny and no momentum history: after 2 steps the weights are the float ones up to ~lr * |grad|.
-    q = TrainConfig(**TINY, bits=2, ste="relu", init=str(tmp_path / "float"), lr=1e-9, out=str(tmp_path / "q"))
+    q = TrainConfig(**TINY, quant=QuantConfig(bits=2, ste="relu"), init=str(tmp_path / "float"), lr=1e-9,
+                    out=str(tmp_path / "q"))
     train(q, progress=False)
     qmodel = load_model_from_run(tmp_path / "q")
     assert any(type(m).__name__ == "QuantReLU" for m in qmodel.modules())
@@ -89,7 +93,7 @@ class RecordingHook:
 
 def test_hooks_run_every_n_steps_and_their_records_land_in_metrics(tmp_path):
     hook = RecordingHook(every=3)
-    train(TrainConfig(**{**TINY, "epochs": 4}, bits=2, out=str(tmp_path / "r")), hooks=[hook], progress=False)
+    train(TrainConfig(**{**TINY, "epochs": 4}, quant=Q2, out=str(tmp_path / "r")), hooks=[hook], progress=False)
     assert hook.calls == [3, 6]  # 8 steps in all
     records = [r for r in read_jsonl(tmp_path / "r" / "metrics.jsonl") if r["kind"] == "hook"]
     assert [(r["step"], r["epoch"]) for r in records] == [(3, 2), (6, 3)]
@@ -112,7 +116,7 @@ class PoisonHook:
 
 def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
     out = tmp_path / "r"
-    summary = train(TrainConfig(**{**TINY, "epochs": 3}, bits=2, out=str(out)), hooks=[PoisonHook(3)],
+    summary = train(TrainConfig(**{**TINY, "epochs": 3}, quant=Q2, out=str(out)), hooks=[PoisonHook(3)],
                     progress=False)
     assert summary["status"] == "diverged" and summary["steps"] == 4  # detected at the very next step
     assert read_json(out / "results.json")["status"] == "diverged"
@@ -123,7 +127,7 @@ def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_
 
 
 def test_an_existing_run_folder_needs_resume_and_the_same_config(tmp_path):
-    config = TrainConfig(**TINY, bits=None, out=str(tmp_path / "r"))
+    config = TrainConfig(**TINY, quant=None, out=str(tmp_path / "r"))
     train(config, progress=False)
     with pytest.raises(ValueError, match="--resume"):
         train(config, progress=False)
@@ -152,7 +156,7 @@ def test_cli_trains_and_prints_the_summary(tmp_path, capsys):
     assert code == 0
     assert "status=finished" in capsys.readouterr().out
     config = json.loads((out / "config.json").read_text())
-    assert config["bits"] is None and config["lr_milestones"] == [] and config["batch_size"] == 128
+    assert config["quant"] is None and config["lr_milestones"] == [] and config["batch_size"] == 128
 
 
 def test_diagnose_every_adds_the_diagnostics_hook_from_the_cli(tmp_path):
@@ -167,10 +171,10 @@ def test_diagnose_every_adds_the_diagnostics_hook_from_the_cli(tmp_path):
 
 def test_train_takes_hooks_from_its_caller_only(tmp_path):
     # diagnose_every is a record of what the CLI was asked; train() itself adds no hook.
-    train(TrainConfig(**TINY, bits=2, diagnose_every=1, out=str(tmp_path / "r")), progress=False)
+    train(TrainConfig(**TINY, quant=Q2, diagnose_every=1, out=str(tmp_path / "r")), progress=False)
     assert not [r for r in read_jsonl(tmp_path / "r" / "metrics.jsonl") if r["kind"] == "hook"]
     with pytest.raises(TypeError, match="every >= 1"):
-        train(TrainConfig(**TINY, bits=2, out=str(tmp_path / "bad")), hooks=[lambda **_: None], progress=False)
+        train(TrainConfig(**TINY, quant=Q2, out=str(tmp_path / "bad")), hooks=[lambda **_: None], progress=False)
 
 
 def test_training_imports_no_diagnostics():
@@ -188,7 +192,7 @@ def test_worker_runs_a_job_file_with_hook_specs(tmp_path):
 
     spec = HookSpec(f"{__name__}:RecordingHook", {"every": 1})
     assert HookSpec.from_dict(json.loads(json.dumps(spec.to_dict()))) == spec
-    config = TrainConfig(**TINY, bits=2, out=str(tmp_path / "w"))
+    config = TrainConfig(**TINY, quant=Q2, out=str(tmp_path / "w"))
     job = worker.write_job(tmp_path / "job.json", config, progress=False, hooks=[spec])
     assert worker.main(job) == 0
     records = [r for r in read_jsonl(tmp_path / "w" / "metrics.jsonl") if r["kind"] == "hook"]
@@ -219,7 +223,7 @@ def test_bf16_cosine_run_follows_the_cosine_and_trains_in_autocast(tmp_path, mon
 
     monkeypatch.setattr(loop, "autocast", spy)
     out = tmp_path / "bf16"
-    config = TrainConfig(**{**TINY, "epochs": 3}, bits=2, out=str(out), precision="bf16", lr_schedule="cosine")
+    config = TrainConfig(**{**TINY, "epochs": 3}, quant=Q2, out=str(out), precision="bf16", lr_schedule="cosine")
     summary = train(config, progress=False)
     assert summary["status"] == "finished" and seen and set(seen) == {"bf16"}
     lrs = [r["lr"] for r in read_jsonl(out / "metrics.jsonl") if r["kind"] == "epoch"]

@@ -11,12 +11,13 @@ import time
 
 import torch
 
+from stelab.config import QuantConfig
 from stelab.io import read_jsonl
 from stelab.train import TrainConfig, load_checkpoint, train
 
 # Augmentation on, so the resumed epochs must also replay the crops and flips.
-BASE = TrainConfig(model="lenet5", dataset="mnist", synthetic=320, batch_size=64, epochs=3, bits=2, ste="relu",
-                   lr=0.05, augment=True, seed=7)
+BASE = TrainConfig(model="lenet5", dataset="mnist", synthetic=320, batch_size=64, epochs=3,
+                   quant=QuantConfig(bits=2, ste="relu"), lr=0.05, augment=True, seed=7)
 
 
 def assert_same_run(dir_a, dir_b):

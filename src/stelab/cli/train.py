@@ -8,6 +8,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..config import QuantConfig
+from ..ste import PAPER_STES
 from ..train.config import DEVICES, PRECISIONS, SCHEDULES, TrainConfig
 
 
@@ -50,11 +52,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        description="Train a float or activation-quantized model (SGD, momentum, step-decayed rate).")
     p.add_argument("--model", default="lenet5", help="lenet5 (mnist) | vgg11, resnet20 (cifar10); default lenet5")
     p.add_argument("--dataset", default="mnist", help="mnist | cifar10 (default mnist)")
-    p.add_argument("--bits", type=int, default=2, help="activation bits (default 2; ignored with --float)")
-    p.add_argument("--ste", default="clipped_relu",
-                   help="STE name, e.g. identity, relu, clipped_relu (default clipped_relu; see `stelab info`)")
-    p.add_argument("--forward", default="staircase", help="forward quantizer")
-    p.add_argument("--alpha", type=float, default=None, help="fixed resolution (default: Lloyd's for the bits)")
+    q = QuantConfig()  # the flags' defaults are QuantConfig's
+    p.add_argument("--bits", type=int, default=q.bits, help=f"activation bits (default {q.bits}; ignored with --float)")
+    p.add_argument("--ste", default=q.ste,
+                   help=f"STE name, e.g. {', '.join(PAPER_STES)} (default {q.ste}; see `stelab info`)")
+    p.add_argument("--forward", default=q.forward, help=f"forward quantizer (default {q.forward})")
+    p.add_argument("--alpha", type=float, default=q.alpha, help="fixed resolution (default: Lloyd's for the bits)")
     p.add_argument("--float", dest="float_model", action="store_true", help="train the float (ReLU) model")
     p.add_argument("--init", default=None, help="checkpoint file or run folder to start from (float model)")
     p.add_argument("--epochs", type=int, default=None, help="default: 50 for lenet5, 200 for vgg11/resnet20")
@@ -84,10 +87,8 @@ def _fields_from_args(args: argparse.Namespace, **overrides) -> dict:
 
         raise unknown_name("model", model, models.names())
     fields = dict(
-        model=model, dataset=getattr(args, "dataset", "mnist"),
-        bits=None if getattr(args, "float_model", False) else getattr(args, "bits", 2),
-        ste=getattr(args, "ste", "clipped_relu"), forward=getattr(args, "forward", "staircase"),
-        alpha=getattr(args, "alpha", None), init=getattr(args, "init", None), epochs=getattr(args, "epochs", None),
+        model=model, dataset=getattr(args, "dataset", "mnist"), quant=_quant_from_args(args),
+        init=getattr(args, "init", None), epochs=getattr(args, "epochs", None),
         lr=args.lr, lr_milestones=tuple(args.lr_milestones), lr_gamma=args.lr_gamma, lr_schedule=args.lr_schedule,
         batch_size=args.batch_size, momentum=args.momentum, weight_decay=args.weight_decay, nesterov=args.nesterov,
         augment=args.augment,
@@ -99,6 +100,13 @@ def _fields_from_args(args: argparse.Namespace, **overrides) -> dict:
     )
     fields.update(overrides)
     return fields
+
+
+def _quant_from_args(args: argparse.Namespace) -> QuantConfig | None:
+    """``--float``: None; otherwise the QuantConfig of --bits --ste --forward --alpha (absent flags: its defaults)."""
+    if getattr(args, "float_model", False):
+        return None
+    return QuantConfig.merged(**{f: getattr(args, f) for f in QUANT_FLAGS if hasattr(args, f)})
 
 
 def run(args: argparse.Namespace) -> int:
@@ -146,8 +154,9 @@ def hook_specs(config: TrainConfig) -> list:
     return [HookSpec(DIAGNOSTICS_HOOK, {"every": config.diagnose_every})] if config.diagnose_every else []
 
 
-# Flags whose destination is not the TrainConfig field of the same name.
-_FIELD_OF = {"float_model": "bits"}
+# Flags that set a field of TrainConfig.quant (a QuantConfig), and --float, which makes it None.
+QUANT_FLAGS = ("bits", "ste", "forward", "alpha")
+_QUANT_FIELD_OF = {**{f: f for f in QUANT_FLAGS}, "float_model": "bits"}
 
 
 def _resume_config(args: argparse.Namespace) -> TrainConfig:
@@ -161,13 +170,16 @@ def _resume_config(args: argparse.Namespace) -> TrainConfig:
     if not run_dir.is_dir():
         raise FileNotFoundError(f"--resume: run folder {run_dir} does not exist; check --out, or start a new run "
                                 "without --resume")
-    saved = read_config(run_dir).to_dict()
+    saved = read_config(run_dir).to_dict()  # a legacy flat config.json converts
     changes = {"out": str(run_dir)}
     for dest, flag in sorted(given.items()):
-        field = _FIELD_OF.get(dest, dest)
-        if field not in saved or field == "out":
+        if dest in _QUANT_FIELD_OF:  # compared field by field: --ste alone must not compare the default --bits
+            field = _QUANT_FIELD_OF[dest]
+            new, old = (None if q is None else q[field] for q in (_dict(wanted["quant"]), saved["quant"]))
+        elif dest in saved and dest != "out":
+            field, new, old = dest, _jsonable(wanted[dest]), _jsonable(saved[dest])
+        else:
             continue
-        new, old = _jsonable(wanted[field]), _jsonable(saved[field])
         if field in RUNTIME_FIELDS:
             changes[field] = wanted[field]
         elif new != old:
@@ -195,6 +207,10 @@ def given_flags(args: argparse.Namespace) -> dict[str, str]:
         action.default = argparse.SUPPRESS
     given, _ = parser.parse_known_args(argv)
     return {d: o for d, o in options.items() if d in vars(given)}
+
+
+def _dict(quant: QuantConfig | None) -> dict | None:
+    return None if quant is None else quant.to_dict()
 
 
 def _jsonable(v):

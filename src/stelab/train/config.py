@@ -17,6 +17,7 @@ minimum a quantized model starts from in Yin et al. 2019), which the from-scratc
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from ..config import JsonConfig, QuantConfig
 from ..errors import check_choice
@@ -32,9 +33,22 @@ CHANNELS_LAST_DEFAULT = {("cpu", "lenet5"): False, ("cpu", "vgg11"): True, ("cpu
                          ("cuda", "lenet5"): True, ("cuda", "vgg11"): True, ("cuda", "resnet20"): True}
 
 
+# The flat fields config.json files had before the quantization moved into ``quant`` (a QuantConfig); read files
+# with them convert (:meth:`TrainConfig.from_dict`), "bits": null meaning the float model.
+LEGACY_QUANT_FIELDS = ("bits", "ste", "forward", "alpha")
+
+
+def _training_quant(quant: QuantConfig) -> QuantConfig:
+    # check_nan off: the loop checks the loss every step, which catches the same NaNs without a sync per layer.
+    return quant if not quant.check_nan else quant.replace(check_nan=False)
+
+
 @dataclass(frozen=True)
 class TrainConfig(JsonConfig):
-    """One training run. ``bits=None`` trains the float model (ReLU activations).
+    """One training run. ``quant`` is how every activation is quantized (a :class:`QuantConfig`; default: 2 bits,
+    the staircase at Lloyd's resolution, the default STE), ``None`` trains the float model (ReLU activations).
+    ``quant.check_nan`` is always off in training: the loop checks the loss every step instead (no host sync per
+    layer); a ``quant`` given with it on is stored with it off.
 
     ``init`` is a float (or quantized) checkpoint file or run folder whose weights start the run.
     ``lr=None`` picks 0.1 from scratch and 0.01 with ``init`` (fine-tuning); ``epochs=None`` the paper's count.
@@ -46,10 +60,7 @@ class TrainConfig(JsonConfig):
 
     model: str = "lenet5"
     dataset: str = "mnist"
-    bits: int | None = 2
-    ste: str = "clipped_relu"
-    forward: str = "staircase"
-    alpha: float | None = None
+    quant: QuantConfig | None = _training_quant(QuantConfig())
     init: str | None = None
     epochs: int | None = None
     lr: float | None = None
@@ -83,8 +94,12 @@ class TrainConfig(JsonConfig):
         check_choice("device", self.device, DEVICES)
         check_choice("precision", self.precision, PRECISIONS)
         check_choice("lr schedule", self.lr_schedule, SCHEDULES)
-        if self.bits is not None:
-            self.quant_config()  # validates bits / ste / forward / alpha with the valid choices
+        if isinstance(self.quant, dict):  # the nested form of to_dict, e.g. from a config.json
+            object.__setattr__(self, "quant", QuantConfig.from_dict(self.quant))
+        if self.quant is not None:
+            if not isinstance(self.quant, QuantConfig):
+                raise TypeError(f"quant must be a stelab.QuantConfig or None (float model), got {self.quant!r}")
+            object.__setattr__(self, "quant", _training_quant(self.quant))
         object.__setattr__(self, "lr_milestones", tuple(float(m) for m in self.lr_milestones))
         if any(not 0.0 < m < 1.0 for m in self.lr_milestones):
             raise ValueError(f"lr_milestones are fractions of the run in (0, 1), got {list(self.lr_milestones)}")
@@ -103,15 +118,23 @@ class TrainConfig(JsonConfig):
         if self.weight_decay < 0 or self.lr_gamma <= 0:
             raise ValueError("weight_decay must be >= 0 and lr_gamma > 0")
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        """The config of ``data``: ``to_dict``'s nested form, or the flat form of config.json files written before
+        ``quant`` existed (``bits``, ``ste``, ``forward``, ``alpha`` at the top; ``"bits": null`` for float)."""
+        legacy = [k for k in LEGACY_QUANT_FIELDS if k in data]
+        if legacy:
+            if "quant" in data:
+                raise ValueError(f"config has both 'quant' and the legacy flat field(s) {legacy}; keep 'quant'")
+            flat = {k: data[k] for k in legacy}
+            rest = {k: v for k, v in data.items() if k not in LEGACY_QUANT_FIELDS}
+            quant = None if flat.get("bits", 2) is None else QuantConfig(**flat)
+            data = {**rest, "quant": quant}
+        return super().from_dict(data)
+
     @property
     def quantized(self) -> bool:
-        return self.bits is not None
-
-    def quant_config(self) -> QuantConfig | None:
-        # check_nan off: the loop checks the loss every step, which catches the same NaNs without a sync per layer.
-        if self.bits is None:
-            return None
-        return QuantConfig(bits=self.bits, ste=self.ste, forward=self.forward, alpha=self.alpha, check_nan=False)
+        return self.quant is not None
 
     def resolved_epochs(self) -> int:
         return self.epochs if self.epochs is not None else MODEL_EPOCHS.get(self.model, 50)
@@ -144,5 +167,5 @@ class TrainConfig(JsonConfig):
         return self.augment if self.augment is not None else self.dataset == "cifar10"
 
     def run_name(self) -> str:
-        kind = "float" if self.bits is None else f"{self.bits}bit-{self.ste}"
+        kind = "float" if self.quant is None else f"{self.quant.bits}bit-{self.quant.ste}"
         return f"{self.model}-{self.dataset}-{kind}-seed{self.seed}"

@@ -93,7 +93,8 @@ def autocast(device: torch.device, precision: str) -> torch.autocast:
 
 
 def _check_resume_config(run_dir: Path, config: TrainConfig) -> None:
-    saved = read_json(run_dir / CONFIG)
+    # Through TrainConfig, so that a config.json in the legacy flat form compares by meaning.
+    saved = TrainConfig.from_dict(read_json(run_dir / CONFIG)).to_dict()
     new = config.to_dict()
     diff = sorted(k for k in new if k not in RUNTIME_FIELDS and _jsonable(saved.get(k)) != _jsonable(new[k]))
     if diff:
@@ -345,9 +346,10 @@ def _summary(run_dir: Path, config: TrainConfig, status: str, step: int, wall: f
              info: distributed.DistInfo) -> dict[str, Any]:
     records = [r for r in read_jsonl(run_dir / METRICS) if r.get("kind") == "epoch"] if info.is_main else []
     last = records[-1] if records else {}
+    q = config.quant
     summary: dict[str, Any] = {
         "status": status, "run": run_dir.name, "model": config.model, "dataset": config.dataset,
-        "bits": config.bits, "ste": config.ste if config.quantized else "float", "seed": config.seed,
+        "bits": q.bits if q else None, "ste": q.ste if q else "float", "seed": config.seed,
         "epochs": config.resolved_epochs(), "epochs_done": last.get("epoch", 0), "steps": step,
         "processes": info.world_size, "wall_time_s": wall,
     }

@@ -24,6 +24,7 @@ DONE = ("finished", "diverged")
 
 
 def read_config(run_dir: str | Path) -> TrainConfig:
+    """The run's :class:`TrainConfig` (a config.json of the legacy flat form converts)."""
     path = Path(run_dir) / CONFIG
     if not path.is_file():
         raise FileNotFoundError(f"{run_dir} is not a run folder: it has no {CONFIG}")
@@ -50,7 +51,7 @@ def epoch_records(run_dir: str | Path) -> list[dict[str, Any]]:
 def build_model(config: TrainConfig) -> nn.Module:
     from .. import models
 
-    return models.build(config.model, quant=config.quant_config(), num_classes=10)
+    return models.build(config.model, quant=config.quant, num_classes=10)
 
 
 def load_model_from_run(run_dir: str | Path, checkpoint: str = "last") -> nn.Module:
@@ -73,7 +74,8 @@ def describe_run(run_dir: Path) -> str:
         c = read_config(run_dir)
     except (FileNotFoundError, ValueError, KeyError):
         return f"Run {Path(run_dir).name}"
-    kind = "float" if c.bits is None else f"{c.bits}-bit {c.forward}, STE {c.ste}"
+    q = c.quant
+    kind = "float" if q is None else f"{q.bits}-bit {q.forward}, STE {q.ste}"
     data = f"{c.dataset} (synthetic, {c.synthetic} images)" if c.synthetic else c.dataset
     start = ", from a trained model" if c.init else ""
     return (f"{c.model} on {data}, {kind}, seed {c.seed}: lr {c.resolved_lr():g}{start}, "

@@ -63,8 +63,9 @@ def load_model(config: DiagnoseConfig):
 
     if config.run_dir:
         run = read_config(config.run_dir)
-        name, dataset, run_bits, ste = run.model, run.dataset, run.bits, run.ste
-        run_quant = run.quant_config()  # the run's own forward / alpha / STE when it is quantized
+        run_quant = run.quant  # the run's own forward / alpha / STE when it is quantized
+        name, dataset = run.model, run.dataset
+        run_bits, ste = (run_quant.bits, run_quant.ste) if run_quant else (None, DEFAULT_STE)
         source = Path(config.run_dir)
     else:
         check_choice("model", config.model, models.names())

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ...config import QuantConfig
 from ...io import markdown_table, save_figure, write_json, write_text
 from ...train import TrainConfig, epoch_records
 from .table1 import cell_dir, float_dir, run_or_resume, scaled_epochs
@@ -39,17 +40,18 @@ def run_instability(root: str | Path, *, dataset: str = "mnist", model: str = "l
     base = TrainConfig(model=model, dataset=dataset, seed=seed, epochs=scaled_epochs(model, epochs_scale),
                        **train_fields)
     float_run = float_dir(source_root, model, seed)
-    run_or_resume(base.replace(bits=None, out=str(float_run)), progress)
+    run_or_resume(base.replace(quant=None, out=str(float_run)), progress)
     rows, series = [], []
     for bits, src, dst in pairs:
         source = cell_dir(source_root, model, seed, bits, src)
-        start = run_or_resume(base.replace(bits=bits, ste=src, init=str(float_run), out=str(source)), progress)
+        start = run_or_resume(base.replace(quant=QuantConfig(bits=bits, ste=src), init=str(float_run),
+                                           out=str(source)), progress)
         entry: dict[str, Any] = {"bits": bits, "from": src, "to": dst, "source": str(source),
                                  "start_train_loss": start.get("train_loss"), "start_test_acc": start.get("test_acc")}
         targets = [("to", dst)] + ([("control", src)] if control else [])
         for role, ste in targets:
             out = root / f"{bits}bit-{src}-to-{ste}"
-            cont = base.replace(bits=bits, ste=ste, init=str(source), out=str(out), lr=switch_lr,
+            cont = base.replace(quant=QuantConfig(bits=bits, ste=ste), init=str(source), out=str(out), lr=switch_lr,
                                 epochs=switch_epochs,
                                 lr_milestones=())
             summary = run_or_resume(cont, progress)
@@ -60,8 +62,8 @@ def run_instability(root: str | Path, *, dataset: str = "mnist", model: str = "l
             if then_epochs and summary.get("status") == "finished":
                 # Phase 2: the normal quantized schedule (default rate and milestones) with the same STE.
                 then_out = root / f"{bits}bit-{src}-to-{ste}-then"
-                then = run_or_resume(base.replace(bits=bits, ste=ste, init=str(out), out=str(then_out),
-                                                  epochs=then_epochs), progress)
+                then = run_or_resume(base.replace(quant=QuantConfig(bits=bits, ste=ste), init=str(out),
+                                                  out=str(then_out), epochs=then_epochs), progress)
                 entry[f"{role}_then_status"] = then.get("status")
                 entry[f"{role}_then_train_loss"] = then.get("train_loss")
                 entry[f"{role}_then_test_acc"] = then.get("test_acc")

@@ -20,6 +20,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from ...config import QuantConfig
 from ...io import markdown_table, save_figure, write_json, write_text
 from ...train import MODEL_EPOCHS, TrainConfig, epoch_records, is_done, read_summary, train
 from .paper import MODELS_BY_DATASET, STES, paper_cell
@@ -67,13 +68,13 @@ def run_table1(dataset: str, root: str | Path, *, models: Sequence[str] | None =
         for seed in range(first_seed, first_seed + seeds):
             base = TrainConfig(model=model, dataset=dataset, seed=seed, epochs=epochs, **train_fields)
             float_run = float_dir(root, model, seed)
-            summary = run_or_resume(base.replace(bits=None, out=str(float_run)), progress)
+            summary = run_or_resume(base.replace(quant=None, out=str(float_run)), progress)
             if summary["status"] != "finished":  # no float minimum to start the cells from
                 continue
             for b in bits:
                 for ste in stes:
                     out = cell_dir(root, model, seed, b, ste)
-                    cell = base.replace(bits=b, ste=ste, init=str(float_run), out=str(out),
+                    cell = base.replace(quant=QuantConfig(bits=b, ste=ste), init=str(float_run), out=str(out),
                                         epochs=cell_epochs or epochs)
                     run_or_resume(cell, progress)
     runs = collect_runs(root, models, bits, stes, epochs_scale, cell_epochs)
