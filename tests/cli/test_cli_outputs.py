@@ -73,18 +73,18 @@ WRITERS = ("theory", "symmetry", "classify", "diagnose", "train", "reproduce")
 
 def no_compute(monkeypatch):
     """Any training or analysis that starts is a test failure: the checks must come first."""
-    import stelab.experiments.classify as classify_report
+    import stelab.experiments.classify as classify
     import stelab.experiments.diagnose.run as diagnose_run
     import stelab.experiments.reproduce as reproduce
-    import stelab.experiments.symmetry as symmetry_report
+    import stelab.experiments.symmetry as symmetry
     import stelab.experiments.theory_lab as theory_lab
     import stelab.train as train
 
     def boom(*args, **kwargs):
         raise AssertionError("computation started before the output folder was checked")
 
-    for module, name in ((theory_lab, "run_theory"), (symmetry_report, "run_report"),
-                         (classify_report, "run_synthetic"), (diagnose_run, "gradient_fidelity"), (train, "train"),
+    for module, name in ((theory_lab, "run_theory"), (symmetry, "run_report"),
+                         (classify, "run_synthetic"), (diagnose_run, "gradient_fidelity"), (train, "train"),
                          (reproduce, "run_table1")):
         monkeypatch.setattr(module, name, boom)
 
