@@ -80,9 +80,7 @@ CLOSED_FORMS: dict[Piecewise, ClosedForm] = {
 
 def closed_form_for(ste: STE) -> ClosedForm | None:
     """The closed form of ``ste``'s derivative, or None (no piecewise table, or a table without a closed form)."""
-    if ste.piecewise is None:
-        return None
-    return CLOSED_FORMS.get(Piecewise(tuple(map(float, ste.piecewise.breaks)), tuple(map(float, ste.piecewise.values))))
+    return None if ste.piecewise is None else CLOSED_FORMS.get(ste.piecewise)  # Piecewise holds floats: 0 == 0.0
 
 
 def closed_form_names() -> str:
