@@ -9,7 +9,7 @@ import pytest
 
 from stelab.cli import main
 from stelab.config import QuantConfig
-from stelab.io import read_json, write_json
+from stelab.io import read_json, read_jsonl, write_json
 from stelab.train import TrainConfig, read_config, train
 
 # A config.json as `stelab train --bits 2 --synthetic 512 --batch-size 64 --epochs 1` wrote it before `quant` existed.
@@ -55,14 +55,17 @@ def test_a_legacy_run_folder_reads_and_resumes(tmp_path, capsys):
     out = tmp_path / "old"
     config = TrainConfig.from_dict({**LEGACY, "synthetic": 128, "batch_size": 64, "epochs": 2, "out": str(out)})
     train(config.replace(epochs=1), progress=False)  # a run with one epoch done (its checkpoint) ...
-    write_json(out / "config.json", {**LEGACY, "synthetic": 128, "epochs": 2, "out": str(out)})  # ... as written then
+    # ... as written then, by a run asked to diagnose every step (a runtime field: resuming keeps it)
+    write_json(out / "config.json", {**LEGACY, "synthetic": 128, "epochs": 2, "out": str(out), "diagnose_every": 1})
     (out / "results.json").unlink()
-    assert read_config(out) == config
+    assert read_config(out) == config.replace(diagnose_every=1)
     # The CLI resumes it: the flags given agree with the legacy file, field by field.
     assert main(["train", "--resume", "--out", str(out), "--bits", "2", "--ste", "clipped_relu", "--no-progress"]) == 0
     assert read_json(out / "results.json")["epochs_done"] == 2
     assert read_json(out / "results.json")["bits"] == 2 and read_json(out / "results.json")["ste"] == "clipped_relu"
     assert json.loads((out / "config.json").read_text())["quant"]["bits"] == 2  # rewritten in the nested form
+    # The CLI built the diagnostics hook from the saved diagnose_every: epoch 2's steps (3 and 4) are diagnosed.
+    assert [r["step"] for r in read_jsonl(out / "metrics.jsonl") if r["kind"] == "hook"] == [3, 4]
     capsys.readouterr()
     assert main(["train", "--resume", "--out", str(out), "--ste", "relu"]) == 2
     assert "--ste gives ste='relu'" in capsys.readouterr().err
