@@ -23,8 +23,9 @@ quantizers (``names()``):
   :math:`s/2`. Data scales: rule ``max``, :math:`s = \max|w| / Q_P` (no weight is clipped); rule ``lsq``'s
   initial step :math:`s_0 = 2\,\mathrm{mean}|w| / \sqrt{Q_P}` (:mod:`stelab.weights.lsq`).
 
-Every formula is evaluated in the weight's dtype with the scale rounded to it; a scale is floored at
-:data:`MIN_SCALE` so an all-zero channel gives zero codes (uniform, ternary) instead of a division by zero.
+Every formula is evaluated in the weight's dtype with the scale rounded to it; a data scale is floored at
+:data:`MIN_SCALE` (or the dtype's smallest normal number, if larger), so an all-zero channel gives zero codes
+(uniform, ternary) instead of a division by zero.
 The backward pass is an STE (:mod:`stelab.weights.ops`); :math:`Q' = 0` almost everywhere.
 """
 
@@ -139,7 +140,7 @@ class WeightQuantizer:
 
     def data_scale(self, w: Tensor, bits: int, granularity: str, rule: str) -> Tensor:
         """The scale a data rule gives (``mean``, ``max``; ``lsq``: the initial step: LSQ's for uniform, the ``mean``
-        rule's for binary and ternary), floored at ``MIN_SCALE``."""
+        rule's for binary and ternary), floored at ``MIN_SCALE`` (or the dtype's smallest normal number)."""
         self.check_rule(rule)
         if rule == "fixed":
             raise ValueError("the 'fixed' scale rule takes its scale from the config, not from the weights")
@@ -153,7 +154,8 @@ class WeightQuantizer:
             s = abs_mean(w, granularity)
         else:
             s = abs_max(w, granularity) / self.q_max(bits)
-        return s.clamp_min(MIN_SCALE)
+        # MIN_SCALE is 0 in float16; its smallest normal number is the floor there.
+        return s.clamp_min(max(MIN_SCALE, torch.finfo(w.dtype).tiny))
 
     def __call__(self, w: Tensor, scale: Tensor | float, bits: int, granularity: str = "tensor") -> Tensor:
         """:math:`Q(w) = s\\,k(w)` for a given scale (no gradient; see :func:`stelab.weights.quantize_weight`)."""
