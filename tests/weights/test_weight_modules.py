@@ -143,3 +143,18 @@ def test_summary_and_model_size():
     floats = 32 * sum(p.numel() for p in model.parameters())
     assert model_size_bits(learned) == floats - 28 * (18 + 256 + 24) + 32 * 3  # steps counted once, as scales
     assert weight_summary(nn.Linear(2, 2)).startswith("no quantized weights")
+
+
+def test_layer_gradient_uses_its_ste_and_pickles():
+    torch.manual_seed(3)
+    layer = QuantLinear(5, 4, quantizer="uniform", bits=2, ste="hardtanh", granularity="tensor")
+    x = torch.randn(7, 5)
+    layer(x).sum().backward()
+    w = layer.weight.detach().clone().requires_grad_(True)
+    F.linear(x, quantize_weight(w, bits=2, ste="hardtanh", granularity="tensor"), layer.bias).sum().backward()
+    torch.testing.assert_close(layer.weight.grad, w.grad)
+    buffer = io.BytesIO()
+    torch.save(layer, buffer)
+    buffer.seek(0)
+    again = torch.load(buffer, weights_only=False)
+    assert again.weight_ste is layer.weight_ste and torch.equal(again(x), layer(x))

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import WeightQuantConfig, check_weight_ste
-from .ops import quantize_weight, relaxed_weight
+from .ops import quantize_weight_with, relaxed_weight
 from .quantizers import get
 
 
@@ -53,15 +53,13 @@ class _QuantWeights:
     def quantized_weight(self) -> Tensor:
         """The weights the forward uses: :math:`Q(w)` with the STE backward, or BinaryRelax's relaxed weights."""
         if self.relax is not None:
-            with torch.no_grad():
-                hard = quantize_weight(self.weight, self.weight_config, step=self.weight_scale)
-            return relaxed_weight(self.weight, hard, self.relax)
-        return quantize_weight(self.weight, self.weight_config, step=self.weight_scale)
+            return relaxed_weight(self.weight, self.project(), self.relax)
+        return quantize_weight_with(self.weight, self.weight_config, self.weight_ste, self.weight_scale)
 
     @torch.no_grad()
     def project(self) -> Tensor:
         """:math:`Q(w)` of the current latent weights, without gradient (what BCGD and BinaryRelax blend with)."""
-        return quantize_weight(self.weight, self.weight_config, step=self.weight_scale)
+        return quantize_weight_with(self.weight, self.weight_config, self.weight_ste, self.weight_scale)
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs):

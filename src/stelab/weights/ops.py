@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..ste import STE
 from .config import WeightQuantConfig, check_weight_ste
 from .lsq import ScaledCodes, check_step, grad_scale
 from .quantizers import channel_view, get
@@ -46,13 +47,19 @@ def quantize_weight(w: Tensor, config: WeightQuantConfig | None = None, /, *, st
     number of weights sharing one scale.
     """
     cfg = WeightQuantConfig.merged(config, **fields)
-    q = get(cfg.quantizer)
-    bits = cfg.effective_bits
+    return quantize_weight_with(w, cfg, check_weight_ste(cfg.ste), step)
+
+
+def quantize_weight_with(w: Tensor, config: WeightQuantConfig, ste: STE, step: Tensor | None = None) -> Tensor:
+    """:func:`quantize_weight` for a validated ``config`` whose STE is already resolved (a layer keeps both, so its
+    forward does not parse the STE's name every call)."""
+    q = get(config.quantizer)
+    bits = config.effective_bits
     q_p = q.q_max(bits)
-    scale = resolve_scale(w, cfg, step)
-    codes = q.codes(w, scale, bits, cfg.granularity)
+    scale = resolve_scale(w, config, step)
+    codes = q.codes(w, scale, bits, config.granularity)
     g = grad_scale(max(1, w.numel() // max(1, scale.numel())), q_p)
-    return ScaledCodes.apply(w, scale, codes, check_weight_ste(cfg.ste), q.name == "uniform", q_p, q_p, g)
+    return ScaledCodes.apply(w, scale, codes, ste, q.name == "uniform", q_p, q_p, g)
 
 
 class _PassThrough(torch.autograd.Function):
