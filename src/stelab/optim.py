@@ -6,19 +6,19 @@ layer's :class:`~stelab.weights.WeightQuantConfig`) they use; every other parame
 Below, :math:`g(\cdot)` is the coarse gradient that back-propagation gives for the weights the forward used,
 :math:`\eta` the learning rate, and "step" the inner optimizer's update (for plain SGD, :math:`-\eta g`).
 
-**BCGD** (blended coarse gradient descent; Yin, Zhang, Lyu, Osher, Qi, Xin 2018, arXiv:1808.05240). The forward
+**BCGD** (blended coarse gradient descent; Yin et al. 2018, arXiv:1808.05240). The forward
 uses :math:`Q(w_f)` (so :math:`g = g(Q(w_f))`, passed to :math:`w_f` by the layer's STE), and each step is
 
 .. math::  w_f \leftarrow (1 - \rho)\,w_f + \rho\,Q(w_f) - \eta\,g(Q(w_f)),
 
 implemented as: compute :math:`Q(w_f)`, blend in place, then run the inner step on the blended weights (with plain
 SGD, no momentum and no weight decay, this is the formula exactly; with momentum or Adam the inner update replaces
-:math:`-\eta g`, and a weight decay sees the blended weights). Default :math:`\rho = 10^{-5}`, the value reported
-for the authors' public demo. What is ours: only the abstract and standard descriptions were read, so the order
-(blend, then step), the use with any inner optimizer, and blending with the layer's own quantizer and scale rule
-are our choices.
+:math:`-\eta g`, and a weight decay sees the blended weights). Default :math:`\rho = 10^{-5}`, the value
+reported to us for the authors' public demo (not verified here). What is ours: only the abstract and standard
+descriptions were read, so the order (blend, then step), the use with any inner optimizer, and blending with the
+layer's own quantizer and scale rule are our choices.
 
-**BinaryRelax** (Yin, Zhang, Qi, Xin 2018). Phase 1 (relaxed): the quantization constraint :math:`w \in \mathcal Q`
+**BinaryRelax** (Yin et al. 2018). Phase 1 (relaxed): the quantization constraint :math:`w \in \mathcal Q`
 is replaced by the penalty :math:`\frac{\lambda}{2}\,\mathrm{dist}(w, \mathcal Q)^2` (the Moreau envelope of the
 constraint's indicator), and the forward uses the *pseudo-quantized* weights
 

@@ -9,8 +9,9 @@ quantizers (``names()``):
   :math:`w \le 0`, so a tie at 0 goes to :math:`-s` (the convention of stelab's activation ``sign``: a threshold
   belongs to the step below it). Data scale (rule ``mean``, the XNOR-Net/BWN scale): :math:`s = \mathrm{mean}|w|`,
   which is the least-squares optimal scale for the fixed signs.
-* ``ternary`` (stored in 2 bits; TWN, Li & Liu 2016): threshold :math:`\Delta = 0.7\,\mathrm{mean}|w|` and
-  :math:`k = \mathrm{sign}(w)\,1\{|w| > \Delta\}` (a tie :math:`|w| = \Delta` goes to 0, the step below in magnitude).
+* ``ternary`` (stored in 2 bits; TWN, Ternary Weight Networks, 2016): threshold
+  :math:`\Delta = 0.7\,\mathrm{mean}|w|` and :math:`k = \mathrm{sign}(w)\,1\{|w| > \Delta\}` (a tie
+  :math:`|w| = \Delta` goes to 0, the step below in magnitude).
   Data scale (rule ``mean``): :math:`s = \mathrm{mean}\{|w| : |w| > \Delta\}` (1 if no weight exceeds
   :math:`\Delta`, i.e. an all-zero tensor, whose codes are then all 0). The constants 0.7 and "mean of what is kept"
   are TWN's (as commonly stated); the threshold is always taken from the data, whatever the scale rule.
