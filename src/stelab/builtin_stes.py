@@ -1,4 +1,4 @@
-r"""The built-in straight-through estimators, registered in :mod:`stelab.ste` when it is imported.
+r"""The built-in straight-through estimators, registered in :mod:`stelab.ste` on the registry's first use.
 
 Each STE's docstring gives its proxy :math:`\mu` and derivative :math:`\mu'` (``top`` is the forward quantizer's top
 level, see :mod:`stelab.ste`). The piecewise ones (identity, relu, clipped_relu, leaky_relu, hardtanh, hat, half_hat)

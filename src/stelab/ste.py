@@ -162,11 +162,22 @@ class _Entry:
 
 _REGISTRY: dict[str, _Entry] = {}
 _CACHE: dict[tuple, STE] = {}
+_BUILTINS_LOADED = False
+
+
+def _registry() -> dict[str, _Entry]:
+    """The registry, with the built-in STEs of :mod:`stelab.builtin_stes` registered on first use. They are written
+    with this module's decorators, so importing them while this module loads would be an import cycle."""
+    global _BUILTINS_LOADED
+    if not _BUILTINS_LOADED:
+        _BUILTINS_LOADED = True
+        from . import builtin_stes  # noqa: F401  (registers the built-ins as it loads)
+    return _REGISTRY
 
 
 def names() -> list[str]:
     """Registered STE names, sorted."""
-    return sorted(_REGISTRY)
+    return sorted(_registry())
 
 
 def get(name: str | STE, **params: Any) -> STE:
@@ -181,9 +192,10 @@ def get(name: str | STE, **params: Any) -> STE:
     if not isinstance(name, str):
         raise TypeError(f"STE must be a name (str) or an STE, got {type(name).__name__}; valid names: {names()}")
     base, parsed = _parse(name)
-    if base not in _REGISTRY:
-        raise unknown_name("STE", base, _REGISTRY)
-    entry = _REGISTRY[base]
+    registry = _registry()
+    if base not in registry:
+        raise unknown_name("STE", base, registry)
+    entry = registry[base]
     merged = {**parsed, **params}
     unknown = set(merged) - set(entry.defaults)
     if unknown:
@@ -247,7 +259,7 @@ def register(
     """
     if not isinstance(name, str) or not _CALL.match(name) or "(" in name:
         raise ValueError(f"STE name must be an identifier, got {name!r}")
-    if name in _REGISTRY and not overwrite:
+    if name in _registry() and not overwrite:  # built-ins first, so that a user's overwrite of one stands
         raise ValueError(f"STE {name!r} is already registered; pass overwrite=True to replace it")
     if piecewise is not None:
         if derivative is not None or {monotone, zero_below, scale_invariant} != {None}:
@@ -281,7 +293,7 @@ def _piecewise_ste(name: str, table: Piecewise, proxy: DerivativeFn | None, doc:
 
 
 def unregister(name: str) -> None:
-    if name not in _REGISTRY:
+    if name not in _registry():
         raise unknown_name("STE", name, _REGISTRY)
     del _REGISTRY[name]
     _CACHE.clear()
@@ -352,7 +364,3 @@ def _piecewise(name: str, *, proxy: DerivativeFn) -> Callable[[Callable[..., Pie
 
     return wrap
 
-
-# The built-in STEs, each with its mu and mu' in its docstring; importing the module registers them. Last, since it
-# uses the decorators above.
-from . import builtin_stes as _builtin_stes  # noqa: E402, F401
