@@ -56,14 +56,15 @@ def parse_pair(text: str) -> tuple[int, str, str]:
         raise ValueError(f"bad pair {text!r}; expected BITS:FROM->TO, e.g. 4:relu->identity") from None
 
 
-def _train_fields(args: argparse.Namespace) -> dict:
-    return dict(lr=args.lr, lr_milestones=tuple(args.lr_milestones), lr_gamma=args.lr_gamma,
-                lr_schedule=args.lr_schedule,
-                batch_size=args.batch_size, momentum=args.momentum, weight_decay=args.weight_decay,
-                nesterov=args.nesterov, augment=args.augment, data_dir=args.data_dir, device=args.device,
-                compile=args.compile, channels_last=args.channels_last, precision=args.precision,
-                limit_train=args.limit_train,
-                limit_test=args.limit_test, synthetic=args.synthetic, eval_batch_size=args.eval_batch_size)
+def _base_train(args: argparse.Namespace, model: str):
+    """The hyper-parameters every run of the experiment shares, read by ``stelab train``'s own flag reader; the
+    experiment sets model, seed, epochs, quantization, init and output folder per run."""
+    from .train import QUANT_FLAGS, config_from_args
+
+    # --bits here lists the sweep's bit widths, not one run's: read the rest as a float run's flags
+    shared = argparse.Namespace(**{k: v for k, v in vars(args).items() if k not in QUANT_FLAGS}, float_model=True)
+    return config_from_args(shared, model=model, dataset=args.dataset, init=None, epochs=None, out=None, seed=0,
+                            diagnose_every=0, save_best=False)
 
 
 def _check_models(names, dataset: str) -> None:
@@ -75,35 +76,32 @@ def _check_models(names, dataset: str) -> None:
 
 
 def run_table1_cmd(args: argparse.Namespace) -> int:
-    from ..experiments.reproduce import run_table1
+    from ..experiments.reproduce import MODELS_BY_DATASET, Table1Config, run_table1, table1_markdown
 
-    if args.models:
-        _check_models(args.models, args.dataset)
+    models = tuple(args.models or MODELS_BY_DATASET[args.dataset])
+    _check_models(models, args.dataset)
+    config = Table1Config(dataset=args.dataset, models=models, bits=tuple(args.bits), stes=tuple(args.stes),
+                          seeds=args.seeds, first_seed=args.first_seed, epochs_scale=args.epochs_scale,
+                          cell_epochs=args.cell_epochs, train=_base_train(args, models[0]))
     out = args.out or f"runs/table1-{args.dataset}"
     check_out_dir(out)
-    results = run_table1(args.dataset, out, models=args.models, bits=args.bits, stes=args.stes, seeds=args.seeds,
-                         first_seed=args.first_seed, epochs_scale=args.epochs_scale, progress=not args.no_progress,
-                         cell_epochs=args.cell_epochs,
-                         **_train_fields(args))
-    from ..experiments.reproduce.table1 import table1_markdown
-
+    results = run_table1(config, out, progress=not args.no_progress)
     print(table1_markdown(results))
     print(f"written to {out}/report.md, results.json and *-curves.png")
     return 0
 
 
 def run_instability_cmd(args: argparse.Namespace) -> int:
-    from ..experiments.reproduce import run_instability
-    from ..experiments.reproduce.instability import instability_markdown
+    from ..experiments.reproduce import InstabilityConfig, instability_markdown, run_instability
 
     _check_models([args.model], args.dataset)
-    pairs = [parse_pair(p) for p in args.pairs]
+    config = InstabilityConfig(dataset=args.dataset, model=args.model, pairs=tuple(parse_pair(p) for p in args.pairs),
+                               switch_lr=args.switch_lr, switch_epochs=args.switch_epochs, seed=args.seed,
+                               table1_dir=args.table1_dir, epochs_scale=args.epochs_scale, control=not args.no_control,
+                               then_epochs=args.then_epochs, train=_base_train(args, args.model))
     out = args.out or f"runs/instability-{args.model}-{args.dataset}"
     check_out_dir(out)
-    results = run_instability(out, dataset=args.dataset, model=args.model, pairs=pairs, switch_lr=args.switch_lr,
-                              switch_epochs=args.switch_epochs, seed=args.seed, table1_dir=args.table1_dir,
-                              epochs_scale=args.epochs_scale, control=not args.no_control, then_epochs=args.then_epochs,
-                              progress=not args.no_progress, **_train_fields(args))
+    results = run_instability(config, out, progress=not args.no_progress)
     print(instability_markdown(results))
     print(f"written to {out}/report.md, results.json and instability.png")
     return 0

@@ -14,11 +14,11 @@ is the noise of SGD at that rate, not the STE. The source minima are the cells o
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ...config import QuantConfig
+from ...config import JsonConfig, QuantConfig
 from ...io import markdown_table, save_figure, write_json, write_text
 from ...train import TrainConfig, epoch_records
 from .table1 import cell_dir, float_dir, run_or_resume, scaled_epochs
@@ -27,55 +27,91 @@ from .table1 import cell_dir, float_dir, run_or_resume, scaled_epochs
 DEFAULT_PAIRS = ((4, "relu", "identity"), (4, "clipped_relu", "identity"), (2, "clipped_relu", "relu"))
 
 
-def run_instability(root: str | Path, *, dataset: str = "mnist", model: str = "lenet5",
-                    pairs: Sequence[tuple[int, str, str]] = DEFAULT_PAIRS, switch_lr: float = 1e-5,
-                    switch_epochs: int = 20,
-                    seed: int = 0, table1_dir: str | Path | None = None, epochs_scale: float = 1.0,
-                    control: bool = True, then_epochs: int = 0, progress: bool = True,
-                    **train_fields: Any) -> dict[str, Any]:
-    if then_epochs < 0:
-        raise ValueError(f"then_epochs must be >= 0, got {then_epochs}")
+@dataclass(frozen=True)
+class InstabilityConfig(JsonConfig):
+    """The instability experiment: for each ``(bits, from, to)`` pair, continue the ``from`` STE's minimum with the
+    ``to`` STE for ``switch_epochs`` at the constant rate ``switch_lr`` (and the ``from`` STE itself as a control),
+    then, with ``then_epochs > 0``, the normal quantized schedule with the same STE. The minima are the cells of a
+    Table 1 sweep under ``table1_dir`` (trained there first, ``epochs_scale`` of the paper's epochs, if missing;
+    ``None``: under the output folder's ``minima/``). ``train`` holds the shared hyper-parameters (``None``: the
+    defaults); model, seed, epochs, quantization, init, rate and output folder are set per run."""
+
+    dataset: str = "mnist"
+    model: str = "lenet5"
+    pairs: tuple[tuple[int, str, str], ...] = DEFAULT_PAIRS
+    switch_lr: float = 1e-5
+    switch_epochs: int = 20
+    seed: int = 0
+    table1_dir: str | None = None
+    epochs_scale: float = 1.0
+    control: bool = True
+    then_epochs: int = 0
+    train: TrainConfig | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "pairs", tuple((int(b), str(f), str(t)) for b, f, t in self.pairs))
+        if isinstance(self.train, dict):
+            object.__setattr__(self, "train", TrainConfig.from_dict(self.train))
+        if self.train is None:
+            object.__setattr__(self, "train", TrainConfig(model=self.model, dataset=self.dataset))
+        epochs = scaled_epochs(self.model, self.epochs_scale)  # of the minima trained here
+        object.__setattr__(self, "train", self.train.replace(model=self.model, dataset=self.dataset, seed=self.seed,
+                                                             epochs=epochs))
+        for bits, src, dst in self.pairs:
+            QuantConfig(bits=bits, ste=src), QuantConfig(bits=bits, ste=dst)  # raises with the valid choices
+        if self.then_epochs < 0 or self.switch_epochs < 1 or not self.switch_lr > 0 or not self.epochs_scale > 0:
+            raise ValueError(f"need then_epochs >= 0, switch_epochs >= 1, switch_lr > 0 and epochs_scale > 0, got "
+                             f"{self.then_epochs}, {self.switch_epochs}, {self.switch_lr} and {self.epochs_scale}")
+
+
+def run_instability(config: InstabilityConfig, root: str | Path, progress: bool = True) -> dict[str, Any]:
+    """Run (or finish) every pair and write ``results.json``, ``report.md`` and ``instability.png`` under ``root``."""
     root = Path(root)
-    source_root = Path(table1_dir) if table1_dir else root / "minima"
-    base = TrainConfig(model=model, dataset=dataset, seed=seed, epochs=scaled_epochs(model, epochs_scale),
-                       **train_fields)
-    float_run = float_dir(source_root, model, seed)
+    base = config.train
+    source_root = Path(config.table1_dir) if config.table1_dir else root / "minima"
+    float_run = float_dir(source_root, config.model, config.seed)
     run_or_resume(base.replace(quant=None, out=str(float_run)), progress)
     rows, series = [], []
-    for bits, src, dst in pairs:
-        source = cell_dir(source_root, model, seed, bits, src)
+    for bits, src, dst in config.pairs:
+        source = cell_dir(source_root, config.model, config.seed, bits, src)
         start = run_or_resume(base.replace(quant=QuantConfig(bits=bits, ste=src), init=str(float_run),
                                            out=str(source)), progress)
         entry: dict[str, Any] = {"bits": bits, "from": src, "to": dst, "source": str(source),
                                  "start_train_loss": start.get("train_loss"), "start_test_acc": start.get("test_acc")}
-        targets = [("to", dst)] + ([("control", src)] if control else [])
-        for role, ste in targets:
-            out = root / f"{bits}bit-{src}-to-{ste}"
-            cont = base.replace(quant=QuantConfig(bits=bits, ste=ste), init=str(source), out=str(out), lr=switch_lr,
-                                epochs=switch_epochs,
-                                lr_milestones=())
-            summary = run_or_resume(cont, progress)
-            entry[f"{role}_status"] = summary.get("status")
-            entry[f"{role}_train_loss"] = summary.get("train_loss")
-            entry[f"{role}_test_acc"] = summary.get("test_acc")
-            records = epoch_records(out)
-            if then_epochs and summary.get("status") == "finished":
-                # Phase 2: the normal quantized schedule (default rate and milestones) with the same STE.
-                then_out = root / f"{bits}bit-{src}-to-{ste}-then"
-                then = run_or_resume(base.replace(quant=QuantConfig(bits=bits, ste=ste), init=str(out),
-                                                  out=str(then_out), epochs=then_epochs), progress)
-                entry[f"{role}_then_status"] = then.get("status")
-                entry[f"{role}_then_train_loss"] = then.get("train_loss")
-                entry[f"{role}_then_test_acc"] = then.get("test_acc")
-                records += [{**r, "epoch": r["epoch"] + switch_epochs} for r in epoch_records(then_out)]
+        for role, ste in [("to", dst)] + ([("control", src)] if config.control else []):
+            records = _continue(config, root, entry, role, bits, src, ste, source, progress)
             series.append((bits, src, ste, role, start, records))
         rows.append(entry)
-    results = {"dataset": dataset, "model": model, "lr": switch_lr, "epochs": switch_epochs, "seed": seed,
-               "source_epochs": base.resolved_epochs(), "then_epochs": then_epochs, "pairs": rows}
+    results = {"dataset": config.dataset, "model": config.model, "lr": config.switch_lr,
+               "epochs": config.switch_epochs, "seed": config.seed, "source_epochs": base.resolved_epochs(),
+               "then_epochs": config.then_epochs, "config": config.to_dict(), "pairs": rows}
     write_json(root / "results.json", results)
     write_text(root / "report.md", instability_markdown(results))
-    plot_instability(root / "instability.png", series, model)
+    plot_instability(root / "instability.png", series, config.model)
     return results
+
+
+def _continue(config: InstabilityConfig, root: Path, entry: dict[str, Any], role: str, bits: int, src: str,
+              ste: str, source: Path, progress: bool) -> list[dict[str, Any]]:
+    """One continuation of the minimum ``source`` with ``ste`` (then the normal schedule when asked); its figures go
+    into ``entry`` under ``role``; returns its per-epoch records, counted from the switch."""
+    quant = QuantConfig(bits=bits, ste=ste)
+    out = root / f"{bits}bit-{src}-to-{ste}"
+    cont = config.train.replace(quant=quant, init=str(source), out=str(out), lr=config.switch_lr,
+                                epochs=config.switch_epochs, lr_milestones=())
+    summary = run_or_resume(cont, progress)
+    for key in ("status", "train_loss", "test_acc"):
+        entry[f"{role}_{key}"] = summary.get(key)
+    records = epoch_records(out)
+    if config.then_epochs and summary.get("status") == "finished":
+        # Phase 2: the normal quantized schedule (default rate and milestones) with the same STE.
+        then_out = root / f"{bits}bit-{src}-to-{ste}-then"
+        then = run_or_resume(config.train.replace(quant=quant, init=str(out), out=str(then_out),
+                                                  epochs=config.then_epochs), progress)
+        for key in ("status", "train_loss", "test_acc"):
+            entry[f"{role}_then_{key}"] = then.get(key)
+        records += [{**r, "epoch": r["epoch"] + config.switch_epochs} for r in epoch_records(then_out)]
+    return records
 
 
 def _f(v: Any, fmt: str) -> str:

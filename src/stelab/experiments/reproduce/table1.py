@@ -16,11 +16,13 @@ from __future__ import annotations
 import math
 import statistics
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ...config import QuantConfig
+from ...config import JsonConfig, QuantConfig
+from ...errors import check_choice
 from ...io import markdown_table, save_figure, write_json, write_text
 from ...train import MODEL_EPOCHS, TrainConfig, epoch_records, is_done, read_summary, train
 from .paper import MODELS_BY_DATASET, STES, paper_cell
@@ -48,41 +50,82 @@ def run_or_resume(config: TrainConfig, progress: bool = True) -> dict[str, Any]:
     return train(config, resume=(out / "config.json").is_file(), progress=progress)
 
 
-def run_table1(dataset: str, root: str | Path, *, models: Sequence[str] | None = None, bits: Iterable[int] = (2, 4),
-               stes: Iterable[str] = STES, seeds: int = 1, epochs_scale: float = 1.0, progress: bool = True,
-               first_seed: int = 0, cell_epochs: int | None = None, **train_fields: Any) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Table1Config(JsonConfig):
+    """One Table 1 sweep: which (model, bits, STE, seed) cells, on which schedule.
+
+    ``models=()`` means the paper's models for the data set. ``epochs_scale`` scales the paper's epochs of the float
+    runs (50 for LeNet-5, 200 for VGG-11 and ResNet-20); ``cell_epochs`` is the length of each quantized
+    fine-tuning run (``None``: as long as the float run). ``train`` holds every other hyper-parameter (rate,
+    schedule, precision, ...) shared by all runs; its model, seed, epochs, quantization, init and output folder
+    are set per run (``None``: the defaults).
+    """
+
+    dataset: str = "mnist"
+    models: tuple[str, ...] = ()
+    bits: tuple[int, ...] = (2, 4)
+    stes: tuple[str, ...] = STES
+    seeds: int = 1
+    first_seed: int = 0
+    epochs_scale: float = 1.0
+    cell_epochs: int | None = None
+    train: TrainConfig | None = None
+
+    def __post_init__(self) -> None:
+        check_choice("dataset", self.dataset, tuple(MODELS_BY_DATASET))
+        for name in ("models", "bits", "stes"):  # JSON gives lists
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+        if not self.models:
+            object.__setattr__(self, "models", tuple(MODELS_BY_DATASET[self.dataset]))
+        if isinstance(self.train, dict):
+            object.__setattr__(self, "train", TrainConfig.from_dict(self.train))
+        if self.train is None:
+            object.__setattr__(self, "train", TrainConfig(model=self.models[0], dataset=self.dataset))
+        if self.train.dataset != self.dataset:
+            raise ValueError(f"train.dataset is {self.train.dataset!r} but the sweep is on {self.dataset!r}")
+        if self.cell_epochs is not None and self.cell_epochs < 1:
+            raise ValueError(f"cell_epochs must be >= 1, got {self.cell_epochs}")
+        for b in self.bits:
+            for ste in self.stes:
+                QuantConfig(bits=b, ste=ste)  # raises with the valid choices, before hours of runs
+        if self.seeds < 1 or self.first_seed < 0 or not self.epochs_scale > 0:
+            raise ValueError(f"need seeds >= 1, first_seed >= 0 and epochs_scale > 0, got {self.seeds}, "
+                             f"{self.first_seed} and {self.epochs_scale}")
+
+    def runs(self, root: Path, model: str, seed: int) -> tuple[TrainConfig, list[TrainConfig]]:
+        """The float run of (``model``, ``seed``) and its quantized cells, each fine-tuned from it."""
+        epochs = scaled_epochs(model, self.epochs_scale)
+        base = self.train.replace(model=model, seed=seed, epochs=epochs)
+        float_run = float_dir(root, model, seed)
+        cells = [base.replace(quant=QuantConfig(bits=b, ste=ste), init=str(float_run),
+                              out=str(cell_dir(root, model, seed, b, ste)), epochs=self.cell_epochs or epochs)
+                 for b in self.bits for ste in self.stes]
+        return base.replace(quant=None, out=str(float_run)), cells
+
+
+def run_table1(config: Table1Config, root: str | Path, progress: bool = True) -> dict[str, Any]:
     """Run (or finish) the sweep over seeds ``first_seed .. first_seed + seeds - 1`` and write ``results.json``,
     ``report.md`` and the curve plots under ``root``. The table covers every seed folder present under ``root``,
-    so seeds trained by separate invocations (``first_seed``) end up in one table. ``cell_epochs``: epochs of the
-    quantized fine-tuning runs (default: as many as the float run's)."""
+    so seeds trained by separate invocations (``first_seed``) end up in one table."""
     root = Path(root)
-    models = tuple(models or MODELS_BY_DATASET[dataset])
-    bits, stes = tuple(bits), tuple(stes)
-    if cell_epochs is not None and cell_epochs < 1:
-        raise ValueError(f"cell_epochs must be >= 1, got {cell_epochs}")
-    if seeds < 1 or first_seed < 0 or not epochs_scale > 0:
-        raise ValueError(f"need seeds >= 1, first_seed >= 0 and epochs_scale > 0, got {seeds}, {first_seed} and "
-                         f"{epochs_scale}")
-    for model in models:
-        epochs = scaled_epochs(model, epochs_scale)
-        for seed in range(first_seed, first_seed + seeds):
-            base = TrainConfig(model=model, dataset=dataset, seed=seed, epochs=epochs, **train_fields)
-            float_run = float_dir(root, model, seed)
-            summary = run_or_resume(base.replace(quant=None, out=str(float_run)), progress)
-            if summary["status"] != "finished":  # no float minimum to start the cells from
-                continue
-            for b in bits:
-                for ste in stes:
-                    out = cell_dir(root, model, seed, b, ste)
-                    cell = base.replace(quant=QuantConfig(bits=b, ste=ste), init=str(float_run), out=str(out),
-                                        epochs=cell_epochs or epochs)
-                    run_or_resume(cell, progress)
-    runs = collect_runs(root, models, bits, stes, epochs_scale, cell_epochs)
+    for model in config.models:
+        for seed in range(config.first_seed, config.first_seed + config.seeds):
+            float_run, cells = config.runs(root, model, seed)
+            if run_or_resume(float_run, progress)["status"] != "finished":
+                continue  # no float minimum to start the cells from
+            for cell in cells:
+                run_or_resume(cell, progress)
+    return write_table1(config, root)
+
+
+def write_table1(config: Table1Config, root: Path) -> dict[str, Any]:
+    """``results.json``, ``report.md`` and the curve plots of every finished run under ``root``."""
+    models, bits, stes = config.models, config.bits, config.stes
+    runs = collect_runs(root, models, bits, stes, config.epochs_scale, config.cell_epochs)
     seeds_present = sorted({r["seed"] for r in runs})
-    results = {"dataset": dataset, "models": models, "bits": bits, "stes": stes, "seeds": len(seeds_present),
-               "seed_list": seeds_present,
-               "epochs_scale": epochs_scale, "cell_epochs": cell_epochs,
-               "cells": aggregate(runs, models, bits, stes), "runs": runs}
+    results = {"dataset": config.dataset, "models": models, "bits": bits, "stes": stes, "seeds": len(seeds_present),
+               "seed_list": seeds_present, "epochs_scale": config.epochs_scale, "cell_epochs": config.cell_epochs,
+               "config": config.to_dict(), "cells": aggregate(runs, models, bits, stes), "runs": runs}
     write_json(root / "results.json", results)
     write_text(root / "report.md", table1_markdown(results))
     for model in models:

@@ -1,0 +1,47 @@
+"""Table 1 and instability experiments are configs that round-trip to JSON and reject bad values up front."""
+
+import pytest
+
+from stelab.experiments.reproduce import InstabilityConfig, Table1Config
+from stelab.train import TrainConfig
+
+
+def test_table1_config_round_trips_and_fills_defaults():
+    train = TrainConfig(model="resnet20", dataset="cifar10", precision="bf16", lr_schedule="cosine")
+    config = Table1Config(dataset="cifar10", bits=(2,), cell_epochs=15, train=train)
+    assert config.models == ("vgg11", "resnet20")  # the paper's models for the data set
+    again = Table1Config.from_json(config.to_json())
+    assert again == config and again.train.precision == "bf16"
+
+
+def test_table1_config_builds_the_float_run_and_its_cells(tmp_path):
+    config = Table1Config(dataset="mnist", bits=(2, 4), stes=("relu", "clipped_relu"), epochs_scale=0.1,
+                          cell_epochs=3)
+    float_run, cells = config.runs(tmp_path, "lenet5", seed=1)
+    assert float_run.quant is None and float_run.epochs == 5 and float_run.seed == 1
+    assert [(c.quant.bits, c.quant.ste) for c in cells] == [(2, "relu"), (2, "clipped_relu"), (4, "relu"),
+                                                            (4, "clipped_relu")]
+    assert all(c.init == float_run.out and c.epochs == 3 for c in cells)
+    assert cells[0].out == str(tmp_path / "lenet5" / "seed1" / "2bit-relu")
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"dataset": "imagenet"}, "valid choices"),
+    ({"seeds": 0}, "seeds >= 1"),
+    ({"cell_epochs": 0}, "cell_epochs"),
+    ({"stes": ("nope",)}, None),
+    ({"dataset": "cifar10", "train": TrainConfig()}, "train.dataset"),
+])
+def test_table1_config_rejects_bad_values(fields, message):
+    with pytest.raises(ValueError, match=message):
+        Table1Config(**fields)
+
+
+def test_instability_config_round_trips_and_checks_pairs():
+    config = InstabilityConfig(pairs=((4, "relu", "identity"),), switch_epochs=2, then_epochs=1, epochs_scale=0.1)
+    assert InstabilityConfig.from_json(config.to_json()) == config
+    assert config.train.epochs == 5 and config.train.model == "lenet5"
+    with pytest.raises(ValueError, match="valid"):
+        InstabilityConfig(pairs=((4, "relu", "idnetity"),))
+    with pytest.raises(ValueError, match="then_epochs"):
+        InstabilityConfig(then_epochs=-1)
