@@ -149,3 +149,22 @@ def test_no_import_cycle_at_module_load():
 ])
 def test_rules_catch_what_they_should(src, dst, ok):
     assert allowed(src, dst) is ok
+
+
+MAX_FUNCTION_LINES, MAX_FILE_LINES = 60, 400
+
+
+def test_functions_and_files_stay_small():
+    """No function over 60 lines unless its docstring says why (a line starting "Long because"), no file over 400."""
+    too_long = []
+    for name, path in modules().items():
+        text = path.read_text()
+        if len(text.splitlines()) > MAX_FILE_LINES:
+            too_long.append(f"{name}: {len(text.splitlines())} lines")
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                length = node.end_lineno - node.lineno + 1
+                reason = "Long because" in (ast.get_docstring(node) or "")
+                if length > MAX_FUNCTION_LINES and not reason:
+                    too_long.append(f"{name}.{node.name}: {length} lines")
+    assert not too_long, "split these (or give the reason in the docstring):\n" + "\n".join(too_long)
