@@ -43,7 +43,7 @@ def test_unknown_keys_are_rejected_with_valid_fields():
     ({"forward": "sign"}, ValueError, "supports bits 1..1"),
     ({"alpha": -0.5}, ValueError, "positive finite"),
     ({"alpha": float("nan")}, ValueError, "positive finite"),
-    ({"alpha_rule": "max"}, ValueError, "valid choices: ae, mean, min, pact"),
+    ({"alpha_rule": "max"}, ValueError, "valid choices: ae, lsq, mean, min, pact"),
     ({"learn_alpha": 1}, TypeError, "learn_alpha must be a bool"),
     ({"check_nan": "yes"}, TypeError, "check_nan must be a bool"),
 ])

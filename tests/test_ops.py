@@ -162,7 +162,7 @@ def test_unknown_names_list_valid_choices():
         stelab.quantize(torch.zeros(3), forward="ceil")
     with pytest.raises(ValueError, match="unknown STE 'magic'; valid choices: .*identity"):
         stelab.quantize(torch.zeros(3), ste="magic")
-    with pytest.raises(ValueError, match="unknown alpha rule 'max'; valid choices: ae, mean, min, pact"):
+    with pytest.raises(ValueError, match="unknown alpha rule 'max'; valid choices: ae, lsq, mean, min, pact"):
         stelab.quantize(torch.zeros(3), alpha_rule="max")
     with pytest.raises(ValueError, match="forward 'sign' supports bits 1..1"):
         stelab.quantize(torch.zeros(3), forward="sign")

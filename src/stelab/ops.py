@@ -17,7 +17,16 @@ gradient code (Yin et al. 2019), for :math:`x` in the region named (0 elsewhere)
   :math:`q(x)/\alpha`, the derivative of the staircase with the step index held fixed ("a.e."). For ``sign`` this
   is :math:`\pm 1`, and it is the only rule ``sign`` accepts (the others assume levels :math:`\ge 0`);
 * ``pact``: :math:`L` above :math:`L\alpha` only (PACT's clipping-level gradient);
-* ``min``:  1 on :math:`0 < x \le L\alpha` (the smallest non-zero index).
+* ``min``:  1 on :math:`0 < x \le L\alpha` (the smallest non-zero index);
+* ``lsq``:  LSQ's step gradient (Esser et al. 2020; :mod:`stelab.weights.lsq`) with :math:`Q_N = 0, Q_P = L` and
+  :math:`u = x/\alpha`: :math:`k - u` on :math:`0 < u < L` (:math:`k` the level index, rounding passed straight
+  through), :math:`L` for :math:`u \ge L`, 0 for :math:`u \le 0`; times LSQ's gradient scale
+  :math:`g = 1/\sqrt{N L}` with :math:`N` the number of elements of *one sample* of ``x``
+  (``x.numel() / x.shape[0]``, e.g. :math:`C H W` of a conv activation; all of ``x`` for a 0-d or 1-d input).
+  Why one sample and not the whole batch: the loss is a batch mean, so the summed step gradient is already of the
+  size of one sample's; LSQ's :math:`N` is the layer's feature count, and the batch size must not change the
+  step's rate. For ``round`` this is LSQ exactly (up to the tie convention); for ``staircase`` the same formula
+  with the ceiling's index (:math:`k - u \in [0, 1)`).
 """
 
 from __future__ import annotations
@@ -33,8 +42,9 @@ from . import ste as ste_registry
 from .config import QuantConfig
 from .errors import check_alpha, check_bits, check_choice
 from .ste import STE
+from .weights.lsq import grad_scale, step_grad_factor
 
-ALPHA_RULES = ("mean", "ae", "pact", "min")
+ALPHA_RULES = ("mean", "ae", "pact", "min", "lsq")
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
@@ -105,6 +115,8 @@ def alpha_grad_factor(x: Tensor, code: Tensor, alpha: float | Tensor, bits: int,
     top = levels * alpha
     if rule == "ae":
         return code.to(x.dtype)
+    if rule == "lsq":
+        return step_grad_factor(x / alpha, code.to(x.dtype), 0, levels) * lsq_grad_scale(x, levels)
     above = x > top
     if rule == "pact":
         return above * float(levels)
@@ -112,6 +124,12 @@ def alpha_grad_factor(x: Tensor, code: Tensor, alpha: float | Tensor, bits: int,
     if rule == "mean":
         return inside * float(2 ** (bits - 1)) + above * float(levels)
     return inside.to(x.dtype)  # "min"
+
+
+def lsq_grad_scale(x: Tensor, levels: int) -> float:
+    """LSQ's :math:`g = 1/\\sqrt{N L}` for an activation ``x``, :math:`N` the elements of one sample (docstring)."""
+    n = x.numel() // x.shape[0] if x.dim() >= 2 and x.shape[0] > 0 else x.numel()
+    return grad_scale(max(1, n), levels)
 
 
 class _QuantizeLearned(torch.autograd.Function):
@@ -217,4 +235,4 @@ def quantize(x: Tensor, config: QuantConfig | None = None, /, **fields: Any) -> 
 
 
 __all__ = ["quantize", "quantize_with", "quantize_fixed", "fused_plan", "FusedPlan", "ALPHA_RULES",
-           "alpha_grad_factor", "check_bits", "check_input", "check_learned"]
+           "alpha_grad_factor", "check_bits", "check_input", "check_learned", "lsq_grad_scale"]
