@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import copy
 import fnmatch
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from torch import nn
@@ -34,19 +34,44 @@ def weight_layer_names(model: nn.Module) -> list[str]:
     return [n for n, m in model.named_modules() if n and type(m) in FLOAT_TYPES]
 
 
-def _check_patterns(model: nn.Module, include: list[str] | None, exclude: list[str] | None) -> None:
-    """Every pattern must match a candidate layer: a typo would otherwise quantize the wrong layers silently."""
+Overrides = Mapping[str, "Mapping[str, Any] | WeightQuantConfig"]
+
+
+def _check_patterns(model: nn.Module, include: list[str] | None, exclude: list[str] | None,
+                    overrides: Overrides | None = None) -> None:
+    """Every pattern must match a candidate layer, and every override key be a config field: a typo would otherwise
+    quantize the wrong layers (or the right ones the wrong way) silently."""
     names = weight_layer_names(model)
-    for kind, patterns in (("include", include or []), ("exclude", exclude or [])):
+    checked = (("include", include or []), ("exclude", exclude or []), ("overrides", list(overrides or {})))
+    for kind, patterns in checked:
         for pattern in patterns:
             if not any(fnmatch.fnmatchcase(n, pattern) for n in names):
                 raise ValueError(f"{kind} pattern {pattern!r} matches no Linear/Conv2d layer; the candidates are: "
                                  f"{', '.join(names) or 'none'}")
+    for pattern, change in (overrides or {}).items():
+        if isinstance(change, WeightQuantConfig):
+            continue
+        if not isinstance(change, Mapping):
+            raise TypeError(f"overrides[{pattern!r}] must be a WeightQuantConfig or a mapping of its fields, got "
+                            f"{type(change).__name__}")
+        try:
+            WeightQuantConfig.check_fields(change)
+        except ValueError as err:
+            raise ValueError(f"overrides[{pattern!r}]: {err}") from None
+
+
+def _layer_config(name: str, base: WeightQuantConfig, overrides: Overrides | None) -> WeightQuantConfig:
+    """``base`` with every matching override applied in order (later patterns win)."""
+    config = base
+    for pattern, change in (overrides or {}).items():
+        if fnmatch.fnmatchcase(name, pattern):
+            config = change if isinstance(change, WeightQuantConfig) else config.replace(**dict(change))
+    return config
 
 
 def quantize_weights(model: nn.Module, config: WeightQuantConfig | None = None, *,
                      include: Iterable[str] | str | None = None, exclude: Iterable[str] | str | None = None,
-                     inplace: bool = False, **fields: Any) -> nn.Module:
+                     overrides: Overrides | None = None, inplace: bool = False, **fields: Any) -> nn.Module:
     """Return ``model`` (a deep copy unless ``inplace``) with its ``nn.Linear``/``nn.Conv2d`` layers computing with
     quantized weights.
 
@@ -54,13 +79,15 @@ def quantize_weights(model: nn.Module, config: WeightQuantConfig | None = None, 
     (e.g. ``quantize_weights(model, quantizer="binary", ste="hardtanh")``; an unknown field raises listing the
     valid ones). ``include``/``exclude`` are glob patterns on qualified module names (``"features.*"``); with
     ``include`` only matching layers are swapped, and ``exclude`` always wins (e.g. keep the first and last layers
-    float: ``exclude=["conv1", "fc"]``). A pattern that matches no Linear/Conv2d layer raises ``ValueError``
-    listing the candidates. Subclasses of Linear/Conv2d (and layers already quantized) are left alone.
+    float: ``exclude=["conv1", "fc"]``). ``overrides`` maps a pattern to the :class:`WeightQuantConfig` fields that
+    differ for the layers it matches (``{"fc": {"bits": 8}}``), or to a whole config; later patterns win. A pattern
+    that matches no Linear/Conv2d layer, or an override key that is no field, raises ``ValueError`` listing the
+    candidates or the fields. Subclasses of Linear/Conv2d (and layers already quantized) are left alone.
     State dict keys are kept (plus ``weight_scale`` per layer with a learned scale, which loads leniently).
     """
     base = WeightQuantConfig.merged(config, **fields)
     include, exclude = _patterns(include), _patterns(exclude)
-    _check_patterns(model, include, exclude)
+    _check_patterns(model, include, exclude, overrides)
     target = model if inplace else copy.deepcopy(model)
     swaps = []
     for name, module in target.named_modules():
@@ -68,7 +95,8 @@ def quantize_weights(model: nn.Module, config: WeightQuantConfig | None = None, 
             continue
         if (include is not None and not _matches(name, include)) or _matches(name, exclude):
             continue
-        swaps.append((name, FLOAT_TYPES[type(module)].from_float(module, base)))  # type: ignore[attr-defined]
+        config = _layer_config(name, base, overrides)
+        swaps.append((name, FLOAT_TYPES[type(module)].from_float(module, config)))  # type: ignore[attr-defined]
     for name, replacement in swaps:
         parent_name, _, child = name.rpartition(".")
         parent = target.get_submodule(parent_name) if parent_name else target
