@@ -117,3 +117,16 @@ def test_table1_cells_can_train_for_their_own_number_of_epochs(tmp_path):
     bad = [a if a != str(out) else str(tmp_path / "bad") for a in argv]
     bad[bad.index("--cell-epochs") + 1] = "0"
     assert main(bad) == 2 and not (tmp_path / "bad" / "lenet5").exists()
+
+
+def test_table1_jobs_train_runs_side_by_side_with_the_same_results(tmp_path):
+    """--jobs 2: the two cells train in two spawned processes; every run gives what one process gives (the worker
+    has one thread, like the test process, so the arithmetic is the same)."""
+    argv = ["reproduce", "table1", "--dataset", "mnist", "--bits", "2", "--stes", "relu", "clipped_relu",
+            "--epochs-scale", "0.02", "--synthetic", "128", "--no-progress"]
+    assert main([*argv, "--out", str(tmp_path / "one")]) == 0
+    assert main([*argv, "--jobs", "2", "--out", str(tmp_path / "two")]) == 0
+    for run in ("float", "2bit-relu", "2bit-clipped_relu"):
+        one, two = (read_json(tmp_path / d / "lenet5" / "seed0" / run / "results.json") for d in ("one", "two"))
+        assert two["status"] == "finished" and two["train_loss"] == one["train_loss"], run
+    assert main([*argv, "--jobs", "0", "--out", str(tmp_path / "bad")]) == 2

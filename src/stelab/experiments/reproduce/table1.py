@@ -26,6 +26,7 @@ from ...errors import check_choice
 from ...io import markdown_table, save_figure, write_json, write_text
 from ...train import MODEL_EPOCHS, TrainConfig, epoch_records, is_done, read_summary, train
 from .paper import MODELS_BY_DATASET, STES, paper_cell
+from .parallel import run_all
 
 
 def scaled_epochs(model: str, scale: float) -> int:
@@ -58,7 +59,9 @@ class Table1Config(JsonConfig):
     runs (50 for LeNet-5, 200 for VGG-11 and ResNet-20); ``cell_epochs`` is the length of each quantized
     fine-tuning run (``None``: as long as the float run). ``train`` holds every other hyper-parameter (rate,
     schedule, precision, ...) shared by all runs; its model, seed, epochs, quantization, init and output folder
-    are set per run (``None``: the defaults).
+    are set per run (``None``: the defaults). ``jobs`` runs that many trainings at once, in separate processes
+    sharing the cores (:mod:`~stelab.experiments.reproduce.parallel`); results do not depend on it beyond the
+    rounding of a different thread count.
     """
 
     dataset: str = "mnist"
@@ -69,6 +72,7 @@ class Table1Config(JsonConfig):
     first_seed: int = 0
     epochs_scale: float = 1.0
     cell_epochs: int | None = None
+    jobs: int = 1
     train: TrainConfig | None = None
 
     def __post_init__(self) -> None:
@@ -88,6 +92,8 @@ class Table1Config(JsonConfig):
         for b in self.bits:
             for ste in self.stes:
                 QuantConfig(bits=b, ste=ste)  # raises with the valid choices, before hours of runs
+        if self.jobs < 1:
+            raise ValueError(f"jobs must be >= 1, got {self.jobs}")
         if self.seeds < 1 or self.first_seed < 0 or not self.epochs_scale > 0:
             raise ValueError(f"need seeds >= 1, first_seed >= 0 and epochs_scale > 0, got {self.seeds}, "
                              f"{self.first_seed} and {self.epochs_scale}")
@@ -108,13 +114,12 @@ def run_table1(config: Table1Config, root: str | Path, progress: bool = True) ->
     ``report.md`` and the curve plots under ``root``. The table covers every seed folder present under ``root``,
     so seeds trained by separate invocations (``first_seed``) end up in one table."""
     root = Path(root)
-    for model in config.models:
-        for seed in range(config.first_seed, config.first_seed + config.seeds):
-            float_run, cells = config.runs(root, model, seed)
-            if run_or_resume(float_run, progress)["status"] != "finished":
-                continue  # no float minimum to start the cells from
-            for cell in cells:
-                run_or_resume(cell, progress)
+    plans = [config.runs(root, model, seed) for model in config.models
+             for seed in range(config.first_seed, config.first_seed + config.seeds)]
+    # Every float run first (side by side with jobs > 1), then the cells of those that finished.
+    floats = run_all(run_or_resume, [f for f, _ in plans], config.jobs, progress)
+    cells = [c for (_, cs), done in zip(plans, floats) if done["status"] == "finished" for c in cs]
+    run_all(run_or_resume, cells, config.jobs, progress)
     return write_table1(config, root)
 
 
