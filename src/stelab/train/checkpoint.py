@@ -86,12 +86,19 @@ def resolve_checkpoint(path: str | Path, checkpoint: str = "last") -> Path:
     return path
 
 
+def read_weights(path: str | Path, checkpoint: str = "last") -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(model state dict, whole checkpoint)`` of a run folder or checkpoint file (a full checkpoint or a bare state
+    dict, whose "whole checkpoint" is then ``{}``)."""
+    blob = load_checkpoint(resolve_checkpoint(path, checkpoint))
+    state = blob["model"] if isinstance(blob, dict) and "model" in blob else blob
+    return state, (blob if isinstance(blob, dict) else {})
+
+
 def load_weights(model: nn.Module, path: str | Path, checkpoint: str = "last") -> dict[str, Any]:
     """Load model weights from a run folder or checkpoint file (a full checkpoint or a bare state dict).
 
     A float model's weights load into its quantized twin: the state-dict keys match (fixed alphas are not stored).
     """
-    blob = load_checkpoint(resolve_checkpoint(path, checkpoint))
-    state = blob["model"] if isinstance(blob, dict) and "model" in blob else blob
+    state, blob = read_weights(path, checkpoint)
     unwrap(model).load_state_dict(state)
-    return blob if isinstance(blob, dict) else {}
+    return blob

@@ -12,6 +12,12 @@ He et al. (2016) for CIFAR ResNets (decay at 50% and 75% of training), which the
 ``eta_0`` is picked by how the run starts, not by whether it is quantized: ``0.1`` from scratch (float or quantized:
 a random start needs the large steps), ``0.01`` when fine-tuning from a trained model (``init``, e.g. the float
 minimum a quantized model starts from in Yin et al. 2019), which the from-scratch rate would throw out of its basin.
+
+Quantized weights (``weights``, a :class:`~stelab.weights.WeightQuantConfig`) and the optimizer wrappers of
+:mod:`stelab.optim`. BinaryRelax's schedule is given as fractions of the run (like the milestones), so that a
+shortened run keeps its shape: with :math:`T` the run's optimizer steps and :math:`T_h = \max(1,
+\mathrm{round}(h T))` (``h = relax_hard_at``), :math:`\lambda_t = \lambda_0 G^{t / T_h}` for :math:`t < T_h`
+(``G = relax_growth``: per-step rate :math:`G^{1/T_h}`), then the hard phase (:math:`Q(w_f)`) for the rest.
 """
 
 from __future__ import annotations
@@ -21,12 +27,16 @@ from typing import Any
 
 from ..config import JsonConfig, QuantConfig
 from ..errors import check_choice
+from ..weights import WeightQuantConfig
 
 MODEL_EPOCHS = {"lenet5": 50, "vgg11": 200, "resnet20": 200}  # the paper's protocol
 DATASETS = ("mnist", "cifar10")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("fp32", "bf16")
 SCHEDULES = ("step", "cosine")
+#: ``sgd``: plain SGD with momentum on the latent weights (the STE's coarse gradient); ``bcgd``/``binaryrelax``: that
+#: SGD wrapped by :class:`stelab.optim.BCGD` / :class:`~stelab.optim.BinaryRelax` (they need quantized weights).
+OPTIMIZERS = ("sgd", "bcgd", "binaryrelax")
 # --channels-last when not given: the faster memory format per (device type, model), measured with
 # benchmarks/train_step.py (BENCHMARKS.md). On CUDA, channels_last is what cuDNN's tensor-core kernels want.
 CHANNELS_LAST_DEFAULT = {("cpu", "lenet5"): False, ("cpu", "vgg11"): True, ("cpu", "resnet20"): True,
@@ -45,7 +55,7 @@ def _training_quant(quant: QuantConfig) -> QuantConfig:
 
 @dataclass(frozen=True)
 class TrainConfig(JsonConfig):
-    """One training run. ``quant`` is how every activation is quantized (a :class:`QuantConfig`; default: 2 bits,
+    r"""One training run. ``quant`` is how every activation is quantized (a :class:`QuantConfig`; default: 2 bits,
     the staircase at Lloyd's resolution, the default STE), ``None`` trains the float model (ReLU activations).
     ``quant.check_nan`` is always off in training: the loop checks the loss every step instead (no host sync per
     layer); a ``quant`` given with it on is stored with it off.
@@ -56,11 +66,26 @@ class TrainConfig(JsonConfig):
     weights and optimizer); ``channels_last=None`` picks the faster memory format measured for the model and device.
     ``limit_train``/``limit_test`` keep the first N images (0 = all); ``synthetic`` > 0 replaces the data set by
     that many random images of the data set's shape (tests, benchmarks). ``augment=None`` means on for CIFAR-10.
+
+    ``weights`` is how the Linear/Conv2d weights are quantized (a :class:`~stelab.weights.WeightQuantConfig`;
+    ``None``, the default, keeps them float). The first conv and the last linear layer (first and last in module
+    order) keep float weights unless ``weight_first_last``: the common practice of PACT, LSQ and most W2A2
+    results, since those two layers hold few weights and are commonly reported to be the most sensitive to it.
+    ``optimizer``: ``sgd``, or SGD wrapped by BCGD (``bcgd_rho``, default 1e-5: the value reported for the
+    authors' demo) or BinaryRelax (``relax_lam`` :math:`\lambda_0 = 1`, the wrapper's default;
+    ``relax_growth = 1e4``: :math:`\lambda` grows by this factor over the relaxed phase, so that at the switch
+    (:math:`\lambda = 10^4` from :math:`\lambda_0 = 1`) the relaxed weights differ from :math:`Q(w_f)` by
+    :math:`(w_f - Q(w_f))/(1 + \lambda)`, about 1e-4 of the quantization error, and the switch barely moves the
+    forward;
+    ``relax_hard_at = 0.8``: the last 20% of the steps train the exactly quantized weights, in the last rate stage of
+    the default schedule). The two wrappers need ``weights``.
     """
 
     model: str = "lenet5"
     dataset: str = "mnist"
     quant: QuantConfig | None = _training_quant(QuantConfig())
+    weights: WeightQuantConfig | None = None
+    weight_first_last: bool = False
     init: str | None = None
     epochs: int | None = None
     lr: float | None = None
@@ -71,6 +96,11 @@ class TrainConfig(JsonConfig):
     momentum: float = 0.9
     weight_decay: float = 1e-4
     nesterov: bool = False
+    optimizer: str = "sgd"
+    bcgd_rho: float = 1e-5
+    relax_lam: float = 1.0
+    relax_growth: float = 1e4
+    relax_hard_at: float = 0.8
     augment: bool | None = None
     seed: int = 0
     data_dir: str | None = None
@@ -100,6 +130,7 @@ class TrainConfig(JsonConfig):
             if not isinstance(self.quant, QuantConfig):
                 raise TypeError(f"quant must be a stelab.QuantConfig or None (float model), got {self.quant!r}")
             object.__setattr__(self, "quant", _training_quant(self.quant))
+        self._check_weights()
         object.__setattr__(self, "lr_milestones", tuple(float(m) for m in self.lr_milestones))
         if any(not 0.0 < m < 1.0 for m in self.lr_milestones):
             raise ValueError(f"lr_milestones are fractions of the run in (0, 1), got {list(self.lr_milestones)}")
@@ -117,6 +148,31 @@ class TrainConfig(JsonConfig):
             raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
         if self.weight_decay < 0 or self.lr_gamma <= 0:
             raise ValueError("weight_decay must be >= 0 and lr_gamma > 0")
+
+    def _check_weights(self) -> None:
+        if isinstance(self.weights, dict):  # nested, as in config.json
+            object.__setattr__(self, "weights", WeightQuantConfig.from_dict(self.weights))
+        if self.weights is not None and not isinstance(self.weights, WeightQuantConfig):
+            raise TypeError(f"weights must be a stelab.weights.WeightQuantConfig or None (float weights), got "
+                            f"{self.weights!r}")
+        check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        if self.weights is None and self.optimizer != "sgd":
+            raise ValueError(f"optimizer {self.optimizer!r} moves quantized weights, but the weights are float; "
+                             "quantize them (--weight-bits B, or TrainConfig(weights=WeightQuantConfig(...))) or use "
+                             "optimizer 'sgd'")
+        if self.weights is None and self.weight_first_last:
+            raise ValueError("weight_first_last (--weight-first-last) quantizes the first and last layers' weights, "
+                             "but the weights are float; give --weight-bits B too")
+        if not (0.0 <= self.bcgd_rho <= 1.0):
+            raise ValueError(f"bcgd_rho must be in [0, 1], got {self.bcgd_rho}")
+        if not (0.0 <= self.relax_lam < float("inf")):
+            raise ValueError(f"relax_lam must be a finite number >= 0, got {self.relax_lam}")
+        if not (1.0 <= self.relax_growth < float("inf")):
+            raise ValueError(f"relax_growth must be a finite number >= 1 (lambda must not shrink), got "
+                             f"{self.relax_growth}")
+        if not (0.0 < self.relax_hard_at <= 1.0):
+            raise ValueError(f"relax_hard_at is the fraction of the run where BinaryRelax turns hard, in (0, 1] "
+                             f"(1: never during the run), got {self.relax_hard_at}")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
@@ -167,5 +223,14 @@ class TrainConfig(JsonConfig):
         return self.augment if self.augment is not None else self.dataset == "cifar10"
 
     def run_name(self) -> str:
-        kind = "float" if self.quant is None else f"{self.quant.bits}bit-{self.quant.ste}"
+        """``<model>-<dataset>-<kind>-seed<s>``; kind ``float`` or ``<bits>bit-<ste>`` for activation-only runs (the
+        names runs/ and results/ already use), ``w<W>a<A>-<ste>`` with quantized weights (``w1`` binary, ``w2t``
+        ternary, ``w<b>`` uniform; ``a32`` for float activations), then ``-<optimizer>`` unless sgd."""
+        if self.weights is None:
+            kind = "float" if self.quant is None else f"{self.quant.bits}bit-{self.quant.ste}"
+        else:
+            w = self.weights
+            tag = {"binary": "w1", "ternary": "w2t"}.get(w.quantizer, f"w{w.effective_bits}")
+            kind = f"{tag}a32" if self.quant is None else f"{tag}a{self.quant.bits}-{self.quant.ste}"
+            kind += "" if self.optimizer == "sgd" else f"-{self.optimizer}"
         return f"{self.model}-{self.dataset}-{kind}-seed{self.seed}"

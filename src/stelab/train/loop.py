@@ -1,4 +1,5 @@
-"""The training loop: SGD with momentum, step-decayed rate, whole-data-set-on-device batches, DDP, resume.
+"""The training loop: SGD with momentum (or BCGD/BinaryRelax around it for quantized weights), step-decayed rate,
+whole-data-set-on-device batches, DDP, resume.
 
 Per epoch, rank 0 appends ``{"kind": "epoch", train_loss, train_acc, test_loss, test_acc, lr, time_s, ...}`` to
 ``metrics.jsonl`` and writes ``checkpoint.pt`` atomically. ``train_loss``/``train_acc`` are the averages over the
@@ -20,9 +21,10 @@ from torch import Tensor, nn
 
 from ..io import append_jsonl, read_json, read_jsonl, write_json, write_text
 from . import distributed
-from .checkpoint import BEST, CHECKPOINT, load_checkpoint, load_weights, save_checkpoint, set_rng_state, unwrap
+from .checkpoint import BEST, CHECKPOINT, load_checkpoint, save_checkpoint, set_rng_state, unwrap
 from .config import TrainConfig
 from .hooks import TrainHook, check_hooks, run_hooks
+from .quant_weights import deployed_weights, wrap_optimizer
 from .runs import CONFIG, METRICS, build_model, is_done, plot_curves, read_summary, write_summary
 
 # Fields that may differ between a run and its resumption: they change speed or logging, not the result.
@@ -139,7 +141,7 @@ class _Run:
     model: nn.Module = field(init=False)
     net: nn.Module = field(init=False)  # what the steps call: the model, wrapped by DDP and/or torch.compile
     channels_last: bool = False
-    optimizer: torch.optim.Optimizer = field(init=False)
+    optimizer: Any = field(init=False)  # torch SGD, or a stelab.optim wrapper around it
     scheduler: torch.optim.lr_scheduler.LRScheduler = field(init=False)
     loader: Any = None
     test: tuple[Tensor, Tensor] = field(init=False)
@@ -156,10 +158,11 @@ def _train(config: TrainConfig, hooks: list[TrainHook], info: distributed.DistIn
     finished = _check_start(run, resume)
     if finished is not None:
         return finished
-    # The order below is the order the global RNG is used in (seed, weight init); it fixes a run's numbers.
+    # The order below is the order the global RNG is used in (seed, weight init); it fixes a run's numbers. The
+    # optimizer uses no randomness; it comes after the data because BinaryRelax's schedule needs the steps per epoch.
     _build_model(run)
-    _build_optimizer(run)
     _load_data(run)
+    _build_optimizer(run)
     elapsed = _restore(run) if resume else 0.0
     if info.is_main:
         _start_run_folder(run)
@@ -195,9 +198,7 @@ def _build_model(run: _Run) -> None:
     """The seeded model (with the ``init`` weights), on the device, in the memory format used for the run."""
     config, device = run.config, run.device
     torch.manual_seed(config.seed)
-    run.model = build_model(config)
-    if config.init:
-        load_weights(run.model, config.init)
+    run.model = build_model(config, init=config.init)  # init weights loaded, then the weights quantized
     run.model.to(device)
     run.channels_last = config.resolved_channels_last(device.type)
     if run.channels_last:
@@ -207,10 +208,12 @@ def _build_model(run: _Run) -> None:
 
 
 def _build_optimizer(run: _Run) -> None:
+    """SGD (wrapped by BCGD/BinaryRelax when ``config.optimizer`` says so); the schedule drives the inner SGD."""
     c = run.config
-    run.optimizer = torch.optim.SGD(run.model.parameters(), lr=c.resolved_lr(), momentum=c.momentum,
-                                    weight_decay=c.weight_decay, nesterov=c.nesterov)
-    run.scheduler = make_scheduler(run.optimizer, c)
+    sgd = torch.optim.SGD(run.model.parameters(), lr=c.resolved_lr(), momentum=c.momentum,
+                          weight_decay=c.weight_decay, nesterov=c.nesterov)
+    run.optimizer = wrap_optimizer(sgd, run.model, c, c.resolved_epochs() * len(run.loader))
+    run.scheduler = make_scheduler(sgd, c)
 
 
 def _load_data(run: _Run) -> None:
@@ -273,8 +276,10 @@ def _train_epoch(run: _Run, epoch: int) -> bool:
     distributed.all_reduce_sum(sums)
     train_time = time.perf_counter() - t0
     # The plain model: DDP's forward would broadcast buffers, a collective the ranks' unequal shares could hang.
-    test_loss, test_acc = evaluate(run.model, *run.test, run.config.eval_batch_size, run.info, run.channels_last,
-                                   run.config.precision)
+    # With the deployed weights Q(w_f), also in BinaryRelax's relaxed phase: the quantized model's accuracy.
+    with deployed_weights(run.model):
+        test_loss, test_acc = evaluate(run.model, *run.test, run.config.eval_batch_size, run.info,
+                                       run.channels_last, run.config.precision)
     record = {"kind": "epoch", "epoch": epoch, "step": run.step, "lr": run.optimizer.param_groups[0]["lr"],
               "train_loss": sums[0].item() / sums[2].item(), "train_acc": sums[1].item() / sums[2].item(),
               "test_loss": test_loss, "test_acc": test_acc, "time_s": time.perf_counter() - t0,
@@ -353,6 +358,9 @@ def _summary(run_dir: Path, config: TrainConfig, status: str, step: int, wall: f
         "epochs": config.resolved_epochs(), "epochs_done": last.get("epoch", 0), "steps": step,
         "processes": info.world_size, "wall_time_s": wall,
     }
+    if config.weights is not None:  # only then: activation-only summaries keep their keys
+        summary.update(weight_quantizer=config.weights.quantizer, weight_bits=config.weights.effective_bits,
+                       optimizer=config.optimizer)
     for key in ("train_loss", "train_acc", "test_loss", "test_acc"):
         summary[key] = last.get(key)
     if records:

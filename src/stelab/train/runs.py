@@ -13,8 +13,9 @@ from typing import Any
 from torch import nn
 
 from ..io import markdown_table, read_json, read_jsonl, save_figure, write_json, write_text
-from .checkpoint import load_weights
+from .checkpoint import load_weights, read_weights
 from .config import TrainConfig
+from .quant_weights import quantize_run_weights
 
 CONFIG = "config.json"
 METRICS = "metrics.jsonl"
@@ -48,10 +49,29 @@ def epoch_records(run_dir: str | Path) -> list[dict[str, Any]]:
     return [r for r in read_jsonl(Path(run_dir) / METRICS) if r.get("kind") == "epoch"]
 
 
-def build_model(config: TrainConfig) -> nn.Module:
+def build_model(config: TrainConfig, init: str | Path | None = None) -> nn.Module:
+    """The run's model (activations per ``config.quant``, weights per ``config.weights``), with the weights of the
+    checkpoint or run folder ``init`` when given.
+
+    A float checkpoint loads into the float layers before their weights are quantized, so that a scale fitted to
+    the weights (LSQ's initial step) is fitted to the loaded ones. A checkpoint of a weight-quantized run whose
+    learned steps (``weight_scale``) the float layers lack loads after the quantization, steps included.
+    """
     from .. import models
 
-    return models.build(config.model, quant=config.quant, num_classes=10)
+    model = models.build(config.model, quant=config.quant, num_classes=10)
+    if init is None:
+        return quantize_run_weights(model, config)
+    if config.weights is None:
+        load_weights(model, init)
+        return model
+    state, _ = read_weights(init)
+    if set(state) <= set(model.state_dict()):
+        model.load_state_dict(state)
+        return quantize_run_weights(model, config)
+    quantize_run_weights(model, config)
+    model.load_state_dict(state)
+    return model
 
 
 def load_model_from_run(run_dir: str | Path, checkpoint: str = "last") -> nn.Module:
@@ -74,8 +94,11 @@ def describe_run(run_dir: Path) -> str:
         c = read_config(run_dir)
     except (FileNotFoundError, ValueError, KeyError):
         return f"Run {Path(run_dir).name}"
-    q = c.quant
+    q, w = c.quant, c.weights
     kind = "float" if q is None else f"{q.bits}-bit {q.forward}, STE {q.ste}"
+    if w is not None:
+        kind = (f"{w.effective_bits}-bit {w.quantizer} weights ({c.optimizer}), "
+                f"{'float activations' if q is None else kind}")
     data = f"{c.dataset} (synthetic, {c.synthetic} images)" if c.synthetic else c.dataset
     start = ", from a trained model" if c.init else ""
     return (f"{c.model} on {data}, {kind}, seed {c.seed}: lr {c.resolved_lr():g}{start}, "
