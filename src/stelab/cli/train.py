@@ -1,4 +1,5 @@
-"""``stelab train``: train one float or activation-quantized model; every hyper-parameter is a flag.
+"""``stelab train``: train one float or quantized model (activations, and weights with ``--weight-bits``); every
+hyper-parameter is a flag.
 
 Multi-process data parallel: ``torchrun --nproc_per_node 2 -m stelab.cli train ...`` or ``stelab train --nproc 2``.
 """
@@ -10,7 +11,9 @@ from pathlib import Path
 
 from ..config import QuantConfig
 from ..ste import PAPER_STES
-from ..train.config import DEVICES, PRECISIONS, SCHEDULES, TrainConfig
+from ..train.config import DEVICES, OPTIMIZERS, PRECISIONS, SCHEDULES, TrainConfig
+from ..weights import WeightQuantConfig, quantizers
+from ..weights.quantizers import GRANULARITIES, SCALE_RULES
 
 
 def _bool_flag(p: argparse.ArgumentParser, name: str, help: str) -> None:
@@ -45,6 +48,46 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--synthetic", type=int, default=0, metavar="N", help="N random images instead of the data set")
     p.add_argument("--eval-batch-size", type=int, default=d.eval_batch_size)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_weight_arguments(p)
+
+
+def add_weight_arguments(p: argparse.ArgumentParser) -> None:
+    """``--weight-*`` (TrainConfig.weights, a WeightQuantConfig) and ``--optimizer`` with the wrappers' parameters.
+
+    The ``--weight-*`` defaults are None ("not given"): the config's defaults apply, and a ``--weight-*`` flag
+    without ``--weight-bits`` is an error rather than silently ignored.
+    """
+    d, w = TrainConfig(), WeightQuantConfig()
+    g = p.add_argument_group("quantized weights (default: float weights)")
+    g.add_argument("--weight-bits", type=int, default=None, metavar="B",
+                   help="quantize the Linear/Conv2d weights to B bits; turns weight quantization on (1: binary, "
+                        "2: ternary, 2..16: uniform)")
+    g.add_argument("--weight-quantizer", default=None,
+                   help=f"{' | '.join(quantizers.names())} (default {w.quantizer})")
+    g.add_argument("--weight-ste", default=None,
+                   help=f"STE of the weights, one not zero below 0 (default {w.ste}; e.g. hardtanh)")
+    g.add_argument("--weight-granularity", default=None,
+                   help=f"{' | '.join(GRANULARITIES)}: one scale per tensor or per output channel "
+                        f"(default {w.granularity})")
+    g.add_argument("--weight-scale-rule", default=None,
+                   help=f"{' | '.join(SCALE_RULES)} (default: mean for binary/ternary, max for uniform; lsq learns "
+                        "the scale)")
+    g.add_argument("--weight-scale", type=float, default=None, help="the scale of --weight-scale-rule fixed, or "
+                                                                      "lsq's initial step")
+    g.add_argument("--weight-first-last", action="store_true",
+                   help="quantize the weights of the first conv and the last linear layer too (default: they stay "
+                        "float, the common practice)")
+    g.add_argument("--optimizer", default=d.optimizer,
+                   help=f"{' | '.join(OPTIMIZERS)}: SGD, or SGD wrapped by BCGD or BinaryRelax (these need "
+                        f"--weight-bits; default {d.optimizer})")
+    g.add_argument("--bcgd-rho", type=float, default=d.bcgd_rho, help=f"BCGD's blend rho (default {d.bcgd_rho:g})")
+    g.add_argument("--relax-lam", type=float, default=d.relax_lam,
+                   help=f"BinaryRelax's initial lambda (default {d.relax_lam:g})")
+    g.add_argument("--relax-growth", type=float, default=d.relax_growth,
+                   help=f"factor BinaryRelax's lambda grows by over its relaxed phase (default {d.relax_growth:g})")
+    g.add_argument("--relax-hard-at", type=float, default=d.relax_hard_at,
+                   help=f"fraction of the run's steps after which BinaryRelax trains the exactly quantized weights "
+                        f"(default {d.relax_hard_at:g}; 1: never)")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -88,6 +131,7 @@ def _fields_from_args(args: argparse.Namespace, **overrides) -> dict:
         raise unknown_name("model", model, models.names())
     fields = dict(
         model=model, dataset=getattr(args, "dataset", "mnist"), quant=_quant_from_args(args),
+        weights=_weights_from_args(args), **_optimizer_from_args(args),
         init=getattr(args, "init", None), epochs=getattr(args, "epochs", None),
         lr=args.lr, lr_milestones=tuple(args.lr_milestones), lr_gamma=args.lr_gamma, lr_schedule=args.lr_schedule,
         batch_size=args.batch_size, momentum=args.momentum, weight_decay=args.weight_decay, nesterov=args.nesterov,
@@ -107,6 +151,42 @@ def _quant_from_args(args: argparse.Namespace) -> QuantConfig | None:
     if getattr(args, "float_model", False):
         return None
     return QuantConfig.merged(**{f: getattr(args, f) for f in QUANT_FLAGS if hasattr(args, f)})
+
+
+# --weight-* flags -> WeightQuantConfig fields
+WEIGHT_FLAGS = {"weight_bits": "bits", "weight_quantizer": "quantizer", "weight_ste": "ste",
+                "weight_granularity": "granularity", "weight_scale_rule": "scale_rule", "weight_scale": "scale"}
+# The optimizer wrappers' flags and the optimizer that reads each
+WRAPPER_FLAGS = {"bcgd_rho": "bcgd", "relax_lam": "binaryrelax", "relax_growth": "binaryrelax",
+                 "relax_hard_at": "binaryrelax"}
+
+
+def _weights_from_args(args: argparse.Namespace) -> WeightQuantConfig | None:
+    """None (float weights) without ``--weight-bits``; else the WeightQuantConfig of the ``--weight-*`` flags."""
+    given = {f: getattr(args, dest) for dest, f in WEIGHT_FLAGS.items() if getattr(args, dest, None) is not None}
+    if "bits" not in given:
+        if given:
+            flags = ", ".join("--" + d.replace("_", "-") for d, f in WEIGHT_FLAGS.items() if f in given)
+            raise ValueError(f"{flags} set(s) how weights are quantized, but weight quantization is off; give "
+                             "--weight-bits B to turn it on")
+        return None
+    if given["bits"] == 1 and "quantizer" not in given:
+        given["quantizer"] = "binary"  # the only 1-bit weight quantizer
+    return WeightQuantConfig(**given)  # a bad name or value raises listing the valid choices
+
+
+def _optimizer_from_args(args: argparse.Namespace) -> dict:
+    """``optimizer``, ``weight_first_last`` and the wrapper parameters; one given for another optimizer is an error."""
+    d = TrainConfig()
+    optimizer = getattr(args, "optimizer", d.optimizer)
+    fields = {"optimizer": optimizer, "weight_first_last": getattr(args, "weight_first_last", False)}
+    for dest, owner in WRAPPER_FLAGS.items():
+        value = getattr(args, dest, getattr(d, dest))
+        if value != getattr(d, dest) and optimizer != owner:
+            raise ValueError(f"--{dest.replace('_', '-')} is a parameter of --optimizer {owner}, not of "
+                             f"{optimizer}; drop it or give --optimizer {owner}")
+        fields[dest] = value
+    return fields
 
 
 def run(args: argparse.Namespace) -> int:
@@ -176,6 +256,10 @@ def _resume_config(args: argparse.Namespace) -> TrainConfig:
         if dest in _QUANT_FIELD_OF:  # compared field by field: --ste alone must not compare the default --bits
             field = _QUANT_FIELD_OF[dest]
             new, old = (None if q is None else q[field] for q in (_dict(wanted["quant"]), saved["quant"]))
+        elif dest in WEIGHT_FLAGS:  # likewise for the weights' fields
+            new, old = (None if w is None else w[WEIGHT_FLAGS[dest]] for w in (_dict(wanted["weights"]),
+                                                                              saved["weights"]))
+            field = f"weights.{WEIGHT_FLAGS[dest]}"
         elif dest in saved and dest != "out":
             field, new, old = dest, _jsonable(wanted[dest]), _jsonable(saved[dest])
         else:
@@ -209,8 +293,8 @@ def given_flags(args: argparse.Namespace) -> dict[str, str]:
     return {d: o for d, o in options.items() if d in vars(given)}
 
 
-def _dict(quant: QuantConfig | None) -> dict | None:
-    return None if quant is None else quant.to_dict()
+def _dict(config: QuantConfig | WeightQuantConfig | None) -> dict | None:
+    return None if config is None else config.to_dict()
 
 
 def _jsonable(v):
