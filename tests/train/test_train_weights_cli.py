@@ -86,3 +86,14 @@ def test_resume_compares_the_weight_flags(tmp_path, capsys):
         assert message in capsys.readouterr().err
     assert main(["train", "--resume", "--out", str(out), "--weight-bits", "2", "--no-progress"]) == 0
     assert read_json(out / SUMMARY)["epochs_done"] == 2
+
+
+@pytest.mark.parametrize("experiment", ["table1", "instability"])
+def test_reproduce_refuses_weight_quantization_before_running(experiment, tmp_path, capsys):
+    # the flags come through add_train_arguments; the paper's folders (float/, 2bit-relu/) name no weights
+    out = tmp_path / "t"
+    assert main(["reproduce", experiment, "--synthetic", "64", "--weight-bits", "2", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"stelab reproduce: error: --weight-bits: {experiment} reproduces Yin et al.'s "
+                          "activation-only experiment") and "stelab train --weight-bits B --init" in err
+    assert not out.exists()

@@ -66,8 +66,13 @@ def _base_train(args: argparse.Namespace, model: str):
 
     # --bits here lists the sweep's bit widths, not one run's: read the rest as a float run's flags
     shared = argparse.Namespace(**{k: v for k, v in vars(args).items() if k not in QUANT_FLAGS}, float_model=True)
-    return config_from_args(shared, model=model, dataset=args.dataset, init=None, epochs=None, out=None, seed=0,
+    base = config_from_args(shared, model=model, dataset=args.dataset, init=None, epochs=None, out=None, seed=0,
                             diagnose_every=0, save_best=False)
+    if base.weights is not None:  # the float run would get quantized weights, and the cells' folders name none
+        raise ValueError(f"--weight-bits: {args.experiment} reproduces Yin et al.'s activation-only experiment (its "
+                         "run folders, e.g. seed0/2bit-relu, name no weight quantization); train weight-quantized "
+                         "runs with stelab train --weight-bits B --init <float run>")
+    return base
 
 
 def _check_models(names, dataset: str) -> None:
