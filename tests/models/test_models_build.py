@@ -8,9 +8,9 @@ import stelab
 from stelab import QuantConfig
 from stelab.models import build, names
 
-INPUT = {"lenet5": (1, 28, 28), "vgg11": (3, 32, 32), "resnet20": (3, 32, 32)}
-# Activation counts: LeNet 4; VGG one per conv (8); ResNet stem + 2 per block (1 + 18).
-N_ACTIVATIONS = {"lenet5": 4, "vgg11": 8, "resnet20": 19}
+INPUT = {"lenet5": (1, 28, 28), "lenet5-caffe": (1, 28, 28), "vgg11": (3, 32, 32), "resnet20": (3, 32, 32)}
+# Activation counts: LeNet 4 (Caffe widths: 3); VGG one per conv (8); ResNet stem + 2 per block (1 + 18).
+N_ACTIVATIONS = {"lenet5": 4, "lenet5-caffe": 3, "vgg11": 8, "resnet20": 19}
 
 
 def batch(name, n=4, seed=0):
@@ -24,18 +24,19 @@ def n_params(model):
 def test_parameter_counts_match_the_architectures():
     # Counted by hand from the layer tables in the module docstrings (conv weights have no bias; see there).
     lenet = 6 * 25 + 16 * 6 * 25 + 400 * 120 + 120 * 84 + 84 * 10 + 10
+    caffe = 20 * 25 + 50 * 20 * 25 + 800 * 500 + 500 * 10 + 10  # 28 -> 24 -> 12 -> 8 -> 4: 50 * 4 * 4 = 800
     vgg_convs = [(3, 64), (64, 128), (128, 256), (256, 256), (256, 512), (512, 512), (512, 512), (512, 512)]
     vgg = sum(9 * a * b for a, b in vgg_convs) + 512 * 10 + 10
     resnet = 9 * 3 * 16 + 6 * 9 * 16 * 16 + (9 * 16 * 32 + 5 * 9 * 32 * 32) + (9 * 32 * 64 + 5 * 9 * 64 * 64)
     resnet += 64 * 10 + 10 + 3 * 2 * (16 + 32 + 64)  # classifier and the affine BN2 of each block
-    expected = {"lenet5": lenet, "vgg11": vgg, "resnet20": resnet}
+    expected = {"lenet5": lenet, "lenet5-caffe": caffe, "vgg11": vgg, "resnet20": resnet}
     for name in names():
         float_model, quant_model = build(name), build(name, QuantConfig(bits=2))
         assert n_params(float_model) == n_params(quant_model) == expected[name]
     assert 0.26e6 < resnet < 0.28e6
 
 
-@pytest.mark.parametrize("name", ["lenet5", "vgg11", "resnet20"])
+@pytest.mark.parametrize("name", ["lenet5", "lenet5-caffe", "vgg11", "resnet20"])
 def test_output_shapes_and_activation_types(name):
     for quant, kind in ((None, nn.ReLU), (QuantConfig(bits=2, ste="relu"), stelab.QuantReLU)):
         model = build(name, quant, num_classes=7)
@@ -59,10 +60,10 @@ def test_every_bn_feeding_an_activation_has_no_affine_parameters():
                     feeding += 1
                 else:
                     assert name == "resnet20" and node.target.endswith("bn2"), (name, node.target)
-        assert feeding == {"lenet5": 4, "vgg11": 8, "resnet20": 10}[name]
+        assert feeding == {"lenet5": 4, "lenet5-caffe": 3, "vgg11": 8, "resnet20": 10}[name]
 
 
-@pytest.mark.parametrize("name", ["lenet5", "vgg11", "resnet20"])
+@pytest.mark.parametrize("name", ["lenet5", "lenet5-caffe", "vgg11", "resnet20"])
 @pytest.mark.parametrize("bits", [2, 4])
 def test_quantized_models_emit_only_staircase_levels(name, bits):
     model = build(name, QuantConfig(bits=bits, ste="clipped_relu"))
@@ -86,7 +87,7 @@ def test_quantized_models_emit_only_staircase_levels(name, bits):
         assert len(values) >= 2  # the layer is not stuck on one level
 
 
-@pytest.mark.parametrize("name", ["lenet5", "vgg11", "resnet20"])
+@pytest.mark.parametrize("name", ["lenet5", "lenet5-caffe", "vgg11", "resnet20"])
 def test_state_dicts_load_across_float_and_quantized(name):
     torch.manual_seed(0)
     float_model = build(name)
@@ -127,8 +128,9 @@ def test_channels_last_gives_the_same_function():
 
 
 def test_build_errors():
-    with pytest.raises(ValueError, match="unknown model 'resnet18'; valid choices: lenet5, resnet20, vgg11"):
+    valid = "lenet5, lenet5-caffe, resnet20, vgg11"
+    with pytest.raises(ValueError, match=f"unknown model 'resnet18'; valid choices: {valid}"):
         build("resnet18")
     with pytest.raises(TypeError, match="QuantConfig"):
         build("lenet5", quant={"bits": 2})
-    assert names() == ["lenet5", "vgg11", "resnet20"]
+    assert names() == ["lenet5", "lenet5-caffe", "vgg11", "resnet20"]

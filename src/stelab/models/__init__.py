@@ -14,13 +14,16 @@ from torch import nn
 
 from ..config import QuantConfig
 from ..errors import unknown_name
-from .lenet5 import LeNet5
+from .lenet5 import LeNet5, lenet5_caffe
 from .resnet import BasicBlock, CifarResNet, resnet20
 from .vgg import VGG, vgg11
 
-_BUILDERS: dict[str, Callable[..., nn.Module]] = {"lenet5": LeNet5, "vgg11": vgg11, "resnet20": resnet20}
+_BUILDERS: dict[str, Callable[..., nn.Module]] = {"lenet5": LeNet5, "lenet5-caffe": lenet5_caffe, "vgg11": vgg11,
+                                                  "resnet20": resnet20}
 #: The data set each model is made for (its input shape).
-DEFAULT_DATASET = {"lenet5": "mnist", "vgg11": "cifar10", "resnet20": "cifar10"}
+DEFAULT_DATASET = {"lenet5": "mnist", "lenet5-caffe": "mnist", "vgg11": "cifar10", "resnet20": "cifar10"}
+#: Epochs of the paper's protocol for each model (Yin et al. 2019: 50 for LeNet-5 on MNIST, 200 on CIFAR-10).
+PAPER_EPOCHS = {"lenet5": 50, "lenet5-caffe": 50, "vgg11": 200, "resnet20": 200}
 
 
 def names() -> list[str]:
@@ -59,6 +62,6 @@ def build(name: str, quant: QuantConfig | None = None, num_classes: int = 10, *,
 
 
 __all__ = [
-    "DEFAULT_DATASET", "VGG", "BasicBlock", "CifarResNet", "LeNet5", "build", "check_dataset", "names", "resnet20",
-    "vgg11",
+    "DEFAULT_DATASET", "PAPER_EPOCHS", "VGG", "BasicBlock", "CifarResNet", "LeNet5", "build", "check_dataset",
+    "lenet5_caffe", "names", "resnet20", "vgg11",
 ]

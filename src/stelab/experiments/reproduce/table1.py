@@ -24,13 +24,14 @@ from typing import Any
 from ...config import JsonConfig, QuantConfig
 from ...errors import check_choice
 from ...io import markdown_table, save_figure, write_json, write_text
-from ...train import MODEL_EPOCHS, TrainConfig, epoch_records, is_done, read_summary, train
+from ...models import PAPER_EPOCHS
+from ...train import TrainConfig, epoch_records, is_done, read_summary, train
 from .paper import MODELS_BY_DATASET, STES, paper_cell
 from .parallel import run_all
 
 
 def scaled_epochs(model: str, scale: float) -> int:
-    return max(1, round(MODEL_EPOCHS[model] * scale))
+    return max(1, round(PAPER_EPOCHS[model] * scale))
 
 
 def float_dir(root: Path, model: str, seed: int) -> Path:
