@@ -10,14 +10,20 @@ Each model runs in every configuration of ``--configs`` (precision x memory form
 model of its own configuration (``x float``) and with the *fastest* float configuration of the same round
 (``x best float``): quantized training is as fast as float training only if it is fast where float is fastest.
 
+With ``--weight-bits B`` (default 2; 0 = off) every activation variant also runs as W<B>A<bits>: the weights of
+every Linear/Conv2d but the first and last (the layers ``stelab train --weight-bits`` quantizes) uniform at B bits,
+one scale per output channel, identity STE (the ``stelab train --weight-bits B`` defaults).
+
     python benchmarks/train_step.py                       # all models, CPU, all four configurations
     python benchmarks/train_step.py --models resnet20 --device cuda --steps 50 --configs bf16-cl fp32-cl
     python benchmarks/train_step.py --threads 1 --check-nan both   # quantized with and without the NaN scan
+    python benchmarks/train_step.py --models lenet5 --steps 1 --rounds 1 --warmup 0 --vgg-steps 1   # smoke test
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import sys
 import time
@@ -32,6 +38,9 @@ import stelab
 from stelab.data import STATS, DeviceLoader, synthetic
 from stelab.io import markdown_table, write_json, write_text
 from stelab.models import DEFAULT_DATASET, build
+from stelab.train import TrainConfig
+from stelab.train.quant_weights import quantize_run_weights
+from stelab.weights import WeightQuantConfig
 
 CONFIGS = {"fp32-nchw": ("fp32", False), "fp32-cl": ("fp32", True), "bf16-nchw": ("bf16", False),
            "bf16-cl": ("bf16", True)}
@@ -42,6 +51,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--models", nargs="+", default=stelab.models.names(), choices=stelab.models.names())
     p.add_argument("--bits", type=int, default=2)
     p.add_argument("--stes", nargs="+", default=["clipped_relu"])
+    p.add_argument("--weight-bits", type=int, default=2,
+                   help="also time W<B>A<bits> variants: uniform per-channel weights, identity STE (0: off)")
     p.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS),
                    help="precision-layout configurations (default: all four)")
     p.add_argument("--batch-size", type=int, default=128)
@@ -116,7 +127,19 @@ def build_variants(name: str, args: argparse.Namespace) -> list[Variant]:
                 model.load_state_dict(float_model.state_dict())  # the same weights: a quantized twin
                 label = f"{config} {args.bits}-bit {ste}" + ("" if check else ", no NaN check")
                 variants.append(Variant(label, model, args.device, config, args.compile))
+                if args.weight_bits:
+                    label = f"{config} W{args.weight_bits}A{args.bits} {ste}" + ("" if check else ", no NaN check")
+                    model = weight_twin(name, model, args.weight_bits, cl)
+                    variants.append(Variant(label, model, args.device, config, args.compile))
     return variants
+
+
+def weight_twin(name: str, model: nn.Module, bits: int, channels_last: bool) -> nn.Module:
+    """A copy of ``model`` with the weights ``stelab train --weight-bits bits`` quantizes (first and last layers
+    float), in the memory format asked for (the quantized layers are new modules, created contiguous)."""
+    config = TrainConfig(model=name, dataset=DEFAULT_DATASET[name], weights=WeightQuantConfig(bits=bits))
+    twin = quantize_run_weights(copy.deepcopy(model), config)
+    return twin.to(memory_format=torch.channels_last) if channels_last else twin
 
 
 def bench_model(name: str, args: argparse.Namespace, bar: tqdm) -> list[dict]:
@@ -152,13 +175,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    per_config = 1 + len(args.stes) * (2 if args.check_nan == "both" else 1)
+    per_config = 1 + len(args.stes) * (2 if args.check_nan == "both" else 1) * (2 if args.weight_bits else 1)
     total = len(args.models) * len(args.configs) * per_config * args.rounds
     with tqdm(total=total, desc="train_step", unit="timing") as bar:
         rows = [row for name in args.models for row in bench_model(name, args, bar)]
     env = {"device": args.device, "torch": torch.__version__, "threads": torch.get_num_threads(),
            "batch_size": args.batch_size, "rounds": args.rounds, "configs": args.configs,
-           "compile": args.compile, "check_nan": args.check_nan, "python": sys.version.split()[0],
+           "compile": args.compile, "check_nan": args.check_nan, "weight_bits": args.weight_bits,
+           "python": sys.version.split()[0],
            "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None}
     table = markdown_table(["model", "configuration, activations", "images/s", "x float", "x best float"],
                            [[r["model"], r["variant"], f"{r['images_per_s']:.1f}", f"{r['ratio_vs_float']:.2f}",
