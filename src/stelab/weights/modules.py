@@ -31,8 +31,16 @@ class _QuantWeights:
         self.weight_config = cfg
         self.weight_quantizer = get(cfg.quantizer)
         self.weight_ste = check_weight_ste(cfg.ste)
-        # BinaryRelax's lambda (stelab.optim.BinaryRelax sets it): None is the hard quantization Q(w).
-        self.relax: float | None = None
+        # BinaryRelax's lambda and 1 + lambda as 0-d buffers (non-persistent: the state dict keys stay the float
+        # layer's), read by the forward instead of a Python float: torch.compile would guard on the float's value and
+        # recompile every step as lambda grows; it guards on the flag _relaxed only.
+        w = self.weight
+        self.register_buffer("_relax_lam", torch.zeros((), dtype=w.dtype, device=w.device),  # type: ignore
+                             persistent=False)
+        self.register_buffer("_relax_den", torch.ones((), dtype=w.dtype, device=w.device),  # type: ignore
+                             persistent=False)
+        self._relax: float | None = None
+        self._relaxed = False
         if cfg.learned:
             self.weight_scale = nn.Parameter(self._initial_step())
         else:
@@ -50,10 +58,26 @@ class _QuantWeights:
     def bits(self) -> int:
         return self.weight_config.effective_bits
 
+    @property
+    def relax(self) -> float | None:
+        """BinaryRelax's :math:`\\lambda` (:class:`stelab.optim.BinaryRelax` sets it); None: the hard :math:`Q(w)`."""
+        return self._relax
+
+    @relax.setter
+    def relax(self, value: float | None) -> None:
+        if value is not None:
+            value = float(value)
+            if not value >= 0:
+                raise ValueError(f"the relaxation parameter lambda must be >= 0, got {value}")
+            # fill_ with a Python number: no host-device copy; each rounded once from float64, as a scalar would be
+            self._relax_lam.fill_(value)
+            self._relax_den.fill_(1.0 + value)
+        self._relax, self._relaxed = value, value is not None
+
     def quantized_weight(self) -> Tensor:
         """The weights the forward uses: :math:`Q(w)` with the STE backward, or BinaryRelax's relaxed weights."""
-        if self.relax is not None:
-            return relaxed_weight(self.weight, self.project(), self.relax)
+        if self._relaxed:
+            return relaxed_weight(self.weight, self.project(), self._relax_lam, self._relax_den)
         return quantize_weight_with(self.weight, self.weight_config, self.weight_ste, self.weight_scale)
 
     @torch.no_grad()

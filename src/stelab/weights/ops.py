@@ -74,11 +74,17 @@ class _PassThrough(torch.autograd.Function):
         return grad, None
 
 
-def relaxed_weight(w: Tensor, quantized: Tensor, lam: float) -> Tensor:
+def relaxed_weight(w: Tensor, quantized: Tensor, lam: float | Tensor, denominator: Tensor | None = None) -> Tensor:
     """BinaryRelax's pseudo-quantized weights :math:`(w + \\lambda Q(w)) / (1 + \\lambda)`, whose gradient is passed
     to ``w`` unchanged (the gradient is evaluated at the relaxed weights and applied to the float ones;
-    :mod:`stelab.optim`)."""
-    if not lam >= 0:
-        raise ValueError(f"the relaxation parameter lambda must be >= 0, got {lam}")
-    value = (w.detach() + lam * quantized.detach()) / (1.0 + lam)
+    :mod:`stelab.optim`). ``lam`` is a number, or a 0-d tensor given with ``denominator`` :math:`= 1 + \\lambda`
+    (a layer's buffers; not checked here, which would sync with the device)."""
+    if isinstance(lam, Tensor):
+        if denominator is None:
+            raise ValueError("a tensor lambda needs its denominator 1 + lambda (as a tensor)")
+        value = (w.detach() + lam * quantized.detach()) / denominator
+    else:
+        if not lam >= 0:
+            raise ValueError(f"the relaxation parameter lambda must be >= 0, got {lam}")
+        value = (w.detach() + lam * quantized.detach()) / (1.0 + lam)
     return _PassThrough.apply(w, value)
