@@ -60,8 +60,8 @@ def add_weight_arguments(p: argparse.ArgumentParser) -> None:
     d, w = TrainConfig(), WeightQuantConfig()
     g = p.add_argument_group("quantized weights (default: float weights)")
     g.add_argument("--weight-bits", type=int, default=None, metavar="B",
-                   help="quantize the Linear/Conv2d weights to B bits; turns weight quantization on (1: binary, "
-                        "2: ternary, 2..16: uniform)")
+                   help="quantize the Linear/Conv2d weights to B bits; turns weight quantization on (uniform: "
+                        "2..16; 1 picks binary; ternary: 2 with --weight-quantizer ternary)")
     g.add_argument("--weight-quantizer", default=None,
                    help=f"{' | '.join(quantizers.names())} (default {w.quantizer})")
     g.add_argument("--weight-ste", default=None,
@@ -91,8 +91,10 @@ def add_weight_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="train a float or activation-quantized model",
-                       description="Train a float or activation-quantized model (SGD, momentum, step-decayed rate).")
+    p = sub.add_parser("train", help="train a float or quantized model (activations; weights with --weight-bits)",
+                       description="Train a float or quantized model: activations (--bits, --ste) and, with "
+                                   "--weight-bits, weights (SGD with momentum, or BCGD/BinaryRelax around it; "
+                                   "step-decayed rate).")
     p.add_argument("--model", default="lenet5", help="lenet5 (mnist) | vgg11, resnet20 (cifar10); default lenet5")
     p.add_argument("--dataset", default="mnist", help="mnist | cifar10 (default mnist)")
     q = QuantConfig()  # the flags' defaults are QuantConfig's
@@ -101,7 +103,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help=f"STE name, e.g. {', '.join(PAPER_STES)} (default {q.ste}; see `stelab info`)")
     p.add_argument("--forward", default=q.forward, help=f"forward quantizer (default {q.forward})")
     p.add_argument("--alpha", type=float, default=q.alpha, help="fixed resolution (default: Lloyd's for the bits)")
-    p.add_argument("--float", dest="float_model", action="store_true", help="train the float (ReLU) model")
+    p.add_argument("--float", dest="float_model", action="store_true",
+                   help="float (ReLU) activations (with --weight-bits only the weights are quantized)")
     p.add_argument("--init", default=None, help="checkpoint file or run folder to start from (float model)")
     p.add_argument("--epochs", type=int, default=None, help="default: 50 for lenet5, 200 for vgg11/resnet20")
     p.add_argument("--seed", type=int, default=0)
