@@ -69,3 +69,18 @@ def test_diagnose_unknown_ste_lists_choices(trained_run, capsys):
     assert main(["diagnose", str(trained_run), "--synthetic", "64", "--batches", "2", "--batch-size", "16",
                  "--stes", "relu", "bogus", "--out", str(trained_run / "x")]) == 2
     assert "unknown STE 'bogus'" in capsys.readouterr().err
+
+
+def test_diagnose_weight_quantized_run_uses_its_quantized_weights(tmp_path):
+    """A W2A2 run is diagnosed as it was trained: quantized weights in the model, and the report says so."""
+    from stelab.experiments.diagnose import DiagnoseConfig, load_model
+    from stelab.weights import weight_quantized_modules
+
+    out = tmp_path / "w2a2"
+    assert main(["train", "--model", "lenet5", "--bits", "2", "--weight-bits", "2", "--epochs", "1", "--batch-size",
+                 "16", "--synthetic", "32", "--limit-test", "16", "--out", str(out), "--no-progress"]) == 0
+    model, _, meta = load_model(DiagnoseConfig(run_dir=str(out)))
+    assert len(weight_quantized_modules(model)) == 3  # LeNet-5's 5 weight layers but the first and the last
+    assert main(["diagnose", str(out), "--synthetic", "32", "--batches", "2", "--batch-size", "16", "--widths", "0.5",
+                 "--out", str(tmp_path / "report"), "--no-progress"]) == 0
+    assert "2-bit uniform weights" in (tmp_path / "report" / "report.md").read_text()

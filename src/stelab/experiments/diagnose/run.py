@@ -60,6 +60,7 @@ def load_model(config: DiagnoseConfig):
     from ... import models
     from ...config import QuantConfig
     from ...train import load_weights, read_config
+    from ...train.quant_weights import quantize_run_weights
 
     if config.run_dir:
         run = read_config(config.run_dir)
@@ -76,10 +77,16 @@ def load_model(config: DiagnoseConfig):
     if run_bits is not None and config.bits not in (None, run_bits):
         raise ValueError(f"the run is quantized at {run_bits} bits; --bits {config.bits} does not apply")
     model = models.build(name, quant=run_quant or QuantConfig(bits=bits, ste=ste))
+    if config.run_dir:
+        # a weight-quantized run is diagnosed with its quantized weights (learned steps load with the checkpoint)
+        model = quantize_run_weights(model, run)
     # a float checkpoint loads into the quantized twin (same keys): "trained float, then quantized"
     load_weights(model, source, config.checkpoint if config.run_dir else "last")
     meta = {"model": name, "checkpoint": str(source if not config.run_dir else f"{source} ({config.checkpoint})"),
             "trained_as": "float" if run_bits is None else f"{run_bits}-bit {ste}", "bits": bits}
+    weights = run.weights if config.run_dir else None
+    if weights is not None:
+        meta["trained_as"] += f", {weights.effective_bits}-bit {weights.quantizer} weights"
     dataset = config.dataset or dataset
     models.check_dataset(name, dataset)  # --dataset must give the inputs the model is built for
     return model, dataset, meta
