@@ -95,7 +95,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        description="Train a float or quantized model: activations (--bits, --ste) and, with "
                                    "--weight-bits, weights (SGD with momentum, or BCGD/BinaryRelax around it; "
                                    "step-decayed rate).")
-    p.add_argument("--model", default="lenet5", help="lenet5 (mnist) | vgg11, resnet20 (cifar10); default lenet5")
+    p.add_argument("--model", default="lenet5",
+                   help="lenet5, lenet5-caffe (mnist) | vgg11, resnet20 (cifar10); default lenet5")
     p.add_argument("--dataset", default="mnist", help="mnist | cifar10 (default mnist)")
     q = QuantConfig()  # the flags' defaults are QuantConfig's
     p.add_argument("--bits", type=int, default=q.bits, help=f"activation bits (default {q.bits}; ignored with --float)")
@@ -106,7 +107,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--float", dest="float_model", action="store_true",
                    help="float (ReLU) activations (with --weight-bits only the weights are quantized)")
     p.add_argument("--init", default=None, help="checkpoint file or run folder to start from (float model)")
-    p.add_argument("--epochs", type=int, default=None, help="default: 50 for lenet5, 200 for vgg11/resnet20")
+    p.add_argument("--epochs", type=int, default=None,
+                   help="default: the paper's, 50 for the LeNets, 200 for vgg11/resnet20")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="run folder (default runs/<model>-<dataset>-<kind>-seed<seed>)")
     p.add_argument("--resume", action="store_true",

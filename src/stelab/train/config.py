@@ -27,9 +27,10 @@ from typing import Any
 
 from ..config import JsonConfig, QuantConfig
 from ..errors import check_choice
+from ..models import PAPER_EPOCHS
 from ..weights import WeightQuantConfig
 
-MODEL_EPOCHS = {"lenet5": 50, "vgg11": 200, "resnet20": 200}  # the paper's protocol
+MODEL_EPOCHS = PAPER_EPOCHS  # the paper's protocol, defined with the models
 DATASETS = ("mnist", "cifar10")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("fp32", "bf16")
@@ -39,8 +40,10 @@ SCHEDULES = ("step", "cosine")
 OPTIMIZERS = ("sgd", "bcgd", "binaryrelax")
 # --channels-last when not given: the faster memory format per (device type, model), measured with
 # benchmarks/train_step.py (BENCHMARKS.md). On CUDA, channels_last is what cuDNN's tensor-core kernels want.
+# lenet5-caffe is not measured on CPU: NCHW (False, the default of the lookup) as for the other LeNet.
 CHANNELS_LAST_DEFAULT = {("cpu", "lenet5"): False, ("cpu", "vgg11"): True, ("cpu", "resnet20"): True,
-                         ("cuda", "lenet5"): True, ("cuda", "vgg11"): True, ("cuda", "resnet20"): True}
+                         ("cuda", "lenet5"): True, ("cuda", "lenet5-caffe"): True, ("cuda", "vgg11"): True,
+                         ("cuda", "resnet20"): True}
 
 
 # The flat fields config.json files had before the quantization moved into ``quant`` (a QuantConfig); read files
