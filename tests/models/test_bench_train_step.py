@@ -15,10 +15,11 @@ def test_train_step_benchmark_runs_and_writes_results(tmp_path, capsys):
     assert bench.main(["--models", "lenet5", "--batch-size", "8", "--steps", "2", "--rounds", "2", "--warmup", "1",
                        "--stes", "relu", "clipped_relu", "--configs", "fp32-nchw", "bf16-cl", "--out", str(out)]) == 0
     rows = json.loads((out / "results.json").read_text())["rows"]
-    assert [r["variant"] for r in rows] == ["fp32-nchw float", "fp32-nchw 2-bit relu", "fp32-nchw 2-bit clipped_relu",
-                                            "bf16-cl float", "bf16-cl 2-bit relu", "bf16-cl 2-bit clipped_relu"]
+    per_config = ["float", "2-bit relu", "W2A2 relu", "2-bit clipped_relu", "W2A2 clipped_relu"]  # W2A2: default
+    assert [r["variant"] for r in rows] == [f"{c} {v}" for c in ("fp32-nchw", "bf16-cl") for v in per_config]
     assert all(r["images_per_s"] > 0 and len(r["seconds"]) == 2 for r in rows)
-    assert rows[0]["ratio_vs_float"] == 1.0 and rows[3]["ratio_vs_float"] == 1.0
+    assert rows[0]["ratio_vs_float"] == 1.0 and rows[5]["ratio_vs_float"] == 1.0
     # the fastest float configuration is 1.0 against itself in every round, so one of the two floats is 1.0 at most
-    assert max(rows[0]["ratio_vs_best_float"], rows[3]["ratio_vs_best_float"]) <= 1.0
-    assert "| lenet5 | bf16-cl 2-bit clipped_relu |" in capsys.readouterr().out
+    assert max(rows[0]["ratio_vs_best_float"], rows[5]["ratio_vs_best_float"]) <= 1.0
+    out = capsys.readouterr().out
+    assert "| lenet5 | bf16-cl 2-bit clipped_relu |" in out and "| lenet5 | bf16-cl W2A2 clipped_relu |" in out
