@@ -17,7 +17,8 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 PACKAGE = SRC / "stelab"
 
 CORE = {"stelab", "stelab.ste", "stelab.builtin_stes", "stelab.quantizers", "stelab.lloyd", "stelab.kernels",
-        "stelab.ops", "stelab.modules", "stelab.convert", "stelab.config", "stelab.weights", "stelab.optim"}
+        "stelab.ops", "stelab.modules", "stelab.convert", "stelab.config", "stelab.weights", "stelab.optim",
+        "stelab.patterns"}
 BASE = {"stelab.errors", "stelab.io"}
 # layer -> the layers it may import besides itself
 ALLOWED = {

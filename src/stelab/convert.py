@@ -4,7 +4,6 @@ Linear/Conv2d layers for :class:`stelab.weights.QuantLinear`/``QuantConv2d``), a
 from __future__ import annotations
 
 import copy
-import fnmatch
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -13,6 +12,7 @@ from torch import nn
 from .config import QuantConfig
 from .io import markdown_table
 from .modules import QuantReLU
+from .patterns import apply_overrides, as_list, check_overrides, check_patterns, matches
 from .weights.config import WeightQuantConfig
 from .weights.convert import quantize_weights, weight_summary
 
@@ -20,39 +20,12 @@ from .weights.convert import quantize_weights, weight_summary
 ACTIVATION_TYPES: tuple[type[nn.Module], ...] = (nn.ReLU, nn.ReLU6, nn.Hardtanh)
 
 
-def _patterns(patterns: Iterable[str] | str | None) -> list[str]:
-    if patterns is None:
-        return []
-    return [patterns] if isinstance(patterns, str) else list(patterns)
-
-
-def _check_arguments(model: nn.Module, exclude, overrides) -> None:
-    """Every ``exclude``/``overrides`` pattern must match an activation, and every override key be a config field:
-    a typo would otherwise quantize the wrong layers (or the right ones the wrong way) without a word."""
-    names = activation_names(model)
-    for kind, patterns in (("exclude", _patterns(exclude)), ("overrides", list(overrides or {}))):
-        for pattern in patterns:
-            if not any(fnmatch.fnmatchcase(n, pattern) for n in names):
-                raise ValueError(f"{kind} pattern {pattern!r} matches no activation module; the activation modules "
-                                 f"are: {', '.join(names) or 'none'}")
-    for pattern, change in (overrides or {}).items():
-        if isinstance(change, QuantConfig):
-            continue
-        if not isinstance(change, Mapping):
-            raise TypeError(f"overrides[{pattern!r}] must be a QuantConfig or a mapping of its fields, got "
-                            f"{type(change).__name__}")
-        try:
-            QuantConfig.check_fields(change)
-        except ValueError as err:
-            raise ValueError(f"overrides[{pattern!r}]: {err}") from None
-
-
-def _matches(name: str, patterns: Iterable[str] | str | None) -> bool:
-    if patterns is None:
-        return False
-    if isinstance(patterns, str):
-        patterns = [patterns]
-    return any(fnmatch.fnmatchcase(name, p) for p in patterns)
+def _check_arguments(model: nn.Module, exclude: list[str] | None, overrides) -> None:
+    """Every ``exclude``/``overrides`` pattern must match an activation, every override be a QuantConfig or its
+    fields (:mod:`stelab.patterns`)."""
+    check_patterns(activation_names(model), (("exclude", exclude), ("overrides", list(overrides or {}))),
+                   "activation module")
+    check_overrides(overrides, QuantConfig)
 
 
 def quantize_activations(
@@ -82,16 +55,14 @@ def quantize_activations(
     """
     base = QuantConfig.merged(config, **fields)
     # Lists, so that a generator of patterns is not used up by the checks.
-    include, exclude = (None if include is None else _patterns(include)), _patterns(exclude)
+    include, exclude = as_list(include), as_list(exclude)
     _check_arguments(model, exclude, overrides)
     target = model if inplace else copy.deepcopy(model)
     swaps = []
     for name, module in target.named_modules():
         if not name or not isinstance(module, ACTIVATION_TYPES) or isinstance(module, QuantReLU):
             continue
-        if include is not None and not _matches(name, include):
-            continue
-        if _matches(name, exclude):
+        if (include is not None and not matches(name, include)) or matches(name, exclude):
             continue
         config = base
         if isinstance(module, nn.Hardtanh) and not isinstance(module, nn.ReLU6):
@@ -100,10 +71,7 @@ def quantize_activations(
                                  "sign quantizer matches its range; exclude it or give an override")
             config = config.replace(bits=1, forward="sign", ste="hardtanh", alpha=float(module.max_val),
                                     alpha_rule="ae" if config.learn_alpha else config.alpha_rule)
-        for pattern, change in (overrides or {}).items():
-            if _matches(name, pattern):
-                config = change if isinstance(change, QuantConfig) else config.replace(**dict(change))
-        swaps.append((name, QuantReLU(config=config)))
+        swaps.append((name, QuantReLU(config=apply_overrides(name, config, overrides))))
     if include is not None and not swaps:
         raise ValueError(f"include={include!r} matched no activation module; candidates: {activation_names(model)}")
     for name, replacement in swaps:

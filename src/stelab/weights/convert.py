@@ -4,29 +4,19 @@ and report what is quantized and the model's size."""
 from __future__ import annotations
 
 import copy
-import fnmatch
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from torch import nn
 
 from ..io import markdown_table
+from ..patterns import apply_overrides, as_list, check_overrides, check_patterns, matches
 from .config import WeightQuantConfig
 from .modules import WEIGHT_QUANT_TYPES, QuantConv2d, QuantLinear
 from .quantizers import storage_bits
 
 #: Float module types that :func:`quantize_weights` replaces, and their quantized counterparts.
 FLOAT_TYPES: dict[type[nn.Module], type[nn.Module]] = {nn.Linear: QuantLinear, nn.Conv2d: QuantConv2d}
-
-
-def _patterns(patterns: Iterable[str] | str | None) -> list[str] | None:
-    if patterns is None:
-        return None
-    return [patterns] if isinstance(patterns, str) else list(patterns)
-
-
-def _matches(name: str, patterns: list[str] | None) -> bool:
-    return bool(patterns) and any(fnmatch.fnmatchcase(name, p) for p in patterns)  # type: ignore[union-attr]
 
 
 def weight_layer_names(model: nn.Module) -> list[str]:
@@ -39,34 +29,10 @@ Overrides = Mapping[str, "Mapping[str, Any] | WeightQuantConfig"]
 
 def _check_patterns(model: nn.Module, include: list[str] | None, exclude: list[str] | None,
                     overrides: Overrides | None = None) -> None:
-    """Every pattern must match a candidate layer, and every override key be a config field: a typo would otherwise
-    quantize the wrong layers (or the right ones the wrong way) silently."""
-    names = weight_layer_names(model)
-    checked = (("include", include or []), ("exclude", exclude or []), ("overrides", list(overrides or {})))
-    for kind, patterns in checked:
-        for pattern in patterns:
-            if not any(fnmatch.fnmatchcase(n, pattern) for n in names):
-                raise ValueError(f"{kind} pattern {pattern!r} matches no Linear/Conv2d layer; the candidates are: "
-                                 f"{', '.join(names) or 'none'}")
-    for pattern, change in (overrides or {}).items():
-        if isinstance(change, WeightQuantConfig):
-            continue
-        if not isinstance(change, Mapping):
-            raise TypeError(f"overrides[{pattern!r}] must be a WeightQuantConfig or a mapping of its fields, got "
-                            f"{type(change).__name__}")
-        try:
-            WeightQuantConfig.check_fields(change)
-        except ValueError as err:
-            raise ValueError(f"overrides[{pattern!r}]: {err}") from None
-
-
-def _layer_config(name: str, base: WeightQuantConfig, overrides: Overrides | None) -> WeightQuantConfig:
-    """``base`` with every matching override applied in order (later patterns win)."""
-    config = base
-    for pattern, change in (overrides or {}).items():
-        if fnmatch.fnmatchcase(name, pattern):
-            config = change if isinstance(change, WeightQuantConfig) else config.replace(**dict(change))
-    return config
+    """Every pattern must match a candidate layer, every override be a WeightQuantConfig or its fields."""
+    check_patterns(weight_layer_names(model), (("include", include), ("exclude", exclude),
+                                               ("overrides", list(overrides or {}))), "Linear/Conv2d layer")
+    check_overrides(overrides, WeightQuantConfig)
 
 
 def quantize_weights(model: nn.Module, config: WeightQuantConfig | None = None, *,
@@ -86,16 +52,16 @@ def quantize_weights(model: nn.Module, config: WeightQuantConfig | None = None, 
     State dict keys are kept (plus ``weight_scale`` per layer with a learned scale, which loads leniently).
     """
     base = WeightQuantConfig.merged(config, **fields)
-    include, exclude = _patterns(include), _patterns(exclude)
+    include, exclude = as_list(include), as_list(exclude)
     _check_patterns(model, include, exclude, overrides)
     target = model if inplace else copy.deepcopy(model)
     swaps = []
     for name, module in target.named_modules():
         if not name or type(module) not in FLOAT_TYPES:
             continue
-        if (include is not None and not _matches(name, include)) or _matches(name, exclude):
+        if (include is not None and not matches(name, include)) or matches(name, exclude):
             continue
-        config = _layer_config(name, base, overrides)
+        config = apply_overrides(name, base, overrides)
         swaps.append((name, FLOAT_TYPES[type(module)].from_float(module, config)))  # type: ignore[attr-defined]
     for name, replacement in swaps:
         parent_name, _, child = name.rpartition(".")
