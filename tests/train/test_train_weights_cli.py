@@ -88,12 +88,30 @@ def test_resume_compares_the_weight_flags(tmp_path, capsys):
     assert read_json(out / SUMMARY)["epochs_done"] == 2
 
 
-@pytest.mark.parametrize("experiment", ["table1", "instability"])
-def test_reproduce_refuses_weight_quantization_before_running(experiment, tmp_path, capsys):
-    # the flags come through add_train_arguments; the paper's folders (float/, 2bit-relu/) name no weights
+def test_reproduce_instability_refuses_weight_quantization_before_running(tmp_path, capsys):
+    # its minima are the activation-only folders of Table 1 (seed0/4bit-relu, ...)
     out = tmp_path / "t"
-    assert main(["reproduce", experiment, "--synthetic", "64", "--weight-bits", "2", "--out", str(out)]) == 2
+    assert main(["reproduce", "instability", "--synthetic", "64", "--weight-bits", "2", "--out", str(out)]) == 2
     err = capsys.readouterr().err
-    assert err.startswith(f"stelab reproduce: error: --weight-bits: {experiment} reproduces Yin et al.'s "
-                          "activation-only experiment") and "stelab train --weight-bits B --init" in err
+    assert err.startswith("stelab reproduce: error: --weight-bits: the instability experiment continues") and \
+        "stelab train --weight-bits B --init" in err
     assert not out.exists()
+
+
+def test_reproduce_table1_with_weight_bits_names_its_cells_and_keeps_a_float_start(tmp_path):
+    """A W2A2 sweep: the float run is the float network (its weights too), the cells are named w2a<bits>-<ste>,
+    train from it with quantized weights, and the table says W2A2 and shows no paper numbers (the paper quantizes
+    activations only)."""
+    out = tmp_path / "t"
+    assert main(["reproduce", "table1", "--dataset", "mnist", "--bits", "2", "--stes", "clipped_relu",
+                 "--epochs-scale", "0.02", "--synthetic", "64", "--weight-bits", "2", "--optimizer", "bcgd",
+                 "--out", str(out), "--no-progress"]) == 0
+    seed = out / "lenet5" / "seed0"
+    assert sorted(p.name for p in seed.iterdir()) == ["float", "w2a2-clipped_relu-bcgd"]
+    float_config = read_json(seed / "float" / "config.json")
+    assert float_config["weights"] is None and float_config["quant"] is None and float_config["optimizer"] == "sgd"
+    cell = read_json(seed / "w2a2-clipped_relu-bcgd" / "config.json")
+    assert cell["weights"]["bits"] == 2 and cell["optimizer"] == "bcgd" and cell["init"].endswith("float")
+    results = read_json(out / "results.json")
+    assert results["weights"] == "w2" and all(c["paper_test_acc"] is None for c in results["cells"])
+    assert "| lenet5 | W2A2 | clipped_relu | - |" in (out / "report.md").read_text()

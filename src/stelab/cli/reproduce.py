@@ -68,10 +68,10 @@ def _base_train(args: argparse.Namespace, model: str):
     shared = argparse.Namespace(**{k: v for k, v in vars(args).items() if k not in QUANT_FLAGS}, float_model=True)
     base = config_from_args(shared, model=model, dataset=args.dataset, init=None, epochs=None, out=None, seed=0,
                             diagnose_every=0, save_best=False)
-    if base.weights is not None:  # the float run would get quantized weights, and the cells' folders name none
-        raise ValueError(f"--weight-bits: {args.experiment} reproduces Yin et al.'s activation-only experiment (its "
-                         "run folders, e.g. seed0/2bit-relu, name no weight quantization); train weight-quantized "
-                         "runs with stelab train --weight-bits B --init <float run>")
+    if base.weights is not None and args.experiment == "instability":
+        raise ValueError("--weight-bits: the instability experiment continues the activation-only minima of Table 1 "
+                         "(folders such as seed0/4bit-relu); train weight-quantized runs with stelab train "
+                         "--weight-bits B --init <run>, or stelab reproduce table1 --weight-bits B")
     return base
 
 

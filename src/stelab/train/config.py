@@ -225,15 +225,18 @@ class TrainConfig(JsonConfig):
     def resolved_augment(self) -> bool:
         return self.augment if self.augment is not None else self.dataset == "cifar10"
 
-    def run_name(self) -> str:
-        """``<model>-<dataset>-<kind>-seed<s>``; kind ``float`` or ``<bits>bit-<ste>`` for activation-only runs (the
-        names runs/ and results/ already use), ``w<W>a<A>-<ste>`` with quantized weights (``w1`` binary, ``w2t``
-        ternary, ``w<b>`` uniform; ``a32`` for float activations), then ``-<optimizer>`` unless sgd."""
+    def run_kind(self) -> str:
+        """What is quantized and how: ``float`` or ``<bits>bit-<ste>`` for activation-only runs (the names runs/ and
+        results/ already use), ``w<W>a<A>-<ste>`` with quantized weights (``w1`` binary, ``w2t`` ternary, ``w<b>``
+        uniform; ``a32`` for float activations), then ``-<optimizer>`` unless sgd. Table 1 names its cells so."""
         if self.weights is None:
-            kind = "float" if self.quant is None else f"{self.quant.bits}bit-{self.quant.ste}"
-        else:
-            w = self.weights
-            tag = {"binary": "w1", "ternary": "w2t"}.get(w.quantizer, f"w{w.effective_bits}")
-            kind = f"{tag}a32" if self.quant is None else f"{tag}a{self.quant.bits}-{self.quant.ste}"
-            kind += "" if self.optimizer == "sgd" else f"-{self.optimizer}"
+            return "float" if self.quant is None else f"{self.quant.bits}bit-{self.quant.ste}"
+        w = self.weights
+        tag = {"binary": "w1", "ternary": "w2t"}.get(w.quantizer, f"w{w.effective_bits}")
+        kind = f"{tag}a32" if self.quant is None else f"{tag}a{self.quant.bits}-{self.quant.ste}"
+        return kind + ("" if self.optimizer == "sgd" else f"-{self.optimizer}")
+
+    def run_name(self) -> str:
+        """``<model>-<dataset>-<kind>-seed<s>`` (:meth:`run_kind`)."""
+        kind = self.run_kind()
         return f"{self.model}-{self.dataset}-{kind}-seed{self.seed}"

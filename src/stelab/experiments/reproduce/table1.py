@@ -38,8 +38,10 @@ def float_dir(root: Path, model: str, seed: int) -> Path:
     return root / model / f"seed{seed}" / "float"
 
 
-def cell_dir(root: Path, model: str, seed: int, bits: int, ste: str) -> Path:
-    return root / model / f"seed{seed}" / f"{bits}bit-{ste}"
+def cell_dir(root: Path, model: str, seed: int, bits: int, ste: str, kind: str | None = None) -> Path:
+    """A cell's folder: ``<bits>bit-<ste>`` for activation-only cells, else ``kind`` (``TrainConfig.run_kind``,
+    e.g. ``w2a2-clipped_relu``)."""
+    return root / model / f"seed{seed}" / (kind or f"{bits}bit-{ste}")
 
 
 def run_or_resume(config: TrainConfig, progress: bool = True) -> dict[str, Any]:
@@ -105,9 +107,17 @@ class Table1Config(JsonConfig):
         base = self.train.replace(model=model, seed=seed, epochs=epochs)
         float_run = float_dir(root, model, seed)
         cells = [base.replace(quant=QuantConfig(bits=b, ste=ste), init=str(float_run),
-                              out=str(cell_dir(root, model, seed, b, ste)), epochs=self.cell_epochs or epochs)
-                 for b in self.bits for ste in self.stes]
-        return base.replace(quant=None, out=str(float_run)), cells
+                              epochs=self.cell_epochs or epochs) for b in self.bits for ste in self.stes]
+        cells = [c.replace(out=str(cell_dir(root, model, seed, 0, "", c.run_kind()))) for c in cells]
+        # the float run is the float network (weights too), the start of every cell, with or without --weight-bits
+        return base.replace(quant=None, weights=None, optimizer="sgd", out=str(float_run)), cells
+
+    @property
+    def weights_tag(self) -> str:
+        """``""`` for the paper's activation-only table, else the weight part of the cells' names (``w2``)."""
+        if self.train.weights is None:
+            return ""
+        return self.train.replace(quant=None).run_kind().split("-")[0].removesuffix("a32")
 
 
 def run_table1(config: Table1Config, root: str | Path, progress: bool = True) -> dict[str, Any]:
@@ -127,43 +137,41 @@ def run_table1(config: Table1Config, root: str | Path, progress: bool = True) ->
 def write_table1(config: Table1Config, root: Path) -> dict[str, Any]:
     """``results.json``, ``report.md`` and the curve plots of every finished run under ``root``."""
     models, bits, stes = config.models, config.bits, config.stes
-    runs = collect_runs(root, models, bits, stes, config.epochs_scale, config.cell_epochs)
+    runs = collect_runs(root, config)
     seeds_present = sorted({r["seed"] for r in runs})
     results = {"dataset": config.dataset, "models": models, "bits": bits, "stes": stes, "seeds": len(seeds_present),
                "seed_list": seeds_present, "epochs_scale": config.epochs_scale, "cell_epochs": config.cell_epochs,
-               "config": config.to_dict(), "cells": aggregate(runs, models, bits, stes), "runs": runs}
+               "weights": config.weights_tag, "config": config.to_dict(),
+               "cells": aggregate(runs, models, bits, stes, paper=not config.weights_tag), "runs": runs}
     write_json(root / "results.json", results)
     write_text(root / "report.md", table1_markdown(results))
     for model in models:
-        plot_model_curves(root, model, bits, stes)
+        plot_model_curves(root, model, bits, stes, kinds=config)
     return results
 
 
-def collect_runs(root: Path, models: Sequence[str], bits: Sequence[int], stes: Sequence[str],
-                 epochs_scale: float, cell_epochs: int | None = None) -> list[dict]:
+def collect_runs(root: Path, config: Table1Config) -> list[dict]:
     """The summaries of every seed folder under ``root`` (this invocation's and earlier ones') trained for the
     same number of epochs; a cell whose float run diverged is listed as skipped. CIFAR-10 runs also get
     ``test_acc_first1000``: accuracy on the first 1,000 test images, the only ones identical to the official set."""
     runs: list[dict[str, Any]] = []
-    for model in models:
+    for model in config.models:
         seed_dirs = sorted((root / model).glob("seed*"), key=lambda p: int(p.name[4:]) if p.name[4:].isdigit() else -1)
         for seed_dir in seed_dirs:
             if not seed_dir.name[4:].isdigit():
                 continue
             seed = int(seed_dir.name[4:])
             float_summary = read_summary(float_dir(root, model, seed))
-            if float_summary is None or float_summary.get("epochs") != scaled_epochs(model, epochs_scale):
+            if float_summary is None or float_summary.get("epochs") != scaled_epochs(model, config.epochs_scale):
                 continue
             runs.append(_with_subset(float_summary, float_dir(root, model, seed)))
-            for b in bits:
-                for ste in stes:
-                    out = cell_dir(root, model, seed, b, ste)
-                    cell = read_summary(out)
-                    if cell is not None and cell.get("epochs") == (cell_epochs or float_summary["epochs"]):
-                        runs.append(_with_subset(cell, out))
-                    elif float_summary["status"] != "finished":
-                        runs.append({"status": "skipped (float diverged)", "model": model, "bits": b, "ste": ste,
-                                     "seed": seed, "dir": str(out)})
+            for cell in config.runs(root, model, seed)[1]:
+                out, summary = Path(cell.out), read_summary(Path(cell.out))
+                if summary is not None and summary.get("epochs") == cell.epochs:
+                    runs.append(_with_subset(summary, out))
+                elif float_summary["status"] != "finished":
+                    runs.append({"status": "skipped (float diverged)", "model": model, "bits": cell.quant.bits,
+                                 "ste": cell.quant.ste, "seed": seed, "dir": str(out)})
     return runs
 
 
@@ -209,9 +217,9 @@ def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
-def aggregate(runs: list[dict[str, Any]], models, bits, stes) -> list[dict[str, Any]]:
+def aggregate(runs: list[dict[str, Any]], models, bits, stes, paper: bool = True) -> list[dict[str, Any]]:
     """One entry per (model, bits, ste) plus the float rows: mean/std of the final training loss and test accuracy
-    over the finite runs."""
+    over the finite runs; ``paper=False`` (weights quantized too) leaves the paper's activation-only numbers out."""
     cells = []
     keys = [(m, None, "float") for m in models] + [(m, b, s) for m in models for b in bits for s in stes]
     for model, b, ste in keys:
@@ -221,13 +229,14 @@ def aggregate(runs: list[dict[str, Any]], models, bits, stes) -> list[dict[str, 
         acc_mean, acc_std = _mean_std([100 * r["test_acc"] for r in finite])
         first = [100 * r["test_acc_first1000"] for r in finite if r.get("test_acc_first1000") is not None]
         first_mean, first_std = _mean_std(first)
-        paper = paper_cell(model, b, ste) if b is not None else None
+        published = paper_cell(model, b, ste) if b is not None and paper else None
         cells.append({"model": model, "bits": b, "ste": ste, "n": len(finite), "runs": len(mine),
                       "diverged": sum(r.get("status") == "diverged" for r in mine),
                       "train_loss_mean": loss_mean, "train_loss_std": loss_std,
                       "test_acc_mean": acc_mean, "test_acc_std": acc_std,
                       "test_acc_first1000_mean": first_mean, "test_acc_first1000_std": first_std,
-                      "paper_train_loss": paper[0] if paper else None, "paper_test_acc": paper[1] if paper else None})
+                      "paper_train_loss": published[0] if published else None,
+                      "paper_test_acc": published[1] if published else None})
     return cells
 
 
@@ -245,7 +254,12 @@ def table1_markdown(results: dict[str, Any]) -> str:
     for c in results["cells"]:
         paper = "-" if c["paper_train_loss"] is None else f"{c['paper_train_loss']:.2e} / {c['paper_test_acc']:.2f}"
         note = f"{c['diverged']} diverged" if c["diverged"] else ""
-        rows.append([c["model"], c["bits"] if c["bits"] is not None else "float", c["ste"], paper,
+        bits = c["bits"]
+        if bits is None:
+            bits = "float"
+        elif results.get("weights"):  # a weight-quantized sweep: W2A2, W2TA4 (ternary), ...
+            bits = f"{results['weights'].upper()}A{bits}"
+        rows.append([c["model"], bits, c["ste"], paper,
                      _pm(c["train_loss_mean"], c["train_loss_std"], ".2e"),
                      _pm(c["test_acc_mean"], c["test_acc_std"], ".2f"),
                      *([_pm(c.get("test_acc_first1000_mean"), c.get("test_acc_first1000_std"), ".2f")]
@@ -262,8 +276,10 @@ def table1_markdown(results: dict[str, Any]) -> str:
             + "\n\n" + markdown_table(headers, rows))
 
 
-def plot_model_curves(root: Path, model: str, bits: Sequence[int], stes: Sequence[str], seed: int = 0) -> Path | None:
-    """Per bit width: training loss and test accuracy per epoch of every STE (seed ``seed``) and the float run."""
+def plot_model_curves(root: Path, model: str, bits: Sequence[int], stes: Sequence[str], seed: int = 0,
+                      kinds: Table1Config | None = None) -> Path | None:
+    """Per bit width: training loss and test accuracy per epoch of every STE (seed ``seed``) and the float run;
+    ``kinds`` names the cells' folders (weight-quantized sweeps), default the activation-only names."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -272,7 +288,9 @@ def plot_model_curves(root: Path, model: str, bits: Sequence[int], stes: Sequenc
     fig, axes = plt.subplots(len(bits), 2, figsize=(10, 3.6 * len(bits)), squeeze=False, layout="constrained")
     drawn = False
     for row, b in zip(axes, bits):
-        series = [("float", float_dir(root, model, seed))] + [(s, cell_dir(root, model, seed, b, s)) for s in stes]
+        cells = {(c.quant.bits, c.quant.ste): Path(c.out) for c in kinds.runs(root, model, seed)[1]} if kinds else {}
+        series = [("float", float_dir(root, model, seed))] + [
+            (s, cells.get((b, s), cell_dir(root, model, seed, b, s))) for s in stes]
         for label, run in series:
             records = epoch_records(run)
             if not records:
