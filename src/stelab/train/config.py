@@ -231,10 +231,17 @@ class TrainConfig(JsonConfig):
         uniform; ``a32`` for float activations), then ``-<optimizer>`` unless sgd. Table 1 names its cells so."""
         if self.weights is None:
             return "float" if self.quant is None else f"{self.quant.bits}bit-{self.quant.ste}"
-        w = self.weights
-        tag = {"binary": "w1", "ternary": "w2t"}.get(w.quantizer, f"w{w.effective_bits}")
+        tag = self.weight_tag()
         kind = f"{tag}a32" if self.quant is None else f"{tag}a{self.quant.bits}-{self.quant.ste}"
         return kind + ("" if self.optimizer == "sgd" else f"-{self.optimizer}")
+
+    def weight_tag(self) -> str:
+        """The weight part of :meth:`run_kind`: ``""`` for float weights, ``w1`` binary, ``w2t`` ternary, ``w<b>``
+        uniform."""
+        w = self.weights
+        if w is None:
+            return ""
+        return {"binary": "w1", "ternary": "w2t"}.get(w.quantizer, f"w{w.effective_bits}")
 
     def run_name(self) -> str:
         """``<model>-<dataset>-<kind>-seed<s>`` (:meth:`run_kind`)."""

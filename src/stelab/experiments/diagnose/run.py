@@ -60,7 +60,7 @@ def load_model(config: DiagnoseConfig):
     from ... import models
     from ...config import QuantConfig
     from ...train import load_weights, read_config
-    from ...train.quant_weights import quantize_run_weights
+    from ...train.runs import build_model
 
     if config.run_dir:
         run = read_config(config.run_dir)
@@ -76,10 +76,9 @@ def load_model(config: DiagnoseConfig):
     bits = run_bits if run_bits is not None else (config.bits or 2)
     if run_bits is not None and config.bits not in (None, run_bits):
         raise ValueError(f"the run is quantized at {run_bits} bits; --bits {config.bits} does not apply")
-    model = models.build(name, quant=run_quant or QuantConfig(bits=bits, ste=ste))
-    if config.run_dir:
-        # a weight-quantized run is diagnosed with its quantized weights (learned steps load with the checkpoint)
-        model = quantize_run_weights(model, run)
+    quant = run_quant or QuantConfig(bits=bits, ste=ste)
+    # a run folder's model as the run built it (quantized weights too); learned steps load with the checkpoint
+    model = build_model(run.replace(quant=quant)) if config.run_dir else models.build(name, quant=quant)
     # a float checkpoint loads into the quantized twin (same keys): "trained float, then quantized"
     load_weights(model, source, config.checkpoint if config.run_dir else "last")
     meta = {"model": name, "checkpoint": str(source if not config.run_dir else f"{source} ({config.checkpoint})"),

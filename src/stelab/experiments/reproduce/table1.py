@@ -38,10 +38,9 @@ def float_dir(root: Path, model: str, seed: int) -> Path:
     return root / model / f"seed{seed}" / "float"
 
 
-def cell_dir(root: Path, model: str, seed: int, bits: int, ste: str, kind: str | None = None) -> Path:
-    """A cell's folder: ``<bits>bit-<ste>`` for activation-only cells, else ``kind`` (``TrainConfig.run_kind``,
-    e.g. ``w2a2-clipped_relu``)."""
-    return root / model / f"seed{seed}" / (kind or f"{bits}bit-{ste}")
+def cell_dir(root: Path, model: str, seed: int, bits: int, ste: str) -> Path:
+    """An activation-only cell's folder, ``<bits>bit-<ste>`` (its ``TrainConfig.run_kind``)."""
+    return root / model / f"seed{seed}" / f"{bits}bit-{ste}"
 
 
 def run_or_resume(config: TrainConfig, progress: bool = True) -> dict[str, Any]:
@@ -106,18 +105,20 @@ class Table1Config(JsonConfig):
         epochs = scaled_epochs(model, self.epochs_scale)
         base = self.train.replace(model=model, seed=seed, epochs=epochs)
         float_run = float_dir(root, model, seed)
-        cells = [base.replace(quant=QuantConfig(bits=b, ste=ste), init=str(float_run),
-                              epochs=self.cell_epochs or epochs) for b in self.bits for ste in self.stes]
-        cells = [c.replace(out=str(cell_dir(root, model, seed, 0, "", c.run_kind()))) for c in cells]
+        cells = []
+        for b in self.bits:
+            for ste in self.stes:
+                cell = base.replace(quant=QuantConfig(bits=b, ste=ste), init=str(float_run),
+                                    epochs=self.cell_epochs or epochs)
+                # named by what it quantizes: 2bit-relu (the paper's cells), w2a2-relu with --weight-bits
+                cells.append(cell.replace(out=str(float_run.parent / cell.run_kind())))
         # the float run is the float network (weights too), the start of every cell, with or without --weight-bits
         return base.replace(quant=None, weights=None, optimizer="sgd", out=str(float_run)), cells
 
     @property
     def weights_tag(self) -> str:
         """``""`` for the paper's activation-only table, else the weight part of the cells' names (``w2``)."""
-        if self.train.weights is None:
-            return ""
-        return self.train.replace(quant=None).run_kind().split("-")[0].removesuffix("a32")
+        return self.train.weight_tag()
 
 
 def run_table1(config: Table1Config, root: str | Path, progress: bool = True) -> dict[str, Any]:
