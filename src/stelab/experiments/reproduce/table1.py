@@ -26,6 +26,7 @@ from ...errors import check_choice
 from ...io import markdown_table, save_figure, write_json, write_text
 from ...models import PAPER_EPOCHS
 from ...train import TrainConfig, epoch_records, is_done, read_summary, train
+from .ordering import ordering_markdown, ste_ordering
 from .paper import MODELS_BY_DATASET, STES, paper_cell
 from .parallel import run_all
 
@@ -143,7 +144,8 @@ def write_table1(config: Table1Config, root: Path) -> dict[str, Any]:
     results = {"dataset": config.dataset, "models": models, "bits": bits, "stes": stes, "seeds": len(seeds_present),
                "seed_list": seeds_present, "epochs_scale": config.epochs_scale, "cell_epochs": config.cell_epochs,
                "weights": config.weights_tag, "config": config.to_dict(),
-               "cells": aggregate(runs, models, bits, stes, paper=not config.weights_tag), "runs": runs}
+               "cells": aggregate(runs, models, bits, stes, paper=not config.weights_tag),
+               "ordering": ste_ordering(runs, models, bits, stes, paper=not config.weights_tag), "runs": runs}
     write_json(root / "results.json", results)
     write_text(root / "report.md", table1_markdown(results))
     for model in models:
@@ -266,6 +268,7 @@ def table1_markdown(results: dict[str, Any]) -> str:
                      *([_pm(c.get("test_acc_first1000_mean"), c.get("test_acc_first1000_std"), ".2f")]
                        if subset else []), f"{c['n']}/{c['runs']}", note])
     scale = results["epochs_scale"]
+    ordering = ordering_markdown(results.get("ordering", []))  # only with two seeds or more
     epochs = ", ".join(f"{m}: {scaled_epochs(m, scale)}" for m in results["models"])
     if results.get("cell_epochs"):
         epochs += f"; quantized cells: {results['cell_epochs']}"
@@ -274,7 +277,8 @@ def table1_markdown(results: dict[str, Any]) -> str:
             "epoch's mean training loss; accuracy: test accuracy after the last epoch; mean ± std over the finite "
             "runs." + (" CIFAR-10: 'acc' is on all 10,000 test images, 'first 1,000' on the images identical to the "
                        "official set (the rest of our copy went through JPEG)." if subset else "")
-            + "\n\n" + markdown_table(headers, rows))
+            + "\n\n" + markdown_table(headers, rows)
+            + (f"\n{ordering}" if ordering else ""))
 
 
 def plot_model_curves(root: Path, model: str, bits: Sequence[int], stes: Sequence[str], seed: int = 0,
