@@ -72,8 +72,8 @@ class TrainConfig(JsonConfig):
 
     ``weights`` is how the Linear/Conv2d weights are quantized (a :class:`~stelab.weights.WeightQuantConfig`;
     ``None``, the default, keeps them float). The first conv and the last linear layer (first and last in module
-    order) keep float weights unless ``weight_first_last``: the common practice of PACT, LSQ and most W2A2
-    results, since those two layers hold few weights and are commonly reported to be the most sensitive to it.
+    order) keep float weights unless ``weight_first_last``: a common practice of published low-bit results (see
+    docs/weights.md), since those two layers hold few weights and are commonly reported to be the most sensitive.
     ``optimizer``: ``sgd``, or SGD wrapped by BCGD (``bcgd_rho``, default 1e-5: the value reported for the
     authors' demo) or BinaryRelax (``relax_lam`` :math:`\lambda_0 = 1`, the wrapper's default;
     ``relax_growth = 1e4``: :math:`\lambda` grows by this factor over the relaxed phase, so that at the switch
