@@ -71,7 +71,7 @@ def add_weight_arguments(p: argparse.ArgumentParser) -> None:
                         f"(default {w.granularity})")
     g.add_argument("--weight-scale-rule", default=None,
                    help=f"{' | '.join(SCALE_RULES)} (default: mean for binary/ternary, max for uniform; lsq learns "
-                        "the scale)")
+                        "the scale, and is the one to use for uniform at 2-3 bits: docs/weights.md)")
     g.add_argument("--weight-scale", type=float, default=None, help="the scale of --weight-scale-rule fixed, or "
                                                                       "lsq's initial step")
     g.add_argument("--weight-first-last", action="store_true",
