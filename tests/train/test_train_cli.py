@@ -114,3 +114,25 @@ def test_other_commands_check_the_pair_first(tmp_path, capsys):
     assert main(["diagnose", "--model", "lenet5", "--checkpoint", str(tmp_path / "w.pt"), "--dataset", "cifar10",
                  "--synthetic", "64", "--out", str(tmp_path / "d")]) == 2
     assert "model lenet5 is built for mnist" in capsys.readouterr().err
+
+
+def test_learned_activation_resolution_from_the_command_line(tmp_path, capsys):
+    """--learn-alpha/--alpha-rule reach TrainConfig.quant, name the run, train the resolution, and --resume checks
+    them like the other quantization flags."""
+    import torch
+
+    from stelab.train import load_model_from_run, read_config
+
+    out = tmp_path / "learned"
+    assert main(["train", *TINY, "--bits", "2", "--learn-alpha", "--alpha-rule", "lsq", "--alpha", "0.5",
+                 "--out", str(out)]) == 0
+    quant = read_config(out).quant
+    assert (quant.learn_alpha, quant.alpha_rule, quant.alpha) == (True, "lsq", 0.5)
+    assert read_config(out).run_kind() == "2bit-clipped_relu-learned_lsq"
+    alphas = [p for name, p in load_model_from_run(out).named_parameters() if "alpha" in name]
+    assert alphas and any(not torch.allclose(a, torch.tensor(0.5)) for a in alphas)  # trained away from 0.5
+    capsys.readouterr()
+    assert main(["train", "--resume", "--out", str(out), "--alpha-rule", "pact"]) == 2
+    assert "--alpha-rule gives alpha_rule='pact'" in capsys.readouterr().err
+    assert main(["train", *TINY, "--bits", "2", "--alpha-rule", "nope", "--out", str(tmp_path / "bad")]) == 2
+    assert "valid choices: ae, lsq, mean, min, pact" in capsys.readouterr().err

@@ -10,6 +10,7 @@ import argparse
 from pathlib import Path
 
 from ..config import QuantConfig
+from ..ops import ALPHA_RULES
 from ..ste import PAPER_STES
 from ..train.config import DEVICES, OPTIMIZERS, PRECISIONS, SCHEDULES, TrainConfig
 from ..weights import WeightQuantConfig, quantizers
@@ -103,7 +104,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ste", default=q.ste,
                    help=f"STE name, e.g. {', '.join(PAPER_STES)} (default {q.ste}; see `stelab info`)")
     p.add_argument("--forward", default=q.forward, help=f"forward quantizer (default {q.forward})")
-    p.add_argument("--alpha", type=float, default=q.alpha, help="fixed resolution (default: Lloyd's for the bits)")
+    p.add_argument("--alpha", type=float, default=q.alpha,
+                   help="resolution (default: Lloyd's for the bits); with --learn-alpha its initial value")
+    p.add_argument("--learn-alpha", action="store_true",
+                   help="train the activations' resolution with the --alpha-rule gradient (one per activation)")
+    p.add_argument("--alpha-rule", default=q.alpha_rule,
+                   help=f"gradient of a learned resolution: {' | '.join(ALPHA_RULES)} (default {q.alpha_rule}; "
+                        "docs/quantizers.md)")
     p.add_argument("--float", dest="float_model", action="store_true",
                    help="float (ReLU) activations (with --weight-bits only the weights are quantized)")
     p.add_argument("--init", default=None, help="checkpoint file or run folder to start from (float model)")
@@ -152,7 +159,8 @@ def _fields_from_args(args: argparse.Namespace, **overrides) -> dict:
 
 
 def _quant_from_args(args: argparse.Namespace) -> QuantConfig | None:
-    """``--float``: None; otherwise the QuantConfig of --bits --ste --forward --alpha (absent flags: its defaults)."""
+    """``--float``: None; otherwise the QuantConfig of --bits --ste --forward --alpha --learn-alpha --alpha-rule
+    (absent flags: its defaults)."""
     if getattr(args, "float_model", False):
         return None
     return QuantConfig.merged(**{f: getattr(args, f) for f in QUANT_FLAGS if hasattr(args, f)})
@@ -240,7 +248,7 @@ def hook_specs(config: TrainConfig) -> list:
 
 
 # Flags that set a field of TrainConfig.quant (a QuantConfig), and --float, which makes it None.
-QUANT_FLAGS = ("bits", "ste", "forward", "alpha")
+QUANT_FLAGS = ("bits", "ste", "forward", "alpha", "learn_alpha", "alpha_rule")
 _QUANT_FIELD_OF = {**{f: f for f in QUANT_FLAGS}, "float_model": "bits"}
 
 

@@ -228,11 +228,14 @@ class TrainConfig(JsonConfig):
     def run_kind(self) -> str:
         """What is quantized and how: ``float`` or ``<bits>bit-<ste>`` for activation-only runs (the names runs/ and
         results/ already use), ``w<W>a<A>-<ste>`` with quantized weights (``w1`` binary, ``w2t`` ternary, ``w<b>``
-        uniform; ``a32`` for float activations), then ``-<optimizer>`` unless sgd. Table 1 names its cells so."""
+        uniform; ``a32`` for float activations), then ``-learned_<alpha rule>`` for a learned activation resolution
+        and ``-<optimizer>`` unless sgd. Table 1 names its cells so."""
+        q = self.quant
+        learned = f"-learned_{q.alpha_rule}" if q is not None and q.learn_alpha else ""
         if self.weights is None:
-            return "float" if self.quant is None else f"{self.quant.bits}bit-{self.quant.ste}"
+            return "float" if q is None else f"{q.bits}bit-{q.ste}{learned}"
         tag = self.weight_tag()
-        kind = f"{tag}a32" if self.quant is None else f"{tag}a{self.quant.bits}-{self.quant.ste}"
+        kind = f"{tag}a32" if q is None else f"{tag}a{q.bits}-{q.ste}{learned}"
         return kind + ("" if self.optimizer == "sgd" else f"-{self.optimizer}")
 
     def weight_tag(self) -> str:

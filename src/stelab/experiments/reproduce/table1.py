@@ -305,8 +305,9 @@ def plot_model_curves(root: Path, model: str, bits: Sequence[int], stes: Sequenc
             style = ":" if label == "float" else "-"
             row[0].plot(ep, [r["train_loss"] for r in records], style, label=label)
             row[1].plot(ep, [100 * r["test_acc"] for r in records], style, label=label)
-        row[0].set(title=f"{model} {b}-bit: training loss", xlabel="epoch", yscale="log")
-        row[1].set(title=f"{model} {b}-bit: test accuracy (%)", xlabel="epoch")
+        what = f"{kinds.weights_tag.upper()}A{b}" if kinds and kinds.weights_tag else f"{b}-bit"  # W2A2, ...
+        row[0].set(title=f"{model} {what}: training loss", xlabel="epoch", yscale="log")
+        row[1].set(title=f"{model} {what}: test accuracy (%)", xlabel="epoch")
         for ax in row:
             ax.grid(alpha=0.3)
             ax.legend()
