@@ -132,7 +132,12 @@ def test_learned_activation_resolution_from_the_command_line(tmp_path, capsys):
     alphas = [p for name, p in load_model_from_run(out).named_parameters() if "alpha" in name]
     assert alphas and any(not torch.allclose(a, torch.tensor(0.5)) for a in alphas)  # trained away from 0.5
     capsys.readouterr()
-    assert main(["train", "--resume", "--out", str(out), "--alpha-rule", "pact"]) == 2
+    assert main(["train", "--resume", "--out", str(out), "--learn-alpha", "--alpha-rule", "pact"]) == 2
     assert "--alpha-rule gives alpha_rule='pact'" in capsys.readouterr().err
-    assert main(["train", *TINY, "--bits", "2", "--alpha-rule", "nope", "--out", str(tmp_path / "bad")]) == 2
+    assert main(["train", *TINY, "--bits", "2", "--learn-alpha", "--alpha-rule", "nope",
+                 "--out", str(tmp_path / "bad")]) == 2
     assert "valid choices: ae, lsq, mean, min, pact" in capsys.readouterr().err
+    # a rule without a learned resolution would be ignored: an error, not silence
+    assert main(["train", *TINY, "--bits", "2", "--alpha-rule", "pact", "--out", str(tmp_path / "fixed")]) == 2
+    assert "give --learn-alpha too" in capsys.readouterr().err
+    assert not (tmp_path / "fixed").exists()

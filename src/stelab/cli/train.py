@@ -108,9 +108,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="resolution (default: Lloyd's for the bits); with --learn-alpha its initial value")
     p.add_argument("--learn-alpha", action="store_true",
                    help="train the activations' resolution with the --alpha-rule gradient (one per activation)")
-    p.add_argument("--alpha-rule", default=q.alpha_rule,
+    p.add_argument("--alpha-rule", default=None,  # None: not given (an error without --learn-alpha)
                    help=f"gradient of a learned resolution: {' | '.join(ALPHA_RULES)} (default {q.alpha_rule}; "
-                        "docs/quantizers.md)")
+                        "with --learn-alpha only; docs/quantizers.md)")
     p.add_argument("--float", dest="float_model", action="store_true",
                    help="float (ReLU) activations (with --weight-bits only the weights are quantized)")
     p.add_argument("--init", default=None, help="checkpoint file or run folder to start from (float model)")
@@ -163,7 +163,13 @@ def _quant_from_args(args: argparse.Namespace) -> QuantConfig | None:
     (absent flags: its defaults)."""
     if getattr(args, "float_model", False):
         return None
-    return QuantConfig.merged(**{f: getattr(args, f) for f in QUANT_FLAGS if hasattr(args, f)})
+    fields = {f: getattr(args, f) for f in QUANT_FLAGS if hasattr(args, f)}
+    if fields.get("alpha_rule") is None:
+        fields.pop("alpha_rule", None)  # not given: QuantConfig's default
+    elif not fields.get("learn_alpha"):
+        raise ValueError("--alpha-rule sets the gradient of a learned resolution, but the resolution is fixed; give "
+                         "--learn-alpha too, or drop --alpha-rule")
+    return QuantConfig.merged(**fields)
 
 
 # --weight-* flags -> WeightQuantConfig fields

@@ -59,8 +59,8 @@ def ste_ordering(runs: list[dict[str, Any]], models, bits, stes, paper: bool = T
                 seeds = sorted(s for (ste, s) in acc if ste == first and (second, s) in acc)
                 entry = {"model": model, "bits": b, "a": first, "b": second, "seeds": seeds,
                          **paired_difference([acc[second, s] - acc[first, s] for s in seeds])}
-                published = [paper_cell(model, b, s) for s in (first, second)] if paper else [None]
-                entry["paper_diff"] = (published[1][1] - published[0][1]) if all(published) else None
+                pa, pb = (paper_cell(model, b, s) if paper else None for s in (first, second))
+                entry["paper_diff"] = pb[1] - pa[1] if pa and pb else None
                 out.append(entry)
     return out
 

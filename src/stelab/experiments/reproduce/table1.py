@@ -249,6 +249,11 @@ def _pm(mean: float | None, std: float | None, fmt: str) -> str:
     return f"{mean:{fmt}} ± {std:{fmt}}" if std else f"{mean:{fmt}}"
 
 
+def weights_label(weights_tag: str, bits: int) -> str:
+    """The bit widths of a weight-quantized cell as its row and plot show them: ``W2A2``, ``W2TA4`` (ternary), ..."""
+    return f"{weights_tag.upper()}A{bits}"
+
+
 def table1_markdown(results: dict[str, Any]) -> str:
     subset = any(c.get("test_acc_first1000_mean") is not None for c in results["cells"])
     headers = ["model", "bits", "STE", "paper loss / acc (%)", "ours loss", "ours acc (%)",
@@ -260,8 +265,8 @@ def table1_markdown(results: dict[str, Any]) -> str:
         bits = c["bits"]
         if bits is None:
             bits = "float"
-        elif results.get("weights"):  # a weight-quantized sweep: W2A2, W2TA4 (ternary), ...
-            bits = f"{results['weights'].upper()}A{bits}"
+        elif results.get("weights"):  # a weight-quantized sweep
+            bits = weights_label(results["weights"], bits)
         rows.append([c["model"], bits, c["ste"], paper,
                      _pm(c["train_loss_mean"], c["train_loss_std"], ".2e"),
                      _pm(c["test_acc_mean"], c["test_acc_std"], ".2f"),
@@ -292,8 +297,8 @@ def plot_model_curves(root: Path, model: str, bits: Sequence[int], stes: Sequenc
 
     fig, axes = plt.subplots(len(bits), 2, figsize=(10, 3.6 * len(bits)), squeeze=False, layout="constrained")
     drawn = False
+    cells = {(c.quant.bits, c.quant.ste): Path(c.out) for c in kinds.runs(root, model, seed)[1]} if kinds else {}
     for row, b in zip(axes, bits):
-        cells = {(c.quant.bits, c.quant.ste): Path(c.out) for c in kinds.runs(root, model, seed)[1]} if kinds else {}
         series = [("float", float_dir(root, model, seed))] + [
             (s, cells.get((b, s), cell_dir(root, model, seed, b, s))) for s in stes]
         for label, run in series:
@@ -305,7 +310,7 @@ def plot_model_curves(root: Path, model: str, bits: Sequence[int], stes: Sequenc
             style = ":" if label == "float" else "-"
             row[0].plot(ep, [r["train_loss"] for r in records], style, label=label)
             row[1].plot(ep, [100 * r["test_acc"] for r in records], style, label=label)
-        what = f"{kinds.weights_tag.upper()}A{b}" if kinds and kinds.weights_tag else f"{b}-bit"  # W2A2, ...
+        what = weights_label(kinds.weights_tag, b) if kinds and kinds.weights_tag else f"{b}-bit"
         row[0].set(title=f"{model} {what}: training loss", xlabel="epoch", yscale="log")
         row[1].set(title=f"{model} {what}: test accuracy (%)", xlabel="epoch")
         for ax in row:
