@@ -10,7 +10,7 @@ import pytest
 
 from stelab.cli import main
 from stelab.cli.reproduce import parse_pair
-from stelab.experiments.reproduce import TABLE1, aggregate, table1_markdown
+from stelab.experiments.reproduce import TABLE1, aggregate, instability_markdown, table1_markdown
 from stelab.io import read_json
 
 
@@ -91,6 +91,30 @@ def test_instability_then_continues_with_the_normal_schedule(tmp_path):
     assert then["quant"]["ste"] == "identity" and then["epochs"] == 2 and then["lr"] != 1e-5
     assert then["init"].endswith("2bit-clipped_relu-to-identity")
     assert "then 2 ep." in (out / "report.md").read_text()
+
+
+def test_instability_reports_the_minima_own_length(tmp_path):
+    """Minima from a --table1-dir sweep keep their own number of epochs in the report, not this config's."""
+    table1 = tmp_path / "t1"
+    assert main(["reproduce", "table1", "--bits", "2", "--stes", "clipped_relu", "--epochs-scale", "0.04",
+                 "--cell-epochs", "1", "--synthetic", "256", "--out", str(table1), "--no-progress"]) == 0
+    out = tmp_path / "inst"
+    assert main(["reproduce", "instability", "--pairs", "2:clipped_relu->identity", "--table1-dir", str(table1),
+                 "--switch-epochs", "1", "--no-control", "--synthetic", "256", "--out", str(out),
+                 "--no-progress"]) == 0
+    results = read_json(out / "results.json")
+    assert results["source_epochs"] == 1 and results["pairs"][0]["source_epochs"] == 1
+    assert "(1 epoch)" in (out / "report.md").read_text()
+
+
+def test_instability_markdown_brackets_the_exact_test_images():
+    pair = {"bits": 4, "from": "relu", "to": "identity", "start_train_loss": 0.128, "start_test_acc": 0.8214,
+            "start_test_acc_first1000": 0.919, "to_train_loss": 2.845, "to_test_acc": 0.2549,
+            "to_test_acc_first1000": 0.241}
+    text = instability_markdown({"model": "resnet20", "dataset": "cifar10", "epochs": 3, "lr": 1e-5,
+                                 "source_epochs": 15, "then_epochs": 0, "pairs": [pair]})
+    assert "1.280e-01 / 82.14 (91.9)" in text and "2.845e+00 / 25.49 (24.1)" in text
+    assert "first 1,000 test images" in text and "| - |" in text  # no control run: a dash
 
 
 def test_parse_pair_and_cli_errors(capsys):

@@ -21,7 +21,7 @@ from typing import Any
 from ...config import JsonConfig, QuantConfig
 from ...io import markdown_table, save_figure, write_json, write_text
 from ...train import TrainConfig, epoch_records
-from .table1 import cell_dir, float_dir, run_or_resume, scaled_epochs
+from .table1 import cell_dir, float_dir, run_or_resume, scaled_epochs, with_subset_accuracy
 
 # The paper's three switches, named literally: each pair is one specific (good -> poorer) STE transition.
 DEFAULT_PAIRS = ((4, "relu", "identity"), (4, "clipped_relu", "identity"), (2, "clipped_relu", "relu"))
@@ -74,21 +74,33 @@ def run_instability(config: InstabilityConfig, root: str | Path, progress: bool 
     rows, series = [], []
     for bits, src, dst in config.pairs:
         source = cell_dir(source_root, config.model, config.seed, bits, src)
-        start = run_or_resume(base.replace(quant=QuantConfig(bits=bits, ste=src), init=str(float_run),
-                                           out=str(source)), progress)
+        start = with_subset_accuracy(run_or_resume(base.replace(quant=QuantConfig(bits=bits, ste=src),
+                                                                init=str(float_run), out=str(source)), progress), source)
         entry: dict[str, Any] = {"bits": bits, "from": src, "to": dst, "source": str(source),
-                                 "start_train_loss": start.get("train_loss"), "start_test_acc": start.get("test_acc")}
+                                 "source_epochs": start.get("epochs")}
+        _record(entry, "start", start)
         for role, ste in [("to", dst)] + ([("control", src)] if config.control else []):
             records = _continue(config, root, entry, role, bits, src, ste, source, progress)
             series.append((bits, src, ste, role, start, records))
         rows.append(entry)
+    # The minima's own length (a --table1-dir sweep may have fine-tuned for fewer epochs than this config's).
+    source_epochs = sorted({e["source_epochs"] for e in rows if e["source_epochs"] is not None})
     results = {"dataset": config.dataset, "model": config.model, "lr": config.switch_lr,
-               "epochs": config.switch_epochs, "seed": config.seed, "source_epochs": base.resolved_epochs(),
+               "epochs": config.switch_epochs, "seed": config.seed,
+               "source_epochs": source_epochs[0] if len(source_epochs) == 1 else source_epochs,
                "then_epochs": config.then_epochs, "config": config.to_dict(), "pairs": rows}
     write_json(root / "results.json", results)
     write_text(root / "report.md", instability_markdown(results))
-    plot_instability(root / "instability.png", series, config.model)
+    plot_instability(root / "instability.png", series, config.model, config.switch_epochs if config.then_epochs
+                     else None)
     return results
+
+
+def _record(entry: dict[str, Any], prefix: str, summary: dict[str, Any]) -> None:
+    """Copy a run's end figures into ``entry`` under ``prefix`` (the first-1,000 accuracy only where measured)."""
+    for key in ("status", "train_loss", "test_acc", "test_acc_first1000"):
+        if key in summary or key != "test_acc_first1000":
+            entry[f"{prefix}_{key}"] = summary.get(key)
 
 
 def _continue(config: InstabilityConfig, root: Path, entry: dict[str, Any], role: str, bits: int, src: str,
@@ -99,23 +111,24 @@ def _continue(config: InstabilityConfig, root: Path, entry: dict[str, Any], role
     out = root / f"{bits}bit-{src}-to-{ste}"
     cont = config.train.replace(quant=quant, init=str(source), out=str(out), lr=config.switch_lr,
                                 epochs=config.switch_epochs, lr_milestones=())
-    summary = run_or_resume(cont, progress)
-    for key in ("status", "train_loss", "test_acc"):
-        entry[f"{role}_{key}"] = summary.get(key)
+    _record(entry, role, with_subset_accuracy(run_or_resume(cont, progress), out))
     records = epoch_records(out)
-    if config.then_epochs and summary.get("status") == "finished":
+    if config.then_epochs and entry[f"{role}_status"] == "finished":
         # Phase 2: the normal quantized schedule (default rate and milestones) with the same STE.
         then_out = root / f"{bits}bit-{src}-to-{ste}-then"
         then = run_or_resume(config.train.replace(quant=quant, init=str(out), out=str(then_out),
                                                   epochs=config.then_epochs), progress)
-        for key in ("status", "train_loss", "test_acc"):
-            entry[f"{role}_then_{key}"] = then.get(key)
+        _record(entry, f"{role}_then", with_subset_accuracy(then, then_out))
         records += [{**r, "epoch": r["epoch"] + config.switch_epochs} for r in epoch_records(then_out)]
     return records
 
 
 def _f(v: Any, fmt: str) -> str:
     return "-" if v is None else f"{v:{fmt}}"
+
+
+def _epochs(n: Any) -> str:
+    return "1 epoch" if n == 1 else f"{n} epochs"
 
 
 def instability_markdown(results: dict[str, Any]) -> str:
@@ -127,24 +140,30 @@ def instability_markdown(results: dict[str, Any]) -> str:
     rows = []
     for e in results["pairs"]:
         def cell(prefix: str, e=e) -> str:
-            acc = e.get(f"{prefix}_test_acc")
-            return f"{_f(e.get(f'{prefix}_train_loss'), '.3e')} / {_f(None if acc is None else 100 * acc, '.2f')}"
+            if f"{prefix}_train_loss" not in e:
+                return "-"
+            acc, first = e.get(f"{prefix}_test_acc"), e.get(f"{prefix}_test_acc_first1000")
+            text = f"{_f(e[f'{prefix}_train_loss'], '.3e')} / {_f(None if acc is None else 100 * acc, '.2f')}"
+            return text + (f" ({100 * first:.1f})" if first is not None else "")
 
-        row = [e["bits"], f"{e['from']} -> {e['to']}", cell("start"), cell("to"),
-               cell("control") if "control_train_loss" in e else "-"]
+        row = [e["bits"], f"{e['from']} -> {e['to']}", cell("start"), cell("to"), cell("control")]
         if then:
-            row += [cell("to_then"), cell("control_then") if "control_then_train_loss" in e else "-"]
+            row += [cell("to_then"), cell("control_then")]
         rows.append(row)
     phase2 = (f" Then {then} epochs of the normal quantized schedule with the same STE ('then' columns)." if then
               else "")
+    first = (" In brackets: accuracy on the first 1,000 test images, the only ones identical to the official set "
+             "(the others went through JPEG)." if any("start_test_acc_first1000" in e for e in results["pairs"])
+             else "")
     return (f"# Instability of the STEs ({results['model']} on {results['dataset']})\n\n"
-            f"From the minimum of each 'from' STE ({results['source_epochs']} epochs), {results['epochs']} epochs "
+            f"From the minimum of each 'from' STE ({_epochs(results['source_epochs'])}), {_epochs(results['epochs'])} "
             f"with the 'to' STE at learning rate {results['lr']:g} (constant). Loss: mean training loss of the "
             "epoch; accuracy: test accuracy after it. The control continues with the 'from' STE at the same "
-            f"rate.{phase2}\n\n" + markdown_table(headers, rows))
+            f"rate.{phase2}{first}\n\n" + markdown_table(headers, rows))
 
 
-def plot_instability(path: Path, series, model: str) -> Path | None:
+def plot_instability(path: Path, series, model: str, switch_epochs: int | None = None) -> Path | None:
+    """Loss and accuracy from each minimum (epoch 0) on; ``switch_epochs`` marks where the normal schedule starts."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -152,7 +171,7 @@ def plot_instability(path: Path, series, model: str) -> Path | None:
 
     if not series:
         return None
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4.6))
     colors: dict[tuple[int, str], str] = {}
     for bits, src, ste, role, start, records in series:
         color = colors.setdefault((bits, src), f"C{len(colors)}")
@@ -162,10 +181,16 @@ def plot_instability(path: Path, series, model: str) -> Path | None:
         ax_loss.plot(ep, [start.get("train_loss")] + [r["train_loss"] for r in records], style, color=color,
                      label=label)
         ax_acc.plot(ep, [100 * start.get("test_acc", float("nan"))] + [100 * r["test_acc"] for r in records],
-                    style, color=color, label=label)
-    ax_loss.set(title=f"{model}: training loss", xlabel="epochs after the switch (0 = the minimum)", yscale="log")
-    ax_acc.set(title=f"{model}: test accuracy (%)", xlabel="epochs after the switch (0 = the minimum)")
+                    style, color=color)
+    xlabel = "epochs after the switch (0 = the minimum)"
+    ax_loss.set(title=f"{model}: training loss", xlabel=xlabel, yscale="log")
+    ax_acc.set(title=f"{model}: test accuracy (%)", xlabel=xlabel)
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
-    ax_loss.legend(fontsize=8)
+        if switch_epochs is not None:
+            ax.axvline(switch_epochs, color="0.4", lw=0.8, ls="--",
+                       label="then: the normal schedule, same STE" if ax is ax_loss else None)
+    # Below the panels: inside, the legend hid the curves it names.
+    fig.legend(loc="lower center", ncol=3, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.12, 1, 1))
     return save_figure(fig, path)

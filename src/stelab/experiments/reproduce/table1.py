@@ -167,11 +167,11 @@ def collect_runs(root: Path, config: Table1Config) -> list[dict]:
             float_summary = read_summary(float_dir(root, model, seed))
             if float_summary is None or float_summary.get("epochs") != scaled_epochs(model, config.epochs_scale):
                 continue
-            runs.append(_with_subset(float_summary, float_dir(root, model, seed)))
+            runs.append(with_subset_accuracy(float_summary, float_dir(root, model, seed)))
             for cell in config.runs(root, model, seed)[1]:
                 out, summary = Path(cell.out), read_summary(Path(cell.out))
                 if summary is not None and summary.get("epochs") == cell.epochs:
-                    runs.append(_with_subset(summary, out))
+                    runs.append(with_subset_accuracy(summary, out))
                 elif float_summary["status"] != "finished":
                     runs.append({"status": "skipped (float diverged)", "model": model, "bits": cell.quant.bits,
                                  "ste": cell.quant.ste, "seed": seed, "dir": str(out)})
@@ -181,7 +181,8 @@ def collect_runs(root: Path, config: Table1Config) -> list[dict]:
 EXACT_TEST_IMAGES = 1000  # CIFAR-10 test images past index 999 in ../shared/data went through JPEG (its README)
 
 
-def _with_subset(summary: dict[str, Any], run_dir: Path) -> dict[str, Any]:
+def with_subset_accuracy(summary: dict[str, Any], run_dir: Path) -> dict[str, Any]:
+    """``summary`` with the run folder and, for a finished CIFAR-10 run, ``test_acc_first1000``."""
     out = {**summary, "dir": str(run_dir)}
     if summary.get("dataset") == "cifar10" and summary.get("status") == "finished":
         out["test_acc_first1000"] = subset_accuracy(run_dir, EXACT_TEST_IMAGES)
@@ -198,6 +199,8 @@ def subset_accuracy(run_dir: Path, n: int) -> float | None:
 
     try:
         config = read_config(run_dir)
+        if config.synthetic:  # trained on generated images: the real test set says nothing about it
+            return None
         images, labels = data.load(config.dataset, config.data_dir, split="test")
         model = load_model_from_run(run_dir)
     except (FileNotFoundError, ValueError) as err:
