@@ -149,7 +149,7 @@ def write_table1(config: Table1Config, root: Path) -> dict[str, Any]:
     write_json(root / "results.json", results)
     write_text(root / "report.md", table1_markdown(results))
     for model in models:
-        plot_model_curves(root, model, bits, stes, kinds=config)
+        plot_model_curves(root, model, bits, stes, seed=config.first_seed, kinds=config)
     return results
 
 
@@ -314,8 +314,8 @@ def plot_model_curves(root: Path, model: str, bits: Sequence[int], stes: Sequenc
             row[0].plot(ep, [r["train_loss"] for r in records], style, label=label)
             row[1].plot(ep, [100 * r["test_acc"] for r in records], style, label=label)
         what = weights_label(kinds.weights_tag, b) if kinds and kinds.weights_tag else f"{b}-bit"
-        row[0].set(title=f"{model} {what}: training loss", xlabel="epoch", yscale="log")
-        row[1].set(title=f"{model} {what}: test accuracy (%)", xlabel="epoch")
+        row[0].set(title=f"{model} {what}, seed {seed}: training loss", xlabel="epoch", yscale="log")
+        row[1].set(title=f"{model} {what}, seed {seed}: test accuracy (%)", xlabel="epoch")
         for ax in row:
             ax.grid(alpha=0.3)
             ax.legend()
