@@ -56,7 +56,8 @@ def _variants(command: str) -> list[str]:
     words = command.split(" ")
     for i, word in enumerate(words):
         if "|" in word:
-            return sorted({v for alt in word.split("|") for v in _variants(" ".join(words[:i] + [alt] + words[i + 1:]))})
+            forms = (" ".join(words[:i] + [alt] + words[i + 1:]) for alt in word.split("|"))
+            return sorted({v for form in forms for v in _variants(form)})
     return [] if PLACEHOLDER.search(command) else [command]
 
 

@@ -74,8 +74,8 @@ def run_instability(config: InstabilityConfig, root: str | Path, progress: bool 
     rows, series = [], []
     for bits, src, dst in config.pairs:
         source = cell_dir(source_root, config.model, config.seed, bits, src)
-        start = with_subset_accuracy(run_or_resume(base.replace(quant=QuantConfig(bits=bits, ste=src),
-                                                                init=str(float_run), out=str(source)), progress), source)
+        source_cfg = base.replace(quant=QuantConfig(bits=bits, ste=src), init=str(float_run), out=str(source))
+        start = with_subset_accuracy(run_or_resume(source_cfg, progress), source)
         entry: dict[str, Any] = {"bits": bits, "from": src, "to": dst, "source": str(source),
                                  "source_epochs": start.get("epochs")}
         _record(entry, "start", start)
