@@ -235,6 +235,31 @@ def test_bf16_cosine_run_follows_the_cosine_and_trains_in_autocast(tmp_path, mon
         TrainConfig(lr_schedule="onecycle")
 
 
+def test_warmup_ramps_the_scheduled_rate_per_step_and_leaves_the_schedule_alone(tmp_path, monkeypatch):
+    seen = []
+    real_step = torch.optim.SGD.step
+
+    def spy(self, *args, **kwargs):
+        seen.append(self.param_groups[0]["lr"])
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.SGD, "step", spy)
+    common = dict(**{**TINY, "epochs": 3}, quant=Q2, lr_schedule="cosine")
+    train(TrainConfig(**common, out=str(tmp_path / "warm"), warmup_epochs=1.5), progress=False)  # S = 3 steps
+    scheduled = [0.1 * (1 + math.cos(math.pi * (s // 2) / 3)) / 2 for s in range(6)]  # 2 steps per epoch
+    expected = [lr * min(1.0, (s + 1) / 3) for s, lr in enumerate(scheduled)]
+    assert seen == pytest.approx(expected, rel=1e-12)
+    seen.clear()
+    train(TrainConfig(**common, out=str(tmp_path / "cold")), progress=False)
+    assert seen == pytest.approx(scheduled, rel=1e-12)
+    logged = [[r["lr"] for r in read_jsonl(tmp_path / d / "metrics.jsonl") if r["kind"] == "epoch"]
+              for d in ("warm", "cold")]
+    assert logged[0] == logged[1]  # the epoch schedule is the same with and without the warm-up
+    for bad in (-0.5, 3.0, float("nan")):
+        with pytest.raises(ValueError, match="warmup_epochs"):
+            TrainConfig(epochs=3, warmup_epochs=bad)
+
+
 def test_channels_last_default_is_the_measured_one_and_can_be_overridden():
     from stelab.train.config import CHANNELS_LAST_DEFAULT
 

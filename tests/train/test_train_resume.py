@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
 
 from stelab.config import QuantConfig
@@ -45,9 +46,11 @@ class Interrupt:
             raise KeyboardInterrupt
 
 
-def test_resume_after_an_exception_is_bit_identical(tmp_path):
-    train(BASE.replace(out=str(tmp_path / "straight")), progress=False)
-    broken = BASE.replace(out=str(tmp_path / "broken"))
+@pytest.mark.parametrize("warmup", [0.0, 1.6])  # 1.6 epochs = 8 steps: the warm-up spans the interruption
+def test_resume_after_an_exception_is_bit_identical(tmp_path, warmup):
+    base = BASE.replace(warmup_epochs=warmup)
+    train(base.replace(out=str(tmp_path / "straight")), progress=False)
+    broken = base.replace(out=str(tmp_path / "broken"))
     try:
         train(broken, hooks=[Interrupt()], progress=False)
         raise AssertionError("the hook should have interrupted the run")

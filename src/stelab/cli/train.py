@@ -31,6 +31,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr-gamma", type=float, default=d.lr_gamma)
     p.add_argument("--lr-schedule", choices=SCHEDULES, default=d.lr_schedule,
                    help="step: multiply by --lr-gamma at --lr-milestones (default); cosine: cosine to 0 over the run")
+    p.add_argument("--warmup-epochs", type=float, default=d.warmup_epochs, metavar="W",
+                   help="linear warm-up of the rate over the first W epochs, per step (default 0: none; "
+                        "reproduce table1: the float runs only)")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="global batch size over all processes")
     p.add_argument("--momentum", type=float, default=d.momentum)
     p.add_argument("--weight-decay", type=float, default=d.weight_decay)
@@ -146,6 +149,7 @@ def _fields_from_args(args: argparse.Namespace, **overrides) -> dict:
         weights=_weights_from_args(args), **_optimizer_from_args(args),
         init=getattr(args, "init", None), epochs=getattr(args, "epochs", None),
         lr=args.lr, lr_milestones=tuple(args.lr_milestones), lr_gamma=args.lr_gamma, lr_schedule=args.lr_schedule,
+        warmup_epochs=args.warmup_epochs,
         batch_size=args.batch_size, momentum=args.momentum, weight_decay=args.weight_decay, nesterov=args.nesterov,
         augment=args.augment,
         seed=getattr(args, "seed", 0), data_dir=args.data_dir, out=getattr(args, "out", None), device=args.device,

@@ -5,7 +5,10 @@ Learning-rate schedule (step decay, ``MultiStepLR``):
 .. math::  \eta_t = \eta_0 \, \gamma^{\#\{m \in M : m \le t\}}, \qquad M = \{\lfloor f E \rfloor : f \in F\}
 
 or, with ``lr_schedule="cosine"``, :math:`\eta_t = \eta_0 (1 + \cos(\pi t / E)) / 2` (per epoch; milestones and
-gamma unused), which suits short schedules better;
+gamma unused), which suits short schedules better. With ``warmup_epochs`` :math:`w > 0` the first
+:math:`S = \mathrm{round}(w N)` optimizer steps (``N`` steps per epoch) take :math:`\eta_t (s + 1) / S` at step
+:math:`s = 0 .. S - 1` (a per-step linear warm-up on top of the schedule: large from-scratch rates such as VGG-11's
+0.1 otherwise start badly);
 with ``E`` the number of epochs and ``F = lr_milestones`` given as *fractions* of the run, so a shortened run
 (``--epochs-scale``) keeps the same shape. Defaults: ``F = (0.5, 0.75)``, ``gamma = 0.1`` -- the schedule of
 He et al. (2016) for CIFAR ResNets (decay at 50% and 75% of training), which the paper's VGG/ResNet baselines follow;
@@ -95,6 +98,7 @@ class TrainConfig(JsonConfig):
     lr_milestones: tuple[float, ...] = (0.5, 0.75)
     lr_gamma: float = 0.1
     lr_schedule: str = "step"
+    warmup_epochs: float = 0.0
     batch_size: int = 128
     momentum: float = 0.9
     weight_decay: float = 1e-4
@@ -145,6 +149,9 @@ class TrainConfig(JsonConfig):
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.epochs is not None and self.epochs < 1:
             raise ValueError(f"epochs must be >= 1, got {self.epochs}")
+        if not 0.0 <= self.warmup_epochs < self.resolved_epochs():
+            raise ValueError(f"warmup_epochs (--warmup-epochs) must be >= 0 and shorter than the run's "
+                             f"{self.resolved_epochs()} epochs, got {self.warmup_epochs}")
         if self.lr is not None and not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
         if not 0.0 <= self.momentum < 1.0:
@@ -202,6 +209,10 @@ class TrainConfig(JsonConfig):
         if self.lr is not None:
             return self.lr
         return 0.01 if self.init else 0.1
+
+    def warmup_steps(self, steps_per_epoch: int) -> int:
+        """Optimizer steps of the linear warm-up: ``round(warmup_epochs * steps_per_epoch)`` (0: none)."""
+        return round(self.warmup_epochs * steps_per_epoch)
 
     def lr_reason(self) -> str:
         """Why :meth:`resolved_lr` is what it is, for the message at the start of a run."""

@@ -148,6 +148,7 @@ class _Run:
     loss_fn: nn.Module = field(default_factory=nn.CrossEntropyLoss)
     epoch: int = 0
     step: int = 0
+    warmup_steps: int = 0
     best: dict[str, Any] | None = None
     t_start: float = 0.0  # perf_counter at the start, shifted back by the time of the epochs resumed from
 
@@ -214,6 +215,7 @@ def _build_optimizer(run: _Run) -> None:
                           weight_decay=c.weight_decay, nesterov=c.nesterov)
     run.optimizer = wrap_optimizer(sgd, run.model, c, c.resolved_epochs() * len(run.loader))
     run.scheduler = make_scheduler(sgd, c)
+    run.warmup_steps = c.warmup_steps(len(run.loader))
 
 
 def _load_data(run: _Run) -> None:
@@ -308,7 +310,10 @@ def _train_steps(run: _Run, epoch: int, t0: float) -> Tensor:
                 loss = run.loss_fn(out, yb)
             run.optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            run.optimizer.step()
+            if run.step < run.warmup_steps:
+                _warmup_step(run)
+            else:
+                run.optimizer.step()
             run.step += 1
             sums[0] += loss.detach().double() * len(yb)
             sums[1] += (out.detach().argmax(1) == yb).sum()
@@ -327,6 +332,24 @@ def _train_steps(run: _Run, epoch: int, t0: float) -> Tensor:
         if bar is not None:
             bar.close()
     return sums
+
+
+def _warmup_step(run: _Run) -> None:
+    """One optimizer step at ``(step + 1) / S`` of the scheduled rate (TrainConfig's linear warm-up).
+
+    The scheduled rate is put back right after: the epoch schedulers (cosine's chainable form reads the group's
+    current rate) must never see the warmed-up one, so the schedule and a resumed run are as without warm-up.
+    """
+    groups = run.scheduler.optimizer.param_groups
+    scheduled = [g["lr"] for g in groups]
+    factor = (run.step + 1) / run.warmup_steps
+    for g, lr in zip(groups, scheduled):
+        g["lr"] = lr * factor
+    try:
+        run.optimizer.step()
+    finally:
+        for g, lr in zip(groups, scheduled):
+            g["lr"] = lr
 
 
 def _save_checkpoints(run: _Run, test_acc: float) -> None:

@@ -109,8 +109,9 @@ class Table1Config(JsonConfig):
         cells = []
         for b in self.bits:
             for ste in self.stes:
+                # no warm-up: it is for the from-scratch rate; a cell starts trained, at the fine-tuning rate
                 cell = base.replace(quant=QuantConfig(bits=b, ste=ste), init=str(float_run),
-                                    epochs=self.cell_epochs or epochs)
+                                    epochs=self.cell_epochs or epochs, warmup_epochs=0.0)
                 # named by what it quantizes: 2bit-relu (the paper's cells), w2a2-relu with --weight-bits
                 cells.append(cell.replace(out=str(float_run.parent / cell.run_kind())))
         # the float run is the float network (weights too), the start of every cell, with or without --weight-bits
