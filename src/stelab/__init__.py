@@ -20,6 +20,7 @@ from .convert import (
 from .lloyd import lloyd_alpha
 from .modules import QuantReLU
 from .ops import ALPHA_RULES, quantize
+from .pack import PackSaved, pack_saved
 from .quantizers import staircase
 from .weights import QuantConv2d, QuantLinear, WeightQuantConfig, model_size_bits, quantize_weights, weight_summary
 
@@ -27,6 +28,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ALPHA_RULES",
+    "PackSaved",
     "JsonConfig",
     "QuantConfig",
     "QuantConv2d",
@@ -37,6 +39,7 @@ __all__ = [
     "activation_summary",
     "lloyd_alpha",
     "model_size_bits",
+    "pack_saved",
     "quantize",
     "quantize_activations",
     "quantize_model",

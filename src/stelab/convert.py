@@ -4,6 +4,7 @@ Linear/Conv2d layers for :class:`stelab.weights.QuantLinear`/``QuantConv2d``), a
 from __future__ import annotations
 
 import copy
+import warnings
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -48,8 +49,12 @@ def quantize_activations(
     the config fields that differ for the modules it matches (``{"layer3.*": {"bits": 4}}``); later patterns win.
     A pattern that matches no activation module, or an override key that is no :class:`QuantConfig` field, raises
     ``ValueError`` listing the module names or the fields.
-    ``nn.Hardtanh`` becomes a binary ``sign`` quantizer with the hardtanh STE at ``alpha = max_val`` unless an
-    override says otherwise, since a ReLU staircase would change its range (a learned one uses the ``ae`` rule).
+    ``nn.Hardtanh(-a, a)`` becomes a binary ``sign`` quantizer with the hardtanh STE at ``alpha = a`` (with a
+    warning unless ``forward="sign"`` was asked for; a learned one uses the ``ae`` rule), since a ReLU staircase
+    would change its range; an asymmetric one is an error whose suggested override fits it (for ``Hardtanh(0, h)``,
+    a clipped ReLU, the staircase with its top at ``h``). An override for the module decides instead.
+    Activation modules of other types (GELU, SiLU, ...) stay float, and a
+    warning names them; so does a model with no convertible module at all (e.g. ``F.relu`` in ``forward``).
     Weights and state dict keys are kept: a
     fixed-resolution QuantReLU has no persistent state, so float and quantized state dicts load into each other.
     """
@@ -66,19 +71,58 @@ def quantize_activations(
             continue
         config = base
         if isinstance(module, nn.Hardtanh) and not isinstance(module, nn.ReLU6):
-            if module.min_val != -module.max_val:
-                raise ValueError(f"{name}: Hardtanh({module.min_val}, {module.max_val}) is not symmetric, so no "
-                                 "sign quantizer matches its range; exclude it or give an override")
-            config = config.replace(bits=1, forward="sign", ste="hardtanh", alpha=float(module.max_val),
-                                    alpha_rule="ae" if config.learn_alpha else config.alpha_rule)
+            config = _hardtanh_config(name, module, base, overrides)
         swaps.append((name, QuantReLU(config=apply_overrides(name, config, overrides))))
     if include is not None and not swaps:
         raise ValueError(f"include={include!r} matched no activation module; candidates: {activation_names(model)}")
+    _warn_left_float(target, swaps)
     for name, replacement in swaps:
         parent_name, _, child = name.rpartition(".")
         parent = target.get_submodule(parent_name) if parent_name else target
         setattr(parent, child, replacement)
     return target
+
+
+# Activation modules that quantize_activations does not convert (their range is not a ReLU's): named in a warning.
+OTHER_ACTIVATIONS: tuple[type[nn.Module], ...] = (
+    nn.GELU, nn.SiLU, nn.Mish, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.SELU, nn.CELU, nn.Sigmoid, nn.Tanh, nn.Softplus,
+    nn.Hardswish, nn.Hardsigmoid)
+
+
+def _hardtanh_config(name: str, module: nn.Hardtanh, base: QuantConfig, overrides) -> QuantConfig:
+    """How a ``Hardtanh(lo, hi)`` is quantized: an override for it decides; else ``Hardtanh(-a, a)`` is the binary
+    ``sign`` at ``alpha = a`` with the hardtanh STE (with a warning when ``base`` asked for a staircase, which
+    cannot take its negative values); any other range is an error suggesting an override that fits it
+    (``Hardtanh(0, hi)``: the staircase with its top at ``hi``, ``alpha = hi / (2^b - 1)``)."""
+    lo, hi = float(module.min_val), float(module.max_val)
+    if overrides and any(matches(name, [pattern]) for pattern in overrides):
+        return base  # the user's override for this module applies on top
+    if lo == -hi:
+        if base.forward != "sign":
+            warnings.warn(f"{name}: Hardtanh({lo:g}, {hi:g}) quantized as 1-bit sign (alpha {hi:g}, hardtanh STE), "
+                          f"not as the {base.bits}-bit {base.forward} asked for, which cannot take negative values; "
+                          f"to choose yourself give overrides={{{name!r}: {{...}}}} or exclude it", stacklevel=3)
+            return base.replace(bits=1, forward="sign", ste="hardtanh", alpha=hi,
+                                alpha_rule="ae" if base.learn_alpha else base.alpha_rule)
+        return base if base.alpha is not None else base.replace(alpha=hi)
+    # Hardtanh(0, hi) is a clipped ReLU: the staircase with its top at hi fits it, and the override says so
+    fit = ({"forward": "staircase", "bits": base.bits, "alpha": hi / (2**base.bits - 1)} if lo == 0.0 and hi > 0 else
+           {"forward": "sign", "ste": "hardtanh", "bits": 1, "alpha": max(abs(lo), abs(hi))})
+    raise ValueError(f"{name}: Hardtanh({lo:g}, {hi:g}) is not symmetric, so no sign quantizer matches its range; "
+                     f"exclude it (exclude={[name]!r}) or give an override for it, e.g. "
+                     f"overrides={{{name!r}: {fit!r}}}")
+
+
+def _warn_left_float(model: nn.Module, swaps: list) -> None:
+    """Say which activations stay float: modules of other types (GELU, ...), or none at all (functional F.relu)."""
+    others = [f"{n} ({type(m).__name__})" for n, m in model.named_modules() if isinstance(m, OTHER_ACTIVATIONS)]
+    if others:
+        warnings.warn(f"quantize_activations: left float (not a ReLU/ReLU6/Hardtanh module): {', '.join(others)}",
+                      stacklevel=3)
+    elif not swaps:
+        warnings.warn(f"quantize_activations: {type(model).__name__} has no ReLU/ReLU6/Hardtanh module, so nothing "
+                      "was quantized; activations called as functions in forward (F.relu, torch.relu) cannot be "
+                      "swapped: use nn.ReLU modules (or stelab.QuantReLU) in the model", stacklevel=3)
 
 
 def activation_names(model: nn.Module) -> list[str]:
@@ -133,6 +177,9 @@ def quantize_model(model: nn.Module, *, weights: WeightQuantConfig | Mapping[str
     """
     act_config, act_kwargs = _split_spec("activations", activations, QuantConfig)
     weight_config, weight_kwargs = _split_spec("weights", weights, WeightQuantConfig)
+    if act_config is None and weight_config is None:
+        warnings.warn("quantize_model: neither activations nor weights given, so nothing is quantized; e.g. "
+                      "quantize_model(model, activations={'bits': 2}, weights={'bits': 2})", stacklevel=2)
     target = model if inplace else copy.deepcopy(model)
     if act_config is not None:
         quantize_activations(target, act_config, inplace=True, **act_kwargs)

@@ -2,14 +2,28 @@
 
 from __future__ import annotations
 
+import difflib
 import math
 from collections.abc import Iterable
 
 
+class ResolutionError(ValueError):
+    """A learned resolution (an activation's alpha, a weight's LSQ step) left the positive finite numbers during
+    training: the training loop records the run as diverged (with this message) instead of crashing."""
+
+
+def first_line(err: BaseException) -> str:
+    """An exception as one line: a ValueError's own message, anything else prefixed by its type."""
+    text = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    return text if isinstance(err, ValueError) and text else f"{type(err).__name__}: {text}"
+
+
 def unknown_name(kind: str, name: object, valid: Iterable[str]) -> ValueError:
-    """The error for a name that is not registered, listing the valid choices."""
-    choices = ", ".join(sorted(valid))
-    return ValueError(f"unknown {kind} {name!r}; valid choices: {choices}")
+    """The error for a name that is not registered, listing the valid choices (and the nearest, for a typo)."""
+    valid = sorted(valid)
+    near = difflib.get_close_matches(name, valid, n=1, cutoff=0.6) if isinstance(name, str) else []
+    hint = f"; did you mean {near[0]!r}?" if near else ""
+    return ValueError(f"unknown {kind} {name!r}; valid choices: {', '.join(valid)}{hint}")
 
 
 def check_bits(bits: object, low: int = 1, high: int = 16) -> int:

@@ -10,6 +10,7 @@ import json
 import math
 import os
 import tempfile
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -59,8 +60,13 @@ def write_json(path: str | os.PathLike, obj: Any, indent: int = 2) -> Path:
 
 
 def read_json(path: str | os.PathLike) -> Any:
+    """The JSON value in ``path``; a file that is not valid JSON raises ``ValueError`` naming it."""
     with open(path) as f:
-        return json.load(f)
+        try:
+            return json.load(f)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path} is not valid JSON ({err}); restore it or remove the folder to start over") \
+                from None
 
 
 def write_text(path: str | os.PathLike, text: str) -> Path:
@@ -80,19 +86,38 @@ def append_jsonl(path: str | os.PathLike, record: dict) -> None:
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
+    """Every valid record of a JSON-lines file (``[]`` if it is missing). A line that does not parse (a torn last
+    line from a crash, or a damaged one) is skipped with a warning naming it; the records after it are kept."""
     out = []
     if not os.path.exists(path):
         return out
     with open(path) as f:
-        for line in f:
+        for number, line in enumerate(f, 1):
             line = line.strip()
             if not line:
                 continue
             try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError:  # a torn last line from a crash
-                break
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                record = None
+            if isinstance(record, dict):
+                out.append(record)
+            else:
+                warnings.warn(f"{path}:{number}: not a JSON record, skipped", stacklevel=2)
     return out
+
+
+def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files :func:`atomic_open` leaves when its process is killed (``.<name>.*.tmp``);
+    call it only where no other process is writing. Returns what was removed."""
+    removed = []
+    for tmp in Path(folder).glob(".*.tmp"):
+        try:
+            tmp.unlink()
+            removed.append(tmp)
+        except OSError:
+            pass
+    return removed
 
 
 def save_figure(fig, path: str | os.PathLike, dpi: int = 120) -> Path:
@@ -103,6 +128,14 @@ def save_figure(fig, path: str | os.PathLike, dpi: int = 120) -> Path:
         fig.savefig(f, format="png", dpi=dpi, bbox_inches="tight")
     plt.close(fig)
     return Path(path)
+
+
+def epoch_axis(ax, epochs: list[int]) -> None:
+    """Whole epochs on a plot's x axis; a single epoch gets one tick and a symmetric margin (not 0.6 .. 1.4)."""
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    if len(set(epochs)) == 1:
+        ax.set_xticks([epochs[0]])
+        ax.set_xlim(epochs[0] - 1, epochs[0] + 1)
 
 
 def save_torch(path: str | os.PathLike, obj: Any) -> Path:

@@ -40,7 +40,8 @@ from torch import Tensor
 from . import kernels, quantizers
 from . import ste as ste_registry
 from .config import QuantConfig
-from .errors import check_alpha, check_bits, check_choice
+from .errors import ResolutionError, check_alpha, check_bits, check_choice
+from .pack import saved as pack_saved
 from .ste import STE
 from .weights.lsq import grad_scale, step_grad_factor
 
@@ -192,19 +193,50 @@ def quantize_with(x: Tensor, config: QuantConfig, alpha: float | Tensor, ste: ST
     if config.learn_alpha:
         check_input(x, config.check_nan)
         if not torch.compiler.is_compiling():  # a host sync; under compile it would break the graph
-            check_alpha(float(alpha.detach()))  # type: ignore[union-attr]
-        return _QuantizeLearned.apply(x, alpha, config.forward, config.bits, ste, config.alpha_rule)
-    check_input(x, check_nan=False)  # NaN is checked by the operator itself, in its pass over x
-    return quantize_fixed(x, config.forward, config.bits, float(alpha), ste, config.check_nan, plan)
+            try:
+                check_alpha(float(alpha.detach()))  # type: ignore[union-attr]
+            except ValueError as err:  # NaN included: float('nan') fails check_alpha's isfinite
+                raise ResolutionError(f"the learned resolution {err} (learned alphas must stay positive and "
+                                      "finite); lower the learning rate (--lr) or try another --alpha-rule") from None
+        y = _QuantizeLearned.apply(x, alpha, config.forward, config.bits, ste, config.alpha_rule)
+    else:
+        check_input(x, check_nan=False)  # NaN is checked by the operator itself, in its pass over x
+        y = quantize_fixed(x, config.forward, config.bits, float(alpha), ste, config.check_nan, plan)
+    if pack_saved.marking():  # inside stelab.PackSaved: lets its hooks recognise y when autograd saves it
+        pack_saved.mark(y, config.forward, config.bits, alpha)
+    return y
 
 
-def quantize(x: Tensor, config: QuantConfig | None = None, /, **fields: Any) -> Tensor:
-    """Quantize ``x`` as ``config`` with ``fields`` replaced says (:meth:`QuantConfig.merged`): forward quantizer
-    ``forward``, backward STE ``ste``, e.g. ``quantize(x, bits=2, alpha=0.6511, ste="relu")``.
+class _FromConfig:
+    """The default of :func:`quantize`'s keywords: not given, so ``config``'s value (or QuantConfig's) applies. A
+    sentinel, not None: ``alpha=None`` means the forward's default resolution, and ``bits=None`` is an error."""
 
-    ``fields`` are :class:`QuantConfig`'s fields and defaults (an unknown name raises ``ValueError`` listing them),
-    the one declaration of what a quantized activation is, so this function, :class:`stelab.QuantReLU` and
-    :func:`stelab.quantize_activations` cannot drift apart. Being a function of a tensor, it widens two of them:
+    def __repr__(self) -> str:
+        return "<from config>"
+
+
+FROM_CONFIG: Any = _FromConfig()
+
+
+def quantize(x: Tensor, config: QuantConfig | None = None, /, *, bits: int = FROM_CONFIG,
+             alpha: float | Tensor | None = FROM_CONFIG, ste: str | STE = FROM_CONFIG, forward: str = FROM_CONFIG,
+             learn_alpha: bool = FROM_CONFIG, alpha_rule: str = FROM_CONFIG, check_nan: bool = FROM_CONFIG,
+             **fields: Any) -> Tensor:
+    r"""Quantized activation: ``q(x)`` forward, the STE ``mu'(x)`` backward.
+
+    .. math::  y = q(x), \qquad \frac{\partial \ell}{\partial x} := \frac{\partial \ell}{\partial y}\,
+               \mu'(x;\ \mathrm{top}), \qquad L = 2^{b} - 1,
+
+    with the forward quantizer ``forward``: ``staircase`` :math:`q(x) = \alpha\,\mathrm{clamp}(\lceil x/\alpha
+    \rceil, 0, L)` (Yin et al. 2019), ``round`` :math:`\alpha\,\mathrm{clamp}(\mathrm{round}(x/\alpha), 0, L)`,
+    ``sign`` :math:`\pm\alpha` (1 bit); ``top = L alpha`` (``alpha`` for sign) is where the STE clips.
+    E.g. ``quantize(x, bits=2, alpha=0.6511, ste="relu")``; see :mod:`stelab.quantizers` and :mod:`stelab.ste`.
+
+    Keywords are :class:`QuantConfig`'s fields, replacing those of ``config`` (not given: the config's value, or
+    QuantConfig's default; :meth:`QuantConfig.merged`): ``bits`` (default 2), ``ste`` (a registered spec such as
+    ``"leaky_relu(slope=0.05)"``, or an :class:`STE` object used as it is), ``forward`` (``staircase``),
+    ``alpha``, ``learn_alpha``, ``alpha_rule``, ``check_nan``; any other keyword must be a field too (an unknown
+    name raises ``ValueError`` listing them). Being a function of a tensor, ``alpha`` widens:
 
     * ``alpha`` may be a one-element tensor that requires grad: the resolution is then *learned* (this is how the
       functional form says ``learn_alpha=True``; there is no layer to own a parameter), and its gradient follows
@@ -212,8 +244,16 @@ def quantize(x: Tensor, config: QuantConfig | None = None, /, **fields: Any) -> 
       (Lloyd's for staircase/round, 1 for sign). It is used as given, rounded to the input's compute type (float32;
       float64 for float64 inputs), and the forward is the documented formula evaluated in that arithmetic
       (:mod:`stelab.kernels.reference`).
-    * ``ste`` may be an :class:`STE` object, used as it is (it need not be registered).
     """
+    if config is not None and not isinstance(config, QuantConfig):
+        raise TypeError(f"quantize(x, config): config must be a stelab.QuantConfig, got {type(config).__name__} "
+                        f"({config!r}); give fields by keyword, e.g. quantize(x, bits={config!r})"
+                        if isinstance(config, int) else
+                        f"quantize(x, config): config must be a stelab.QuantConfig, got {type(config).__name__}; "
+                        "give fields by keyword, e.g. quantize(x, bits=2, ste='relu')")
+    named = {"bits": bits, "alpha": alpha, "ste": ste, "forward": forward, "learn_alpha": learn_alpha,
+             "alpha_rule": alpha_rule, "check_nan": check_nan}
+    fields = {**{k: v for k, v in named.items() if v is not FROM_CONFIG}, **fields}
     # No dict is mutated here: torch.compile traces this function and graph-breaks on dict mutation.
     estimator = fields.get("ste") if isinstance(fields.get("ste"), STE) else None
     if estimator is not None:

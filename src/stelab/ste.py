@@ -45,7 +45,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .errors import unknown_name
+from .errors import first_line, unknown_name
+from .ste_probe import probe
 
 DerivativeFn = Callable[..., Tensor]
 
@@ -162,6 +163,7 @@ class _Entry:
 
 _REGISTRY: dict[str, _Entry] = {}
 _CACHE: dict[tuple, STE] = {}
+_BUILTIN_NAMES: set[str] = set()  # registered by stelab.builtin_stes (protected from unregister)
 _BUILTINS_LOADED = False
 
 
@@ -206,10 +208,25 @@ def get(name: str | STE, **params: Any) -> STE:
     try:
         return _CACHE[key]
     except KeyError:  # a user STE measures its properties when built: do that once per parameter set
-        _CACHE[key] = entry.factory(**full)
+        _CACHE[key] = _build(entry, base, full)
         return _CACHE[key]
     except TypeError:  # an unhashable parameter value: build it every time
-        return entry.factory(**full)
+        return _build(entry, base, full)
+
+
+def _build(entry: _Entry, name: str, params: dict[str, Any]) -> STE:
+    """``entry``'s STE with ``params``, its ``mu'`` probed (:func:`stelab.ste_probe.probe`): a bad value
+    (``swish_sign(beta=0)``) or a broken user function fails here, in one line, not at the first backward."""
+    if torch.compiler.is_compiling():  # traced inside a compiled function: the eager first use checked it
+        return entry.factory(**params)
+    label = f"{name}({', '.join(f'{k}={v!r}' for k, v in sorted(params.items()))})" if params else name
+    try:
+        ste = entry.factory(**params)
+        if ste.piecewise is None:
+            probe(ste)
+        return ste
+    except Exception as err:  # anything a user's function raises; re-raised as the one error a caller expects
+        raise ValueError(f"STE {label} is not usable: {first_line(err)}") from None
 
 
 def _get_with(name: str, params: dict[str, Any]) -> STE:
@@ -277,11 +294,15 @@ def register(
 
     def factory(**params: Any) -> STE:
         frozen = MappingProxyType(dict(params))
-        measured = measure_properties(STE(name, fn, proxy, params=frozen))
+        candidate = STE(name, fn, proxy, params=frozen)
+        probe(candidate)  # before the grid measurement: its errors are clearer
+        measured = measure_properties(candidate)
         props = {k: measured[k] if v is None else v for k, v in declared.items()}
         return STE(name, fn, proxy, params=frozen, doc=doc or source.__doc__ or "", **props)  # type: ignore[union-attr]
 
-    _REGISTRY[name] = _Entry(factory, defaults)
+    entry = _Entry(factory, defaults)
+    _build(entry, name, dict(defaults))  # a broken function fails at registration, not at a later get()
+    _REGISTRY[name] = entry
     _CACHE.clear()
 
 
@@ -293,8 +314,13 @@ def _piecewise_ste(name: str, table: Piecewise, proxy: DerivativeFn | None, doc:
 
 
 def unregister(name: str) -> None:
+    """Remove a user-registered STE. Built-ins cannot be removed (every command and saved config relies on them);
+    ``register(name, ..., overwrite=True)`` replaces one instead."""
     if name not in _registry():
         raise unknown_name("STE", name, _REGISTRY)
+    if name in _BUILTIN_NAMES:
+        raise ValueError(f"STE {name!r} is built in and cannot be unregistered; register(..., overwrite=True) "
+                         "replaces it for this process")
     del _REGISTRY[name]
     _CACHE.clear()
 
@@ -346,6 +372,7 @@ def _builtin(name: str, *, monotone: bool, zero_below: bool, scale_invariant: bo
                        doc=fn.__doc__ or "")
 
         _REGISTRY[name] = _Entry(factory, _defaults(fn))
+        _BUILTIN_NAMES.add(name)
         return fn
 
     return wrap
@@ -360,6 +387,7 @@ def _piecewise(name: str, *, proxy: DerivativeFn) -> Callable[[Callable[..., Pie
             return _piecewise_ste(name, table(**params), proxy, table.__doc__ or "", params)
 
         _REGISTRY[name] = _Entry(factory, _defaults(table, skip=0))
+        _BUILTIN_NAMES.add(name)
         return table
 
     return wrap

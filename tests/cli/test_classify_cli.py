@@ -12,7 +12,7 @@ from stelab.cli import main
 
 def test_cli_writes_a_report(tmp_path):
     out = tmp_path / "run"
-    assert main(["classify", "--quick", "--kinds", "subspaces", "--stes", "relu,leaky_relu(slope=0.05)",
+    assert main(["classify", "--quick", "--kinds", "subspaces", "--stes", "relu", "leaky_relu(slope=0.05)",
                  "--steps", "100", "--out", str(out), "--no-progress"]) == 0
     result = json.loads((out / "results.json").read_text())
     assert [m["ste"] for m in result["monotone"]] == ["relu", "leaky_relu(slope=0.05)"]
@@ -25,6 +25,7 @@ def test_cli_writes_a_report(tmp_path):
     (["--stes", "nope"], "valid choices"),
     (["--kinds", "spheres"], "valid choices: subspaces, cones"),
     (["--no-synthetic"], "nothing to do"),
+    (["--quick", "--bits", "4"], "--quick runs its own small grid"),
     (["--steps", "0"], "--steps must be a positive integer"),
 ])
 def test_cli_bad_arguments_exit_2(tmp_path, capsys, argv, message):

@@ -88,12 +88,17 @@ def test_the_documentation_shows_the_commands_this_test_is_for():
 @pytest.fixture
 def recorder(monkeypatch, tmp_path):
     """Replace every long-running entry point by one that records its config; run from an empty folder."""
+    import stelab.executors as executors
     import stelab.experiments.reproduce as reproduce
     import stelab.train as train_pkg
 
     calls = []
-    monkeypatch.setattr(reproduce, "run_table1", lambda config, out, progress=True: calls.append(config) or {})
-    monkeypatch.setattr(reproduce, "run_instability", lambda config, out, progress=True: calls.append(config) or {})
+    monkeypatch.setattr(reproduce, "run_table1", lambda config, out, progress=True, executor=None:
+                        calls.append(config) or {})
+    monkeypatch.setattr(reproduce, "run_instability", lambda config, out, progress=True, executor=None:
+                        calls.append(config) or {})
+    # --executor ray|slurm: the flags are checked as for a user, but no cluster is joined and nothing is submitted
+    monkeypatch.setattr(executors, "make_executor", lambda name, **options: executors.InlineExecutor())
     monkeypatch.setattr(reproduce, "table1_markdown", lambda results: "")
     monkeypatch.setattr(reproduce, "instability_markdown", lambda results: "")
     monkeypatch.setattr(train_pkg, "train", lambda config, hooks=(), resume=False, progress=True:

@@ -154,3 +154,18 @@ def test_table1_jobs_train_runs_side_by_side_with_the_same_results(tmp_path):
         one, two = (read_json(tmp_path / d / "lenet5" / "seed0" / run / "results.json") for d in ("one", "two"))
         assert two["status"] == "finished" and two["train_loss"] == one["train_loss"], run
     assert main([*argv, "--jobs", "0", "--out", str(tmp_path / "bad")]) == 2
+
+
+def test_a_rerun_with_other_settings_is_an_error_and_subsets_are_stated(tmp_path, capsys):
+    out = tmp_path / "t1"
+    argv = ["reproduce", "table1", "--bits", "2", "--stes", "relu", "--epochs-scale", "0.02", "--cell-epochs", "1",
+            "--synthetic", "128", "--limit-test", "16", "--out", str(out), "--no-progress"]
+    assert main(argv) == 0
+    report = (out / "report.md").read_text()
+    assert "the first 16 test images (--limit-test)" in report and "128 synthetic images" in report
+    capsys.readouterr()
+    assert main([*argv, "--lr", "0.05"]) == 2  # a finished run answers only for its own configuration
+    err = capsys.readouterr().err
+    assert "holds a finished run of another configuration (lr (--lr): None -> 0.05)" in err
+    assert main(argv) == 0  # the same flags: every run skipped as done
+    assert "skip" in capsys.readouterr().err

@@ -10,7 +10,7 @@ from stelab.cli import main
 def test_cli_writes_a_report(tmp_path, capsys):
     out = tmp_path / "run"
     argv = ["symmetry", "--quick", "--steps", "40", "--samples", "500", "--out", str(out), "--no-progress",
-            "--ste", "relu", "--ste", "clipped_relu"]
+            "--stes", "relu", "clipped_relu"]
     assert main(argv) == 0
     results = json.loads((out / "results.json").read_text())
     assert [s["max_analytic_numeric_gap"] < 1e-8 for s in results["stationary"]] == [True] * 3
@@ -22,5 +22,5 @@ def test_cli_writes_a_report(tmp_path, capsys):
     assert verdicts["relu"]["global_minimum_ray"].startswith("never zero")
     printed = capsys.readouterr().out
     assert "clipped_relu: global-minimum ray zero at" in printed and str(out) in printed
-    assert main(["symmetry", "--ste", "nope", "--out", str(tmp_path / "bad")]) == 2
+    assert main(["symmetry", "--stes", "nope", "--out", str(tmp_path / "bad")]) == 2
     assert "valid choices" in capsys.readouterr().err

@@ -53,13 +53,14 @@ def simulate_two_ranks(config: TrainConfig) -> dict[str, torch.Tensor]:
     return model.state_dict()
 
 
-def test_two_process_ddp_trains_checkpoints_and_matches_the_simulated_update(tmp_path, monkeypatch):
+def test_two_process_ddp_trains_checkpoints_and_matches_the_simulated_update(tmp_path, monkeypatch, capsys):
     out = tmp_path / "ddp"
     argv = ["train", "--nproc", "2", "--model", "lenet5", "--dataset", "mnist", "--synthetic", "256",
             "--batch-size", "64", "--epochs", "2", "--bits", "2", "--ste", "clipped_relu", "--lr", "0.05",
             "--seed", "3", "--out", str(out), "--no-progress"]
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # read by the launched ranks
     assert main(argv) == 0  # the parent only launches the two ranks (subprocesses)
+    assert "status=finished epochs_done=2" in capsys.readouterr().out  # and prints the run's summary, as without
     summary = read_json(out / "results.json")
     assert summary["status"] == "finished" and summary["processes"] == 2
     assert summary["steps"] == 2 * (256 // 64)  # 4 global steps per epoch

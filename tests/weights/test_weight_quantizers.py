@@ -22,7 +22,7 @@ def np_stat(w: np.ndarray, granularity: str, fn) -> np.ndarray:
 
 
 def np_binary(w, granularity):
-    s = np.maximum(np_stat(w, granularity, np.mean), wq.MIN_SCALE)
+    s = np_stat(w, granularity, np.mean)  # not floored: binary does not divide by its scale
     return s * np.where(w > 0, 1.0, -1.0)
 
 
@@ -90,7 +90,10 @@ def test_zero_weights():
     z = np.zeros((3, 4), np.float32)
     np.testing.assert_array_equal(torch_q(z, bits=4), z)  # max rule: scale floored, codes 0
     np.testing.assert_array_equal(torch_q(z, quantizer="ternary"), z)  # nothing above Delta = 0
-    np.testing.assert_array_equal(torch_q(z, quantizer="binary"), np.full_like(z, -wq.MIN_SCALE))
+    # binary: scale mean|w| = 0 is not floored (binary does not divide by it), so the output is 0, in fp16 too
+    np.testing.assert_array_equal(torch_q(z, quantizer="binary"), z)
+    half = quantize_weight(torch.zeros(3, 4, dtype=torch.float16), quantizer="binary")
+    assert half.dtype == torch.float16 and bool((half == 0).all())
 
 
 @pytest.mark.parametrize("shape", SHAPES)

@@ -7,18 +7,50 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import re
 import sys
 
 # Sub-command modules, in the order `stelab --help` lists them.
 COMMANDS = ("info", "data", "train", "reproduce", "classify", "theory", "symmetry", "diagnose")
 
 
+_RST = re.compile(r":(?:math|mod|class|func|meth|data|attr):`([^`]*)`|``([^`]*)``")
+
+
+def plain(text: str) -> str:
+    """Docstring text as a terminal shows it: ``x`` and :role:`x` markup reduced to x."""
+    return _RST.sub(lambda m: (m.group(1) if m.group(1) is not None else m.group(2)).lstrip("~"), text)
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Descriptions and help without RST markup; every option's default shown unless its help already says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = plain(action.help or "")
+        default = action.default
+        if (action.option_strings and "default" not in text and "%(default)" not in text
+                and default not in (None, False, True, argparse.SUPPRESS, [], ())
+                and not isinstance(action, (argparse._VersionAction, argparse._HelpAction))):
+            shown = " ".join(map(str, default)) if isinstance(default, (list, tuple)) else str(default)
+            text += f" (default: {shown.replace('%', '%%')})"
+        return text
+
+    def _format_text(self, text: str) -> str:
+        return super()._format_text(plain(text))
+
+
+class Parser(argparse.ArgumentParser):
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs["formatter_class"] = HelpFormatter  # every command: defaults shown, no RST markup
+        super().__init__(*args, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .. import __version__
 
-    parser = argparse.ArgumentParser(prog="stelab", description="Straight-through estimators: train and study them.")
+    parser = Parser(prog="stelab", description="Straight-through estimators: train and study them.")
     parser.add_argument("--version", action="version", version=f"stelab {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     sub.required = True
     for name in COMMANDS:
         importlib.import_module(f"stelab.cli.{name}").add_parser(sub)
@@ -43,7 +75,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"stelab {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        # train prints its own resume command; the sweeps continue from their run folders when rerun
+        hint = "" if args.command == "train" else ": rerun the same command to continue (finished runs are kept)"
+        print(f"stelab {args.command}: interrupted{hint}", file=sys.stderr)
         return 130
 
 

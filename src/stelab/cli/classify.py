@@ -8,6 +8,8 @@ import argparse
 import time
 from pathlib import Path
 
+from .ste_args import ste_spec
+
 
 def _ints(text: str) -> tuple[int, ...]:
     try:
@@ -16,29 +18,28 @@ def _ints(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
-def _names(text: str) -> tuple[str, ...]:
-    # STE specs may contain commas inside parentheses: "leaky_relu(slope=0.05),relu"
-    out, depth, cur = [], 0, ""
-    for ch in text:
-        depth += (ch == "(") - (ch == ")")
-        if ch == "," and depth == 0:
-            out.append(cur.strip())
-            cur = ""
-        else:
-            cur += ch
-    if cur.strip():
-        out.append(cur.strip())
-    return tuple(out)
+_DEFAULTS = {"bits": (1, 2, 4), "seeds": (0, 1), "mnist_bits": (1, 2, 4), "mnist_seeds": (0, 1, 2)}
+
+
+def _given(args: argparse.Namespace, flag: str, dest: str) -> bool:
+    """Whether ``flag`` is on the command line (``args.argv``); called from Python (no argv), whether its value
+    differs from the default."""
+    argv = getattr(args, "argv", None)
+    if argv is None:
+        return getattr(args, dest) != _DEFAULTS[dest]
+    return any(a == flag or a.startswith(flag + "=") for a in argv)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("classify", help="monotone STEs: coarse gradient descent on non-linearly-separable classes",
                        description=__doc__)
     p.add_argument("--out", type=Path, default=None, help="run folder (default runs/classify-<timestamp>)")
-    p.add_argument("--stes", type=_names, default=(), help="comma-separated STEs (default: all, plus hat, half_hat)")
-    p.add_argument("--bits", type=_ints, default=(1, 2, 4), help="bit-widths of the synthetic main grid")
-    p.add_argument("--seeds", type=_ints, default=(0, 1), help="seeds of the synthetic experiment")
-    p.add_argument("--kinds", type=_names, default=("subspaces", "cones"), help="synthetic data kinds")
+    p.add_argument("--stes", nargs="+", type=ste_spec, default=[], metavar="STE",
+                   help="STEs to compare (space-separated specs, e.g. relu 'leaky_relu(slope=0.05)'; default: every "
+                        "registered one, hat and half_hat included)")
+    p.add_argument("--bits", type=_ints, default=_DEFAULTS["bits"], help="bit-widths of the synthetic main grid")
+    p.add_argument("--seeds", type=_ints, default=_DEFAULTS["seeds"], help="seeds of the synthetic experiment")
+    p.add_argument("--kinds", nargs="+", default=["subspaces", "cones"], help="synthetic data kinds")
     p.add_argument("--steps", type=int, default=2000, help="maximum coarse GD steps per synthetic run")
     p.add_argument("--lr", type=float, default=0.1)
     p.add_argument("--hidden", type=int, default=32, help="hidden neurons (fixed class-assigned readout)")
@@ -47,8 +48,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-synthetic", action="store_true", help="skip the synthetic experiment")
     p.add_argument("--mnist", action="store_true", help="also run the MNIST experiment (needs the data set)")
     p.add_argument("--data-dir", default=None, help="directory holding MNIST (default: stelab.data.find_data_dir)")
-    p.add_argument("--mnist-bits", type=_ints, default=(1, 2, 4))
-    p.add_argument("--mnist-seeds", type=_ints, default=(0, 1, 2))
+    p.add_argument("--mnist-bits", type=_ints, default=_DEFAULTS["mnist_bits"])
+    p.add_argument("--mnist-seeds", type=_ints, default=_DEFAULTS["mnist_seeds"])
     p.add_argument("--mnist-subset", type=int, default=60000, help="training images used")
     p.add_argument("--mnist-epochs", type=int, default=1)
     p.add_argument("--threads", type=int, default=1, help="torch threads (the matrices are small: 1 is fastest)")
@@ -78,6 +79,12 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(args, name)}")
     out = args.out or Path("runs") / f"classify-{time.strftime('%Y%m%d-%H%M%S')}"
     check_out_dir(out, reports=(*REPORTS, "classify.md", "classify.json"), force=args.force)  # before the work
+    if args.quick:  # --quick sets its own small grid: a grid flag given with it would be silently replaced
+        given = [f for f, dest in (("--bits", "bits"), ("--seeds", "seeds"), ("--mnist-bits", "mnist_bits"),
+                                   ("--mnist-seeds", "mnist_seeds")) if _given(args, f, dest)]
+        if given:
+            raise ValueError(f"--quick runs its own small grid (2 bits, seed 0) and would ignore {', '.join(given)}; "
+                             "drop --quick to run your grid, or drop those flags")
     synthetic = mnist = None
     if not args.no_synthetic:
         synthetic = SyntheticSettings(kinds=tuple(args.kinds), stes=tuple(args.stes), bits=tuple(args.bits),

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from ..ste import PAPER_STES
+from .ste_args import add_stes_argument
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -26,7 +27,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dataset", help="mnist | cifar10 (default: the run's, or the model's)")
     p.add_argument("--bits", type=int, help="quantize a float model's activations at these bits (default 2 for a "
                                             "float model; a quantized run keeps its own)")
-    p.add_argument("--stes", nargs="+", default=list(PAPER_STES), help="STEs to compare")
+    add_stes_argument(p, PAPER_STES, "STEs to compare")
     p.add_argument("--widths", nargs="+", type=float, default=[0.5, 0.25, 0.1],
                    help="smoothing widths s/alpha of the reference (the two narrowest are extrapolated to 0)")
     p.add_argument("--batches", type=int, default=16, help="i.i.d. batches to average over")

@@ -6,6 +6,8 @@ import argparse
 
 from ..io import check_out_dir
 from ..ste import PAPER_STES
+from .executors import add_executor_arguments, executor_from_args
+from .ste_args import add_stes_argument
 from .train import add_train_arguments
 
 
@@ -18,17 +20,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--dataset", choices=("mnist", "cifar10"), default="mnist")
     t.add_argument("--models", nargs="+", default=None, help="default: lenet5 (mnist) or vgg11 resnet20 (cifar10)")
     t.add_argument("--bits", type=int, nargs="+", default=[2, 4])
-    t.add_argument("--stes", nargs="+", default=list(PAPER_STES))
+    add_stes_argument(t, PAPER_STES, "STEs to compare")
     t.add_argument("--seeds", type=int, default=1, help="number of seeds: FIRST..FIRST+N-1")
     t.add_argument("--first-seed", type=int, default=0, help="first seed (to split seeds over processes/machines)")
     t.add_argument("--epochs-scale", type=float, default=1.0, help="fraction of the paper's epochs (50 / 200)")
     t.add_argument("--cell-epochs", type=int, default=None,
                    help="epochs of each quantized fine-tuning run (default: as many as the float run)")
-    t.add_argument("--jobs", type=int, default=1,
-                   help="runs trained at once, in separate processes sharing the cores (default 1; 2 suits LeNet-5 "
-                        "on 2 cores, see REPRODUCTION.md)")
     t.add_argument("--out", default=None, help="output folder (default runs/table1-<dataset>)")
     add_train_arguments(t)
+    add_executor_arguments(t, jobs_help="local: runs trained at once, in separate processes sharing the cores "
+                                        "(default 1; 2 suits LeNet-5 on 2 cores, see REPRODUCTION.md)")
     t.set_defaults(func=run_table1_cmd)
 
     i = what.add_parser("instability", help="continue good-STE minima with a poorer STE at a tiny rate")
@@ -46,6 +47,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="afterwards, epochs of the normal quantized schedule with the same STE (0 = none)")
     i.add_argument("--out", default=None, help="output folder (default runs/instability-<model>-<dataset>)")
     add_train_arguments(i)
+    add_executor_arguments(i)
     i.set_defaults(func=run_instability_cmd)
 
 
@@ -90,10 +92,12 @@ def run_table1_cmd(args: argparse.Namespace) -> int:
     _check_models(models, args.dataset)
     config = Table1Config(dataset=args.dataset, models=models, bits=tuple(args.bits), stes=tuple(args.stes),
                           seeds=args.seeds, first_seed=args.first_seed, epochs_scale=args.epochs_scale,
-                          cell_epochs=args.cell_epochs, jobs=args.jobs, train=_base_train(args, models[0]))
+                          cell_epochs=args.cell_epochs, jobs=1 if args.jobs is None else args.jobs,
+                          train=_base_train(args, models[0]))
     out = args.out or f"runs/table1-{args.dataset}"
     check_out_dir(out)
-    results = run_table1(config, out, progress=not args.no_progress)
+    with executor_from_args(args, out) as executor:
+        results = run_table1(config, out, progress=not args.no_progress, executor=executor)
     print(table1_markdown(results))
     print(f"written to {out}/report.md, results.json and *-curves.png")
     return 0
@@ -109,7 +113,8 @@ def run_instability_cmd(args: argparse.Namespace) -> int:
                                then_epochs=args.then_epochs, train=_base_train(args, args.model))
     out = args.out or f"runs/instability-{args.model}-{args.dataset}"
     check_out_dir(out)
-    results = run_instability(config, out, progress=not args.no_progress)
+    with executor_from_args(args, out) as executor:
+        results = run_instability(config, out, progress=not args.no_progress, executor=executor)
     print(instability_markdown(results))
     print(f"written to {out}/report.md, results.json and instability.png")
     return 0

@@ -6,6 +6,8 @@ import argparse
 import time
 from pathlib import Path
 
+from .ste_args import ste_spec
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("symmetry", help="scale symmetry and its breaking by the clipped-ReLU STE (report)",
@@ -20,8 +22,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lr", type=float, default=0.5, help="learning rate")
     p.add_argument("--samples", type=int, default=10000, help="samples for the descent runs")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--ste", action="append", default=None, metavar="NAME",
-                   help="STE to include (repeatable; default: every registered STE)")
+    p.add_argument("--stes", nargs="+", type=ste_spec, default=[], metavar="STE",
+                   help="STEs to include (space-separated specs; default: every registered STE)")
     p.add_argument("--quick", action="store_true", help="coarser grids (for smoke tests)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.add_argument("--force", action="store_true", help="overwrite a report already in --out")
@@ -33,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     from ..io import REPORTS, check_out_dir
 
     config = SymmetryConfig(kappa=args.kappa, b=args.b, tilt=args.tilt, steps=args.steps, lr=args.lr,
-                            samples=args.samples, seed=args.seed, stes=tuple(args.ste or ()), quick=args.quick)
+                            samples=args.samples, seed=args.seed, stes=tuple(args.stes), quick=args.quick)
     out = args.out or Path("runs") / f"symmetry-{time.strftime('%Y%m%d-%H%M%S')}"
     check_out_dir(out, reports=(*REPORTS, "symmetry.png"), force=args.force)  # before the work, not after
     results = run_report(config, out, progress=not args.no_progress)

@@ -7,6 +7,7 @@ Multi-process data parallel: ``torchrun --nproc_per_node 2 -m stelab.cli train .
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from ..config import QuantConfig
@@ -125,9 +126,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="continue the run in --out from its last checkpoint with the settings in its config.json "
                         "(other flags optional; one that differs from the saved value is an error)")
     p.add_argument("--save-best", action="store_true", help="also keep best.pt (highest test accuracy)")
+    _bool_flag(p, "pack-saved", "keep the quantized activations' outputs saved for backward as packed n-bit codes, "
+                                "restored exactly: the same run in less memory (not with --compile; docs/training.md)")
     p.add_argument("--diagnose-every", type=int, default=0, metavar="N",
                    help="run stelab.diagnostics.DiagnosticsHook every N steps (0 = off)")
     p.add_argument("--nproc", type=int, default=1, help="data-parallel processes launched here (like torchrun)")
+    p.add_argument("--force", action="store_true",
+                   help="write into an --out folder that holds another command's report.md/results.json")
     add_train_arguments(p)
     p.set_defaults(func=run)
 
@@ -158,6 +163,7 @@ def _fields_from_args(args: argparse.Namespace, **overrides) -> dict:
         limit_test=args.limit_test, synthetic=args.synthetic, eval_batch_size=args.eval_batch_size,
         diagnose_every=getattr(args, "diagnose_every", 0), save_best=getattr(args, "save_best", False),
     )
+    fields["pack_saved"] = bool(getattr(args, "pack_saved", None))  # None: not given
     fields.update(overrides)
     return fields
 
@@ -221,7 +227,10 @@ def run(args: argparse.Namespace) -> int:
     # Validate in the parent before launching children, and before anything is loaded or created.
     config = _resume_config(args) if args.resume else config_from_args(args)
     run_dir = run_dir_for(config)
-    check_out_dir(run_dir)
+    # Another command's report in the folder is not overwritten without --force; a run folder of train's own is
+    # guarded by the training loop (a trained epoch blocks a fresh start, an untrained one does not).
+    foreign = () if args.resume or (run_dir / "config.json").is_file() else ("report.md", "results.json")
+    check_out_dir(run_dir, reports=foreign, force=args.force)
     is_main = from_env().is_main
     if is_main:
         verb = "resuming" if args.resume else "writing to"
@@ -229,13 +238,20 @@ def run(args: argparse.Namespace) -> int:
         print(f"stelab train: initial learning rate {config.resolved_lr():g} ({config.lr_reason()})", flush=True)
     specs = hook_specs(config)
     hooks = [spec.build() for spec in specs]  # built here too, so that a bad hook fails before any launch
-    if args.nproc > 1:
-        from ..train.distributed import launch
+    try:
+        if args.nproc > 1:
+            from ..train.distributed import launch
+            from ..train.runs import read_summary
 
-        code = launch(config, args.nproc, resume=args.resume, progress=not args.no_progress, hooks=specs)
-        print(f"stelab train: run folder {run_dir}")
-        return code
-    summary = train(config, hooks, resume=args.resume, progress=not args.no_progress)
+            code = launch(config, args.nproc, resume=args.resume, progress=not args.no_progress, hooks=specs)
+            summary = read_summary(run_dir) or {"status": f"failed (exit code {code})"}
+        else:
+            summary = train(config, hooks, resume=args.resume, progress=not args.no_progress)
+    except KeyboardInterrupt:
+        if is_main:
+            print(f"stelab train: interrupted; the last finished epoch is kept. Continue with: stelab train --resume "
+                  f"--out {run_dir}", file=sys.stderr)
+        return 130
     if is_main:
         keys = ("status", "epochs_done", "train_loss", "train_acc", "test_loss", "test_acc", "wall_time_s")
         print(" ".join(f"{k}={_fmt(summary.get(k))}" for k in keys))
@@ -290,8 +306,12 @@ def _resume_config(args: argparse.Namespace) -> TrainConfig:
         if field in RUNTIME_FIELDS:
             changes[field] = wanted[field]
         elif new != old:
+            longer = (f"; to train this run further, start a new one from it: stelab train --init {run_dir} "
+                      f"--epochs {new} --out NEW_FOLDER (a fresh schedule from its weights)"
+                      if field == "epochs" else "")
             raise ValueError(f"--resume: {flag} gives {field}={new!r} but the run in {run_dir / CONFIG} has "
-                             f"{old!r}; drop {flag} to continue the run as saved, or start a new run in another --out")
+                             f"{old!r}; drop {flag} to continue the run as saved, or start a new run in another "
+                             f"--out{longer}")
     return TrainConfig.from_dict({**saved, **changes})
 
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import unknown_name
+from ..io import check_out_dir
 from .paths import ENV_VAR, DataFormatError
 
 CHUNK = 1 << 20
@@ -169,6 +170,8 @@ def download(name: str, data_dir: str | os.PathLike | None = None, *, mirrors: t
         if force or _damaged(dest.parent, ((filename, md5),)):
             if dest.is_file() and not force:
                 print(f"{name}: {dest} fails its published checksum; fetching it again", file=sys.stderr)
+            # before any mirror is tried: an unwritable folder is the folder's fault, not the mirrors'
+            check_out_dir(dest.parent, flag="--data-dir")
             _fetch_any(filename, dest, md5, (*mirrors, *source.mirrors), opener, progress)
         if source.extract:
             _extract(dest, root, source.extract)

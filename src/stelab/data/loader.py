@@ -67,7 +67,8 @@ class DeviceLoader:
     zero pixels before normalisation, as in the usual torchvision pipeline). ``shuffle`` permutes each epoch.
     Iterating runs epoch ``self.epoch`` and then advances it by one; ``set_epoch(e)`` selects an epoch explicitly.
     With ``world_size > 1`` each epoch's permutation is cut into ``world_size`` disjoint equal slices (the tail that
-    does not divide evenly is dropped) and rank ``rank`` iterates its slice.
+    does not divide evenly is dropped) and rank ``rank`` iterates its slice. Without ``drop_last``, a last batch
+    of a single sample is merged into the batch before it (``merges_last``; batch norm cannot train on one sample).
     """
 
     def __init__(self, images: Tensor, labels: Tensor, *, batch_size: int, shuffle: bool, augment: bool,
@@ -100,7 +101,15 @@ class DeviceLoader:
 
     def __len__(self) -> int:
         n, b = self.num_samples, self.batch_size
-        return n // b if self.drop_last else -(-n // b)
+        if self.drop_last:
+            return n // b
+        return n // b if self.merges_last else -(-n // b)
+
+    @property
+    def merges_last(self) -> bool:
+        """Whether the last batch, of a single sample, is merged into the one before (see :meth:`__iter__`)."""
+        n, b = self.num_samples, self.batch_size
+        return not self.drop_last and n > b and n % b == 1
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
@@ -131,8 +140,12 @@ class DeviceLoader:
         order = order.to(self.device)
         if offsets is not None:
             offsets, flips = offsets.to(self.device), flips.to(self.device)
+        last = len(self) - 1
         for k in range(len(self)):
-            part = slice(k * self.batch_size, (k + 1) * self.batch_size)
+            # A last batch of one sample goes with the one before: batch norm cannot train on a single value per
+            # channel (BatchNorm1d raises), and that error came after a whole epoch of work.
+            end = len(order) if k == last and self.merges_last else (k + 1) * self.batch_size
+            part = slice(k * self.batch_size, end)
             idx = order[part]
             images = self.images[idx]
             if offsets is not None:

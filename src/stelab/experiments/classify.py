@@ -239,7 +239,9 @@ def plot_curves(result: dict, path: Path) -> None:
     for ax in axes[-1]:
         ax.set_xlabel("coarse GD step")
     handles = {h.get_label(): h for ax in axes.flat for h in ax.get_legend_handles_labels()[0]}
-    fig.legend([handles[n] for n in stes if n in handles], [n for n in stes if n in handles], loc="outside right",
+    # below the panels: at the right, a narrow (one-panel) figure's legend ran into the title
+    shown = [n for n in stes if n in handles]
+    fig.legend([handles[n] for n in shown], shown, loc="outside lower center", ncol=min(len(shown), 4),
                title="STE (solid: one-sided)", fontsize=10)
     fig.suptitle(f"Coarse gradient descent, fixed readout, full batch (seed {s['seeds'][0]}, "
                  f"{s['num_classes']} classes, dim {s['dim']})", fontsize=12)
@@ -267,7 +269,7 @@ def plot_mnist(result: dict, path: Path) -> None:
     ax.set_title(f"MNIST, V q(Wx): mean test accuracy over {seeds} seed(s)" + (" (error bars: min-max)" if seeds > 1
                                                                              else ""), fontsize=11)
     ax.grid(axis="y", alpha=0.3)
-    fig.legend(fontsize=9, loc="outside right upper", title="bits")
+    fig.legend(fontsize=9, loc="outside lower center", ncol=len(bits), title="bits")
     save_figure(fig, path)
 
 

@@ -322,6 +322,12 @@ def _figure(results: dict, path: Path) -> None:
     ax.set(xscale="log", xlabel="‖w‖ on the ray", ylabel="radial part ŵ·g  (> 0: ‖w‖ shrinks)",
            title=f"(c) on the ray through the global minimum (θ={ray['theta']:.3f}, disk)")
     ax.set_yscale("symlog", linthresh=1e-4)
+    # A margin of half the extreme values (0.18 decade on symlog's log parts): autoscale left a constant curve
+    # (relu's radial part) lying on the frame.
+    values = [v for radial in ray["radial"].values() for v in radial if np.isfinite(v)]
+    if values:
+        lo, hi = min(values), max(values)
+        ax.set_ylim(lo - 0.5 * abs(lo) - 1e-5, hi + 0.5 * abs(hi) + 1e-5)
     ax.grid(alpha=0.3)
     handles, labels = axes[0, 0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside right center", title="STE", fontsize=9)

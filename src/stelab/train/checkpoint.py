@@ -65,12 +65,25 @@ def save_checkpoint(path: str | Path, *, model: nn.Module, optimizer, scheduler,
     })
 
 
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be read, or holds the weights of another model."""
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """The object saved in ``path``; a file torch cannot read (truncated, emptied, not a checkpoint) raises
+    :class:`CheckpointError` saying so in one line."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
-    # RNG states hold numpy objects, so this is a full (trusted, own-run) unpickle.
-    return torch.load(path, map_location=map_location, weights_only=False)
+    try:
+        # RNG states hold numpy objects, so this is a full (trusted, own-run) unpickle.
+        return torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as err:  # torch raises RuntimeError, EOFError, UnpicklingError, ... for a damaged file
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(
+            f"{path} is not a readable torch checkpoint ({type(err).__name__}: {reason[:120]}); it is truncated, "
+            f"damaged or another kind of file: pass a checkpoint.pt or run folder, or delete {path.name} and rerun "
+            "to train the run again from its start") from None
 
 
 def resolve_checkpoint(path: str | Path, checkpoint: str = "last") -> Path:
@@ -100,5 +113,27 @@ def load_weights(model: nn.Module, path: str | Path, checkpoint: str = "last") -
     A float model's weights load into its quantized twin: the state-dict keys match (fixed alphas are not stored).
     """
     state, blob = read_weights(path, checkpoint)
-    unwrap(model).load_state_dict(state)
+    load_state(model, state, path, blob)
     return blob
+
+
+def load_state(model: nn.Module, state: Any, source: str | Path, blob: dict[str, Any] | None = None) -> None:
+    """``model.load_state_dict(state)`` (strict); a state of another model raises :class:`CheckpointError` naming
+    the model the checkpoint was written for (from its saved config, when it has one) instead of listing keys."""
+    target = unwrap(model)
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{source} holds a {type(state).__name__}, not model weights; pass a checkpoint.pt or "
+                              "run folder written by stelab train")
+    own = target.state_dict()
+    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    shapes = [k for k in set(own) & set(state) if hasattr(state[k], "shape") and own[k].shape != state[k].shape]
+    if missing or unexpected or shapes:
+        saved = (blob or {}).get("config")
+        name = saved.get("model") if isinstance(saved, dict) else None
+        detail = (f"{len(missing)} missing, {len(unexpected)} unexpected, {len(shapes)} mis-shaped tensors, e.g. "
+                  f"{(missing or unexpected or sorted(shapes))[0]!r}")
+        fix = f", or use --model {name} to start from this one" if name else ""
+        raise CheckpointError(f"{source} holds the weights of {f'model {name!r}' if name else 'another model'}, not "
+                              f"of this {type(target).__name__} ({detail}); pass a checkpoint of the model being "
+                              f"built{fix}")
+    target.load_state_dict(state)

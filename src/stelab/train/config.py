@@ -59,6 +59,11 @@ def _training_quant(quant: QuantConfig) -> QuantConfig:
     return quant if not quant.check_nan else quant.replace(check_nan=False)
 
 
+def _flag(field: str) -> str:
+    """`` (--batch-size)``: the flag of a field, appended to errors raised from Python and command line alike."""
+    return f" (--{field.replace('_', '-')})"
+
+
 @dataclass(frozen=True)
 class TrainConfig(JsonConfig):
     r"""One training run. ``quant`` is how every activation is quantized (a :class:`QuantConfig`; default: 2 bits,
@@ -70,6 +75,9 @@ class TrainConfig(JsonConfig):
     ``lr=None`` picks 0.1 from scratch and 0.01 with ``init`` (fine-tuning); ``epochs=None`` the paper's count.
     ``precision="bf16"`` runs forward and loss under ``torch.autocast`` (bfloat16 matmuls and convolutions, float32
     weights and optimizer); ``channels_last=None`` picks the faster memory format measured for the model and device.
+    ``pack_saved`` keeps the quantized activations' outputs that autograd saves as packed n-bit codes and restores
+    them exactly for the backward (:class:`stelab.PackSaved`): the same gradients and weights in less memory, so it
+    may change between a run and its resumption; not with ``compile``.
     ``limit_train``/``limit_test`` keep the first N images (0 = all); ``synthetic`` > 0 replaces the data set by
     that many random images of the data set's shape (tests, benchmarks). ``augment=None`` means on for CIFAR-10.
 
@@ -122,6 +130,7 @@ class TrainConfig(JsonConfig):
     eval_batch_size: int = 1000
     diagnose_every: int = 0
     save_best: bool = False
+    pack_saved: bool = False
 
     def __post_init__(self) -> None:
         check_choice("dataset", self.dataset, DATASETS)
@@ -138,26 +147,42 @@ class TrainConfig(JsonConfig):
                 raise TypeError(f"quant must be a stelab.QuantConfig or None (float model), got {self.quant!r}")
             object.__setattr__(self, "quant", _training_quant(self.quant))
         self._check_weights()
+        self._check_pack_saved()
         object.__setattr__(self, "lr_milestones", tuple(float(m) for m in self.lr_milestones))
         if any(not 0.0 < m < 1.0 for m in self.lr_milestones):
-            raise ValueError(f"lr_milestones are fractions of the run in (0, 1), got {list(self.lr_milestones)}")
+            raise ValueError(f"lr_milestones are fractions of the run in (0, 1), got "
+                             f"{list(self.lr_milestones)}" + _flag("lr_milestones"))
         for name in ("batch_size", "eval_batch_size"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}" + _flag(name))
         for name in ("limit_train", "limit_test", "synthetic", "diagnose_every"):
             if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}" + _flag(name))
         if self.epochs is not None and self.epochs < 1:
-            raise ValueError(f"epochs must be >= 1, got {self.epochs}")
+            raise ValueError(f"epochs must be >= 1, got {self.epochs}" + _flag("epochs"))
         if not 0.0 <= self.warmup_epochs < self.resolved_epochs():
-            raise ValueError(f"warmup_epochs (--warmup-epochs) must be >= 0 and shorter than the run's "
-                             f"{self.resolved_epochs()} epochs, got {self.warmup_epochs}")
+            raise ValueError(f"warmup_epochs must be >= 0 and shorter than the run's "
+                             f"{self.resolved_epochs()} epochs, got {self.warmup_epochs}" + _flag("warmup_epochs"))
         if self.lr is not None and not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
+            raise ValueError(f"lr must be > 0, got {self.lr}" + _flag("lr"))
         if not 0.0 <= self.momentum < 1.0:
-            raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
-        if self.weight_decay < 0 or self.lr_gamma <= 0:
-            raise ValueError("weight_decay must be >= 0 and lr_gamma > 0")
+            raise ValueError(f"momentum must be in [0, 1), got {self.momentum}" + _flag("momentum"))
+        if not self.weight_decay >= 0:
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}" + _flag("weight_decay"))
+        if not self.lr_gamma > 0:
+            raise ValueError(f"lr_gamma must be > 0, got {self.lr_gamma}" + _flag("lr_gamma"))
+
+    def _check_pack_saved(self) -> None:
+        """``pack_saved`` needs quantized activations and eager autograd (:mod:`stelab.pack`)."""
+        if not isinstance(self.pack_saved, bool):
+            raise TypeError(f"pack_saved must be a bool, got {self.pack_saved!r}")
+        if self.pack_saved and self.quant is None:
+            raise ValueError("pack_saved (--pack-saved) keeps quantized activations' outputs as codes, but the "
+                             "activations are float (--float); drop --pack-saved or quantize the activations")
+        if self.pack_saved and self.compile:
+            from ..pack import COMPILE_MESSAGE
+
+            raise ValueError(COMPILE_MESSAGE)
 
     def _check_weights(self) -> None:
         if isinstance(self.weights, dict):  # nested, as in config.json
@@ -174,15 +199,15 @@ class TrainConfig(JsonConfig):
             raise ValueError("weight_first_last (--weight-first-last) quantizes the first and last layers' weights, "
                              "but the weights are float; give --weight-bits B too")
         if not (0.0 <= self.bcgd_rho <= 1.0):
-            raise ValueError(f"bcgd_rho must be in [0, 1], got {self.bcgd_rho}")
+            raise ValueError(f"bcgd_rho must be in [0, 1], got {self.bcgd_rho}" + _flag("bcgd_rho"))
         if not (0.0 <= self.relax_lam < float("inf")):
-            raise ValueError(f"relax_lam must be a finite number >= 0, got {self.relax_lam}")
+            raise ValueError(f"relax_lam must be a finite number >= 0, got {self.relax_lam}" + _flag("relax_lam"))
         if not (1.0 <= self.relax_growth < float("inf")):
             raise ValueError(f"relax_growth must be a finite number >= 1 (lambda must not shrink), got "
-                             f"{self.relax_growth}")
+                             f"{self.relax_growth}" + _flag("relax_growth"))
         if not (0.0 < self.relax_hard_at <= 1.0):
             raise ValueError(f"relax_hard_at is the fraction of the run where BinaryRelax turns hard, in (0, 1] "
-                             f"(1: never during the run), got {self.relax_hard_at}")
+                             f"(1: never during the run), got {self.relax_hard_at}" + _flag("relax_hard_at"))
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:

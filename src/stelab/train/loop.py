@@ -9,6 +9,7 @@ stops the run at the step where it appears (``status: "diverged"``); the last go
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from collections.abc import Iterable
@@ -19,16 +20,17 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..io import append_jsonl, read_json, read_jsonl, write_json, write_text
+from ..errors import ResolutionError
+from ..io import append_jsonl, read_jsonl, remove_stale_temporaries, write_json, write_text
+from ..pack import PackSaved
 from . import distributed
 from .checkpoint import BEST, CHECKPOINT, load_checkpoint, save_checkpoint, set_rng_state, unwrap
 from .config import TrainConfig
 from .hooks import TrainHook, check_hooks, run_hooks
+from .progress import progress_bar, update_bar
 from .quant_weights import deployed_weights, wrap_optimizer
-from .runs import CONFIG, METRICS, build_model, is_done, plot_curves, read_summary, write_summary
-
-# Fields that may differ between a run and its resumption: they change speed or logging, not the result.
-RUNTIME_FIELDS = ("out", "device", "compile", "data_dir", "diagnose_every", "eval_batch_size", "save_best")
+from .rules import RUNTIME_FIELDS, _check_resume_config, config_differences  # noqa: F401
+from .runs import CONFIG, METRICS, SUMMARY, build_model, is_done, plot_curves, read_summary, run_summary, write_summary
 
 
 class Diverged(Exception):
@@ -94,21 +96,6 @@ def autocast(device: torch.device, precision: str) -> torch.autocast:
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
-def _check_resume_config(run_dir: Path, config: TrainConfig) -> None:
-    # Through TrainConfig, so that a config.json in the legacy flat form compares by meaning.
-    saved = TrainConfig.from_dict(read_json(run_dir / CONFIG)).to_dict()
-    new = config.to_dict()
-    diff = sorted(k for k in new if k not in RUNTIME_FIELDS and _jsonable(saved.get(k)) != _jsonable(new[k]))
-    if diff:
-        details = ", ".join(f"{k}: {saved.get(k)!r} -> {new[k]!r}" for k in diff)
-        raise ValueError(f"--resume with a different configuration than {run_dir / CONFIG} ({details}); "
-                         "resume with the same flags or start a new --out folder")
-
-
-def _jsonable(v: Any) -> Any:
-    return list(v) if isinstance(v, tuple) else v
-
-
 def train(config: TrainConfig, hooks: Iterable[TrainHook] = (), *, resume: bool = False,
           progress: bool = True) -> dict:
     """Train one model per ``config``; returns the summary (also written to ``results.json``).
@@ -151,6 +138,7 @@ class _Run:
     warmup_steps: int = 0
     best: dict[str, Any] | None = None
     t_start: float = 0.0  # perf_counter at the start, shifted back by the time of the epochs resumed from
+    pack: Any = field(default_factory=contextlib.nullcontext)  # around each forward: stelab.PackSaved or nothing
 
 
 def _train(config: TrainConfig, hooks: list[TrainHook], info: distributed.DistInfo, device: torch.device,
@@ -168,6 +156,8 @@ def _train(config: TrainConfig, hooks: list[TrainHook], info: distributed.DistIn
     if info.is_main:
         _start_run_folder(run)
     run.net = _wrap(run)
+    if config.pack_saved:
+        run.pack = PackSaved(run.model)  # checks the model once (a model it cannot help is said once)
     status, run.t_start = "finished", time.perf_counter() - elapsed
     for epoch in range(run.epoch + 1, config.resolved_epochs() + 1):
         if not _train_epoch(run, epoch):
@@ -182,15 +172,23 @@ def _check_start(run: _Run, resume: bool) -> dict | None:
     config, run_dir = run.config, run.run_dir
     if config.batch_size % run.info.world_size:
         raise ValueError(f"batch_size {config.batch_size} must be divisible by the {run.info.world_size} processes")
+    untrained = not (run_dir / CHECKPOINT).is_file()  # no epoch finished: nothing to lose, nothing to continue
     if resume and (run_dir / CONFIG).is_file():
         _check_resume_config(run_dir, config)
         if is_done(run_dir):
             if run.info.is_main:
-                print(f"{run_dir} already finished; nothing to resume", file=sys.stderr)
+                summary = read_summary(run_dir) or {}
+                if untrained:
+                    print(f"{run_dir} diverged before its first epoch; nothing to resume: rerun without --resume "
+                          "(with other settings, e.g. a lower --lr)", file=sys.stderr)
+                else:
+                    print(f"{run_dir} already {summary.get('status', 'finished')}; nothing to resume (to train it "
+                          f"longer, start a new run from it: stelab train --init {run_dir} --epochs N --out NEW)",
+                          file=sys.stderr)
             return read_summary(run_dir)
-    elif not resume and ((run_dir / CHECKPOINT).is_file() or is_done(run_dir)):
-        # Only a trained epoch blocks a fresh start: a start that failed before its first checkpoint has nothing
-        # to lose and must not block the corrected re-run.
+    elif not resume and not untrained:
+        # Only a trained epoch blocks a fresh start: a start that failed or diverged before its first checkpoint
+        # has nothing to lose and must not block the corrected re-run.
         raise ValueError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out")
     return None
 
@@ -231,6 +229,9 @@ def _load_data(run: _Run) -> None:
                                    seed=config.seed, rank=info.rank, world_size=info.world_size,
                                    channels_last=run.channels_last)
     run.test = data.normalise(test_x.to(device), mean, std), test_y.to(device)
+    if run.loader.merges_last and info.is_main:
+        print(f"stelab train: the last batch of 1 image joins the batch before it (batch norm cannot train on one "
+              f"image; {len(train_x)} training images, batch size {config.batch_size})", file=sys.stderr)
 
 
 def _restore(run: _Run) -> float:
@@ -249,10 +250,17 @@ def _restore(run: _Run) -> float:
 
 def _start_run_folder(run: _Run) -> None:
     run.run_dir.mkdir(parents=True, exist_ok=True)
+    for tmp in remove_stale_temporaries(run.run_dir):  # left by a process killed while writing (kill -9)
+        print(f"{run.run_dir}: removed {tmp.name}, an unfinished write of a killed run", file=sys.stderr)
     write_json(run.run_dir / CONFIG, run.config.to_dict())
-    # Records past the checkpoint belong to the interrupted epoch, which is trained again.
-    kept = [r for r in read_jsonl(run.run_dir / METRICS) if r.get("epoch", 0) <= run.epoch]
+    # Records past the checkpoint belong to the interrupted epoch, which is trained again (all of them for a run
+    # started afresh, e.g. after one that diverged before its first epoch; so does its summary).
+    records = read_jsonl(run.run_dir / METRICS) if run.epoch else []
+    kept = [r for r in records if r.get("epoch", 0) <= run.epoch]
     write_text(run.run_dir / METRICS, "".join(_jsonl(r) for r in kept))
+    if run.epoch == 0:
+        for name in (SUMMARY, "report.md"):
+            (run.run_dir / name).unlink(missing_ok=True)
 
 
 def _wrap(run: _Run) -> nn.Module:
@@ -272,8 +280,11 @@ def _train_epoch(run: _Run, epoch: int) -> bool:
         sums = _train_steps(run, epoch, t0)
     except Diverged as err:
         if run.info.is_main:
-            print(f"{run.run_dir}: {err}; stopping, last good checkpoint kept", file=sys.stderr)
-            append_jsonl(run.run_dir / METRICS, {"kind": "diverged", "step": run.step, "epoch": epoch})
+            kept = (f"the checkpoint of epoch {run.epoch} is kept" if run.epoch else
+                    "no epoch was trained, so nothing is kept and a rerun into this folder starts afresh")
+            print(f"{run.run_dir}: {err}; stopping, {kept}", file=sys.stderr)
+            append_jsonl(run.run_dir / METRICS, {"kind": "diverged", "step": run.step, "epoch": epoch,
+                                                 "reason": str(err)})
         return False
     distributed.all_reduce_sum(sums)
     train_time = time.perf_counter() - t0
@@ -302,12 +313,15 @@ def _train_steps(run: _Run, epoch: int, t0: float) -> Tensor:
     run.loader.set_epoch(epoch)
     run.net.train()
     sums = torch.zeros(3, dtype=torch.float64, device=device)
-    bar = _progress_bar(len(run.loader), epoch, config.resolved_epochs(), enabled=run.progress and info.is_main)
+    bar = progress_bar(len(run.loader), epoch, config.resolved_epochs(), enabled=run.progress and info.is_main)
     try:
         for i, (xb, yb) in enumerate(run.loader):
-            with autocast(device, config.precision):
-                out = run.net(xb)
-                loss = run.loss_fn(out, yb)
+            try:
+                with autocast(device, config.precision), run.pack:
+                    out = run.net(xb)
+                    loss = run.loss_fn(out, yb)
+            except ResolutionError as err:  # a learned alpha / step left the positive numbers: a diverged run
+                raise Diverged(f"{err} (step {run.step + 1}, epoch {epoch}{_bad_resolutions(run.model)})") from None
             run.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if run.step < run.warmup_steps:
@@ -327,19 +341,25 @@ def _train_steps(run: _Run, epoch: int, t0: float) -> Tensor:
                                         targets=yb, loss_fn=run.loss_fn):
                     append_jsonl(run.run_dir / METRICS, record)
             if bar is not None:
-                _update_bar(bar, sums, i % 20 == 0 or last, info.world_size, t0)
+                update_bar(bar, sums, i % 20 == 0 or last, info.world_size, t0)
     finally:
         if bar is not None:
             bar.close()
     return sums
 
 
-def _warmup_step(run: _Run) -> None:
-    """One optimizer step at ``(step + 1) / S`` of the scheduled rate (TrainConfig's linear warm-up).
+def _bad_resolutions(model: nn.Module) -> str:
+    """``"; bad: <names>"``: the learned resolutions (``alpha``, ``weight_scale``) that are not positive and finite."""
+    bad = [name for name, p in unwrap(model).named_parameters()
+           if name.rsplit(".", 1)[-1] in ("alpha", "weight_scale")
+           and not bool(((p.detach() > 0) & (p.detach() < float("inf"))).all())]
+    return f"; bad: {', '.join(bad)}" if bad else ""
 
-    The scheduled rate is put back right after: the epoch schedulers (cosine's chainable form reads the group's
-    current rate) must never see the warmed-up one, so the schedule and a resumed run are as without warm-up.
-    """
+
+def _warmup_step(run: _Run) -> None:
+    """One optimizer step at ``(step + 1) / S`` of the scheduled rate (TrainConfig's linear warm-up). The scheduled
+    rate is put back right after: the epoch schedulers (cosine's chainable form reads the group's rate) must never
+    see the warmed-up one, so the schedule and a resumed run are as without warm-up."""
     groups = run.scheduler.optimizer.param_groups
     scheduled = [g["lr"] for g in groups]
     factor = (run.step + 1) / run.warmup_steps
@@ -363,32 +383,11 @@ def _save_checkpoints(run: _Run, test_acc: float) -> None:
 
 
 def _finish(run: _Run, status: str) -> dict[str, Any]:
-    summary = _summary(run.run_dir, run.config, status, run.step, time.perf_counter() - run.t_start, run.info)
+    wall = time.perf_counter() - run.t_start
+    summary = run_summary(run.run_dir, run.config, status, run.step, wall, run.info.world_size, run.info.is_main)
     if run.info.is_main:
         write_summary(run.run_dir, summary)
         plot_curves(run.run_dir)
-    return summary
-
-
-def _summary(run_dir: Path, config: TrainConfig, status: str, step: int, wall: float,
-             info: distributed.DistInfo) -> dict[str, Any]:
-    records = [r for r in read_jsonl(run_dir / METRICS) if r.get("kind") == "epoch"] if info.is_main else []
-    last = records[-1] if records else {}
-    q = config.quant
-    summary: dict[str, Any] = {
-        "status": status, "run": run_dir.name, "model": config.model, "dataset": config.dataset,
-        "bits": q.bits if q else None, "ste": q.ste if q else "float", "seed": config.seed,
-        "epochs": config.resolved_epochs(), "epochs_done": last.get("epoch", 0), "steps": step,
-        "processes": info.world_size, "wall_time_s": wall,
-    }
-    if config.weights is not None:  # only then: activation-only summaries keep their keys
-        summary.update(weight_quantizer=config.weights.quantizer, weight_bits=config.weights.effective_bits,
-                       optimizer=config.optimizer)
-    for key in ("train_loss", "train_acc", "test_loss", "test_acc"):
-        summary[key] = last.get(key)
-    if records:
-        summary["best_test_acc"] = max(r["test_acc"] for r in records)
-        summary["images_per_s"] = sum(r["images_per_s"] for r in records) / len(records)
     return summary
 
 
@@ -398,21 +397,3 @@ def _jsonl(record: dict) -> str:
     from ..io import _json_safe
 
     return json.dumps(_json_safe(record), allow_nan=False) + "\n"
-
-
-def _progress_bar(total: int, epoch: int, epochs: int, enabled: bool):
-    if not enabled:
-        return None
-    from tqdm import tqdm
-
-    interactive = sys.stderr.isatty()
-    return tqdm(total=total, desc=f"epoch {epoch}/{epochs}", leave=False, dynamic_ncols=True,
-                mininterval=0.1 if interactive else 30.0, file=sys.stderr)
-
-
-def _update_bar(bar, sums: Tensor, postfix: bool, world_size: int, t0: float) -> None:
-    bar.update(1)
-    if postfix:  # every 20 batches: the figures need a host sync
-        s = sums.tolist()
-        bar.set_postfix(loss=f"{s[0] / s[2]:.4f}", acc=f"{100 * s[1] / s[2]:.2f}%",
-                        img_s=f"{s[2] * world_size / (time.perf_counter() - t0):.0f}")

@@ -12,8 +12,8 @@ from typing import Any
 
 from torch import nn
 
-from ..io import markdown_table, read_json, read_jsonl, save_figure, write_json, write_text
-from .checkpoint import load_weights, read_weights
+from ..io import epoch_axis, markdown_table, read_json, read_jsonl, save_figure, write_json, write_text
+from .checkpoint import load_state, load_weights, read_weights
 from .config import TrainConfig
 from .quant_weights import quantize_run_weights
 
@@ -65,12 +65,12 @@ def build_model(config: TrainConfig, init: str | Path | None = None) -> nn.Modul
     if config.weights is None:
         load_weights(model, init)
         return model
-    state, _ = read_weights(init)
-    if set(state) <= set(model.state_dict()):
-        model.load_state_dict(state)
+    state, blob = read_weights(init)
+    if isinstance(state, dict) and set(state) <= set(model.state_dict()):
+        load_state(model, state, init, blob)
         return quantize_run_weights(model, config)
     quantize_run_weights(model, config)
-    model.load_state_dict(state)
+    load_state(model, state, init, blob)
     return model
 
 
@@ -125,8 +125,29 @@ def plot_curves(run_dir: Path, records: list[dict[str, Any]] | None = None, titl
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
         ax.legend()
-        ax.xaxis.get_major_locator().set_params(integer=True)
-        if len(epochs) == 1:
-            ax.set_xlim(epochs[0] - 0.5, epochs[0] + 0.5)
+        epoch_axis(ax, epochs)
     fig.suptitle(title or describe_run(run_dir), fontsize=11)
     return save_figure(fig, run_dir / "curves.png")
+
+
+def run_summary(run_dir: Path, config: TrainConfig, status: str, step: int, wall: float, world_size: int = 1,
+                is_main: bool = True) -> dict[str, Any]:
+    """The run's summary (``results.json``) from its epoch records."""
+    records = [r for r in read_jsonl(run_dir / METRICS) if r.get("kind") == "epoch"] if is_main else []
+    last = records[-1] if records else {}
+    q = config.quant
+    summary: dict[str, Any] = {
+        "status": status, "run": run_dir.name, "model": config.model, "dataset": config.dataset,
+        "bits": q.bits if q else None, "ste": q.ste if q else "float", "seed": config.seed,
+        "epochs": config.resolved_epochs(), "epochs_done": last.get("epoch", 0), "steps": step,
+        "processes": world_size, "wall_time_s": wall,
+    }
+    if config.weights is not None:  # only then: activation-only summaries keep their keys
+        summary.update(weight_quantizer=config.weights.quantizer, weight_bits=config.weights.effective_bits,
+                       optimizer=config.optimizer)
+    for key in ("train_loss", "train_acc", "test_loss", "test_acc"):
+        summary[key] = last.get(key)
+    if records:
+        summary["best_test_acc"] = max(r["test_acc"] for r in records)
+        summary["images_per_s"] = sum(r["images_per_s"] for r in records) / len(records)
+    return summary

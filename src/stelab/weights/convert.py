@@ -4,6 +4,7 @@ and report what is quantized and the model's size."""
 from __future__ import annotations
 
 import copy
+import warnings
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -63,11 +64,28 @@ def quantize_weights(model: nn.Module, config: WeightQuantConfig | None = None, 
             continue
         config = apply_overrides(name, base, overrides)
         swaps.append((name, FLOAT_TYPES[type(module)].from_float(module, config)))  # type: ignore[attr-defined]
+    _warn_left_float(target, swaps)
     for name, replacement in swaps:
+        replacement.layer_name = f"layer {name}"  # type: ignore[attr-defined]
         parent_name, _, child = name.rpartition(".")
         parent = target.get_submodule(parent_name) if parent_name else target
         setattr(parent, child, replacement)
     return target
+
+
+#: Weight layers of other types, named in a warning when they stay float.
+OTHER_WEIGHT_TYPES: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d,
+                                                   nn.ConvTranspose3d, nn.Bilinear, nn.Embedding)
+
+
+def _warn_left_float(model: nn.Module, swaps: list) -> None:
+    others = [f"{n} ({type(m).__name__})" for n, m in model.named_modules() if type(m) in OTHER_WEIGHT_TYPES]
+    if others:
+        warnings.warn(f"quantize_weights: left float (only nn.Linear and nn.Conv2d are quantized): "
+                      f"{', '.join(others)}", stacklevel=3)
+    elif not swaps:
+        warnings.warn(f"quantize_weights: {type(model).__name__} has no nn.Linear or nn.Conv2d layer to quantize "
+                      "(or every one was excluded); nothing was quantized", stacklevel=3)
 
 
 def weight_quantized_modules(model: nn.Module) -> list[tuple[str, QuantLinear | QuantConv2d]]:
@@ -110,6 +128,7 @@ def weight_summary(model: nn.Module) -> str:
     size = model_size_bits(model)
     table = (markdown_table(["name", "quantizer", "bits", "granularity", "scale", "STE", "weights"], rows) if rows
              else "no quantized weights\n")
-    ratio = floats / size if size else float("nan")
+    if not size:
+        return f"{table}\nmodel size: no parameters\n"
     return (f"{table}\nmodel size: {size} bits ({size / 8 / 2**20:.3f} MiB) quantized vs {floats} bits "
-            f"({floats / 8 / 2**20:.3f} MiB) float, {ratio:.2f}x smaller\n")
+            f"({floats / 8 / 2**20:.3f} MiB) float, {floats / size:.2f}x smaller\n")

@@ -30,8 +30,9 @@ import math
 import torch
 from torch import Tensor
 
+from ..errors import ResolutionError
 from ..ste import STE
-from .quantizers import init_step, uniform_codes
+from .quantizers import compute_dtype, init_step, uniform_codes
 
 __all__ = ["ScaledCodes", "check_step", "grad_scale", "init_step", "lsq_quantize", "step_grad_factor"]
 
@@ -64,7 +65,8 @@ class ScaledCodes(torch.autograd.Function):
                 g: float) -> Tensor:
         ctx.ste, ctx.rounding, ctx.q_n, ctx.q_p, ctx.g = ste, rounding, q_n, q_p, g
         ctx.save_for_backward(w, scale, codes)
-        return scale.detach().to(w.dtype) * codes
+        # codes come in compute_dtype(w.dtype) (float32 for 16-bit weights): s k rounded to w's dtype once
+        return (scale.detach().to(w.dtype).to(codes.dtype) * codes).to(w.dtype)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
@@ -78,10 +80,12 @@ class ScaledCodes(torch.autograd.Function):
                 u = w / s
                 gw = grad * ((u >= -ctx.q_n) & (u <= ctx.q_p)).to(grad.dtype)
             else:
-                gw = grad * ctx.ste.derivative(w, s * ctx.q_p)
-        if ctx.needs_input_grad[1]:
-            factor = step_grad_factor(w / s, codes, ctx.q_n, ctx.q_p) if ctx.rounding else codes
-            gs = ((grad * factor).sum_to_size(scale.shape) * ctx.g).to(scale.dtype)
+                # the floor: binary's data scale of an all-zero channel is 0, and mu'(w; 0) may divide by top
+                gw = grad * ctx.ste.derivative(w, (s * ctx.q_p).clamp_min(torch.finfo(w.dtype).tiny))
+        if ctx.needs_input_grad[1]:  # in compute_dtype: a bfloat16 u = w/s and sum were off by 1.5-7 %
+            c = codes.dtype
+            factor = step_grad_factor(w.to(c) / s.to(c), codes, ctx.q_n, ctx.q_p) if ctx.rounding else codes
+            gs = ((grad.to(c) * factor).sum_to_size(scale.shape) * ctx.g).to(scale.dtype)
         return gw, gs, None, None, None, None, None, None
 
 
@@ -90,11 +94,19 @@ def _passes_through(ste: STE | None) -> bool:
     return ste is not None and ste.piecewise is not None and all(v == 1.0 for v in ste.piecewise.values)
 
 
-def check_step(step: Tensor) -> None:
-    """A learned step must stay positive: training with too large a learning rate can push it through zero."""
-    if not torch.compiler.is_compiling() and bool((step.detach() <= 0).any()):
-        raise ValueError(f"a learned step became non-positive (min {float(step.detach().min()):.3g}); lower the "
-                         "learning rate of the step or clamp it")
+def check_step(step: Tensor, where: str = "") -> None:
+    """A learned step must stay positive and finite: too large a learning rate can push it through zero or to NaN
+    (``NaN <= 0`` is false, so the test is ``not 0 < s < inf``). Raises :class:`stelab.errors.ResolutionError`
+    naming ``where`` (the layer) when it is not."""
+    if torch.compiler.is_compiling():
+        return
+    s = step.detach()
+    if not bool(((s > 0) & (s < float("inf"))).all()):
+        bad = s[~((s > 0) & (s < float("inf")))]
+        layer = f" of {where}" if where else ""
+        raise ResolutionError(f"the learned weight step{layer} became {float(bad.flatten()[0]):.3g}, non-positive "
+                              "or not finite; lower the learning rate (--lr), or use a data scale rule "
+                              "(--weight-scale-rule max) instead of lsq")
 
 
 def lsq_quantize(v: Tensor, step: Tensor, q_n: int, q_p: int, *, grad_scale_value: float | None = None,
@@ -110,5 +122,6 @@ def lsq_quantize(v: Tensor, step: Tensor, q_n: int, q_p: int, *, grad_scale_valu
         raise ValueError(f"LSQ needs Q_N >= 0 and Q_P >= 1, got Q_N={q_n}, Q_P={q_p}")
     check_step(step)
     g = grad_scale(max(1, v.numel() // max(1, step.numel())), q_p) if grad_scale_value is None else grad_scale_value
-    codes = uniform_codes(v.detach() / step.detach().to(v.dtype), q_n, q_p)
+    c = compute_dtype(v.dtype)
+    codes = uniform_codes(v.detach().to(c) / step.detach().to(v.dtype).to(c), q_n, q_p)
     return ScaledCodes.apply(v, step, codes, ste, True, q_n, q_p, float(g))

@@ -25,6 +25,9 @@ class _QuantWeights:
 
     weight: nn.Parameter
     weight_scale: nn.Parameter | None
+    #: The layer's qualified name in its model, for error messages (set by :func:`stelab.weights.quantize_weights`;
+    #: the class name for a layer built by hand).
+    layer_name: str = ""
 
     def _init_quant(self, config: WeightQuantConfig | None, fields: dict[str, Any]) -> None:
         cfg = WeightQuantConfig.merged(config, **fields)
@@ -78,12 +81,14 @@ class _QuantWeights:
         """The weights the forward uses: :math:`Q(w)` with the STE backward, or BinaryRelax's relaxed weights."""
         if self._relaxed:
             return relaxed_weight(self.weight, self.project(), self._relax_lam, self._relax_den)
-        return quantize_weight_with(self.weight, self.weight_config, self.weight_ste, self.weight_scale)
+        return quantize_weight_with(self.weight, self.weight_config, self.weight_ste, self.weight_scale,
+                                    self.layer_name)
 
     @torch.no_grad()
     def project(self) -> Tensor:
         """:math:`Q(w)` of the current latent weights, without gradient (what BCGD and BinaryRelax blend with)."""
-        return quantize_weight_with(self.weight, self.weight_config, self.weight_ste, self.weight_scale)
+        return quantize_weight_with(self.weight, self.weight_config, self.weight_ste, self.weight_scale,
+                                    self.layer_name)
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs):

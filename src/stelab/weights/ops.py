@@ -24,14 +24,15 @@ from .lsq import ScaledCodes, check_step, grad_scale
 from .quantizers import channel_view, get
 
 
-def resolve_scale(w: Tensor, config: WeightQuantConfig, step: Tensor | None = None) -> Tensor:
-    """The scale used for ``w``, broadcastable to it: the learned ``step`` (rule ``lsq``; shape ``()`` or ``(C,)``),
-    the config's number (``fixed``) or the data rule's statistic (``mean``, ``max``)."""
+def resolve_scale(w: Tensor, config: WeightQuantConfig, step: Tensor | None = None, where: str = "") -> Tensor:
+    """The scale used for ``w``, broadcastable to it: the learned ``step`` (rule ``lsq``; shape ``()`` or ``(C,)``,
+    checked positive and finite, errors naming the layer ``where``), the config's number (``fixed``) or the data
+    rule's statistic (``mean``, ``max``)."""
     q = get(config.quantizer)
     if config.learned:
         if step is None:
             raise ValueError("scale rule 'lsq' learns the scale: pass the step tensor (QuantLinear/QuantConv2d own it)")
-        check_step(step)
+        check_step(step, where)
         return step if config.granularity == "tensor" or step.dim() == 0 else channel_view(step, w)
     if config.rule == "fixed":
         return torch.tensor(config.scale, dtype=w.dtype, device=w.device)
@@ -50,13 +51,14 @@ def quantize_weight(w: Tensor, config: WeightQuantConfig | None = None, /, *, st
     return quantize_weight_with(w, cfg, check_weight_ste(cfg.ste), step)
 
 
-def quantize_weight_with(w: Tensor, config: WeightQuantConfig, ste: STE, step: Tensor | None = None) -> Tensor:
+def quantize_weight_with(w: Tensor, config: WeightQuantConfig, ste: STE, step: Tensor | None = None,
+                         where: str = "") -> Tensor:
     """:func:`quantize_weight` for a validated ``config`` whose STE is already resolved (a layer keeps both, so its
-    forward does not parse the STE's name every call)."""
+    forward does not parse the STE's name every call); ``where`` names the layer in errors."""
     q = get(config.quantizer)
     bits = config.effective_bits
     q_p = q.q_max(bits)
-    scale = resolve_scale(w, config, step)
+    scale = resolve_scale(w, config, step, where)
     codes = q.codes(w, scale, bits, config.granularity)
     g = grad_scale(max(1, w.numel() // max(1, scale.numel())), q_p)
     return ScaledCodes.apply(w, scale, codes, ste, q.name == "uniform", q_p, q_p, g)

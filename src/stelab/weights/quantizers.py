@@ -24,9 +24,15 @@ quantizers (``names()``):
   :math:`s/2`. Data scales: rule ``max``, :math:`s = \max|w| / Q_P` (no weight is clipped); rule ``lsq``'s
   initial step :math:`s_0 = 2\,\mathrm{mean}|w| / \sqrt{Q_P}` (:mod:`stelab.weights.lsq`).
 
-Every formula is evaluated in the weight's dtype with the scale rounded to it; a data scale is floored at
-:data:`MIN_SCALE` (or the dtype's smallest normal number, if larger), so an all-zero channel gives zero codes
-(uniform, ternary) instead of a division by zero.
+Codes are computed in float32 for float16/bfloat16 weights (in the weight's dtype otherwise), with the scale
+rounded to the weight's dtype: ``w / s`` in bfloat16 would itself round (8 significant bits), and 10 % of 8-bit
+codes of trained bfloat16 weights then differed from the exact rounding of the same ``w`` and ``s``; ``Q(w) = s k``
+is rounded to the weight's dtype once, at the end. A data scale is floored at :data:`MIN_SCALE` (or the dtype's
+smallest normal number, if larger), so an all-zero channel gives zero codes (uniform, ternary) instead of a division
+by zero; binary needs no floor (it does not divide): an all-zero channel has scale 0 and output 0.
+Non-finite weights give NaN outputs in every quantizer (a diverged run stays visibly diverged): binary's and
+uniform's statistics propagate NaN/inf by themselves, ternary's threshold :math:`\Delta` is added as
+:math:`0 \cdot \Delta` to the codes for the same effect (0 when :math:`\Delta` is finite).
 The backward pass is an STE (:mod:`stelab.weights.ops`); :math:`Q' = 0` almost everywhere.
 """
 
@@ -47,6 +53,11 @@ GRANULARITIES = ("tensor", "channel")
 SCALE_RULES = ("mean", "max", "fixed", "lsq")
 MIN_SCALE = 2.0**-100  # the smallest resolution stelab.errors.check_alpha accepts
 TWN_DELTA = 0.7  # TWN's threshold factor: Delta = 0.7 * mean|w|
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype codes and step gradients are computed in: float32 for the 16-bit float types, else ``dtype``."""
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
 def channel_view(t: Tensor, like: Tensor) -> Tensor:
@@ -129,15 +140,19 @@ class WeightQuantizer:
         return 2 ** (bits - 1) - 1 if self.name == "uniform" else 1
 
     def codes(self, w: Tensor, scale: Tensor | float, bits: int, granularity: str) -> Tensor:
-        """The integer codes :math:`k(w)` (as ``w``'s dtype) for a scale broadcastable to ``w``."""
+        """The integer codes :math:`k(w)` for a scale broadcastable to ``w``, in :func:`compute_dtype` of ``w``'s
+        dtype (float32 for 16-bit weights: exact for every code; the scale is first rounded to ``w``'s dtype)."""
         w = w.detach()
+        c = w.to(compute_dtype(w.dtype))
         if self.name == "binary":
-            return torch.where(w > 0, 1.0, -1.0).to(w.dtype)
+            return torch.where(c > 0, 1.0, -1.0).to(c.dtype)
         if self.name == "ternary":
-            return torch.sign(w) * (w.abs() > ternary_threshold(w, granularity)).to(w.dtype) + 0.0  # no -0
+            delta = ternary_threshold(c, granularity)
+            # + 0 * delta: NaN codes for a channel whose threshold is not finite (NaN/inf weights), 0 otherwise
+            return torch.sign(c) * (c.abs() > delta).to(c.dtype) + 0.0 * delta + 0.0  # + 0.0: no -0
         q = self.q_max(bits)
-        s = torch.as_tensor(scale, dtype=w.dtype, device=w.device).detach()
-        return uniform_codes(w / s, q, q)
+        s = torch.as_tensor(scale, dtype=w.dtype, device=w.device).detach().to(c.dtype)
+        return uniform_codes(c / s, q, q)
 
     def data_scale(self, w: Tensor, bits: int, granularity: str, rule: str) -> Tensor:
         """The scale a data rule gives (``mean``, ``max``; ``lsq``: the initial step: LSQ's for uniform, the ``mean``
@@ -155,6 +170,8 @@ class WeightQuantizer:
             s = abs_mean(w, granularity)
         else:
             s = abs_max(w, granularity) / self.q_max(bits)
+        if self.name == "binary" and rule == "mean":
+            return s  # no division by s: an all-zero channel keeps scale 0 and outputs 0, as documented
         # MIN_SCALE is 0 in float16; its smallest normal number is the floor there.
         return s.clamp_min(max(MIN_SCALE, torch.finfo(w.dtype).tiny))
 
@@ -163,7 +180,8 @@ class WeightQuantizer:
         self.check_bits(bits)
         check_choice("granularity", granularity, GRANULARITIES)
         s = torch.as_tensor(scale, dtype=w.dtype, device=w.device)
-        return s * self.codes(w, s, bits, granularity)
+        codes = self.codes(w, s, bits, granularity)
+        return (s.to(codes.dtype) * codes).to(w.dtype)
 
 
 def _ternary_scale(w: Tensor, granularity: str) -> Tensor:
@@ -175,7 +193,9 @@ def _ternary_scale(w: Tensor, granularity: str) -> Tensor:
     else:
         flat_a, flat_k = (a * kept).reshape(a.shape[0], -1), kept.reshape(a.shape[0], -1)
         total, count = channel_view(flat_a.sum(1), w), channel_view(flat_k.sum(1), w)
-    return torch.where(count > 0, total / count.clamp_min(1), torch.ones_like(total))
+    # + 0 * threshold: a non-finite threshold (NaN/inf weights) gives a NaN scale, not the fallback 1
+    threshold = ternary_threshold(w, granularity)
+    return torch.where(count > 0, total / count.clamp_min(1), torch.ones_like(total)) + 0.0 * threshold
 
 
 _QUANTIZERS: dict[str, WeightQuantizer] = {

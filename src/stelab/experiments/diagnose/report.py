@@ -11,7 +11,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from ...diagnostics.fidelity import MODEL, FidelityResult  # noqa: E402
+from ...diagnostics.fidelity import EXTRAPOLATED, MODEL, FidelityResult  # noqa: E402
 from ...io import markdown_table, read_jsonl, save_figure, write_json, write_text  # noqa: E402
 
 JSON_NAME, MARKDOWN_NAME = "results.json", "report.md"
@@ -53,12 +53,31 @@ def fidelity_markdown(result: FidelityResult, reference: str | None = None) -> s
         norm_rows.append(cells + [_sq_norm(r["reference_sq_norm_unbiased"], r["reference_sq_norm_se"])])
     text += ("\nSquared norm of the mean gradient, ||E g||^2 (U-statistic ± s.e.; noise-free, so ~0 where the mean "
              "gradient vanishes):\n\n" + markdown_table(["layer", *result.stes, "reference"], norm_rows))
+    text += _finest_beside_extrapolated(result, reference)
     agreement = [[a["layer"], a["reference"], _fmt(a["cosine"]), _fmt(a["cosine_se"])]
                  for a in result.reference_agreement if a["layer"] == MODEL]
     text += (f"\nHow the references agree with `{result.references[-1]}` (whole model; a reference that has "
              "converged in s agrees with its neighbours):\n\n"
              + markdown_table(["layer", "reference", "cosine", "s.e."], agreement))
     return text
+
+
+def _finest_beside_extrapolated(result: FidelityResult, reference: str) -> str:
+    """Whole-model cosine against the s -> 0 extrapolation and against the finest width, side by side: the linear
+    extrapolation removes an O(s) bias but amplifies noise and is wrong when the bias is O(s^2), where the finest
+    width alone is closer (docs/diagnostics.md), so a reader sees both."""
+    smoothed_refs = [r for r in result.references if r != EXTRAPOLATED]
+    if reference != EXTRAPOLATED or not smoothed_refs:
+        return ""
+    finest = smoothed_refs[-1]
+    rows = []
+    for ste in result.stes:
+        ext, fine = result.get(ste, MODEL, EXTRAPOLATED), result.get(ste, MODEL, finest)
+        rows.append([ste, *(f"{_fmt(r['cosine'])} [{_fmt(r['cosine_ci'][0])}, {_fmt(r['cosine_ci'][1])}]"
+                            for r in (ext, fine))])
+    return (f"\nWhole model, the extrapolated reference beside the finest width `{finest}` (they differ when the "
+            "smoothing bias is not linear in s; see docs/diagnostics.md):\n\n"
+            + markdown_table(["STE", "vs s→0 (extrapolated)", f"vs {finest}"], rows))
 
 
 def _sq_norm(value: float | None, se: float | None) -> str:
@@ -132,7 +151,8 @@ def plot_cosine_over_training(records: list[dict[str, Any]], path: str | Path, t
         values = [float("nan") if v is None else v for v in values]
         line, = ax.plot(steps, values, ".", alpha=0.35)
         ax.plot(steps, _running_mean(values, 5), "-", color=line.get_color(), label=ste)
-    ax.set(xlabel="step", ylabel="cos(g_STE, smoothed grad), one batch", title=title or "cosine over training")
+    ax.set(xlabel="step", ylabel="cos(g_STE, smoothed grad), one batch",
+           title=f"{title}: cosine over training" if title else "cosine over training")
     ax.legend(fontsize=8)
     return save_figure(fig, path)
 
@@ -155,7 +175,9 @@ def plot_saturation_over_training(records: list[dict[str, Any]], path: str | Pat
         above = [r["diagnostics"]["saturation"].get(layer, {}).get("above", float("nan")) for r in records]
         line, = ax.plot(steps, below, "-", label=f"{layer} <= 0")
         ax.plot(steps, above, "--", color=line.get_color(), label=f"{layer} > top")
-    ax.set(xlabel="step", ylabel="fraction of pre-activations", title=title or "saturation over training")
+    # the report's title names the run; the plot says what it shows (it was titled "Gradient fidelity ..." alone)
+    ax.set(xlabel="step", ylabel="fraction of pre-activations",
+           title=f"{title}: saturation over training" if title else "saturation over training")
     ax.legend(fontsize=7, ncol=2)
     return save_figure(fig, path)
 

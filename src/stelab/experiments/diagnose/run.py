@@ -13,7 +13,7 @@ from ...config import JsonConfig
 from ...diagnostics import DEFAULT_STES, DEFAULT_WIDTHS, activation_statistics, gradient_fidelity
 from ...diagnostics.fidelity import zeroth_order_comparison
 from ...diagnostics.two_layer_check import cross_check, default_problem
-from ...errors import check_choice
+from ...errors import check_bits, check_choice
 from ...ste import DEFAULT_STE
 from .report import hook_records, write_report
 
@@ -43,6 +43,11 @@ class DiagnoseConfig(JsonConfig):
 
     def __post_init__(self) -> None:
         check_choice("mode", self.mode, ("train", "eval"))
+        if self.bits is not None:
+            try:
+                check_bits(self.bits)
+            except (TypeError, ValueError) as err:
+                raise ValueError(f"--bits: {err}") from None
         if self.batches < 2:
             raise ValueError(f"--batches must be >= 2 for confidence intervals, got {self.batches}")
         if self.run_dir and self.model:
@@ -73,7 +78,7 @@ def load_model(config: DiagnoseConfig):
         name, dataset, run_bits, ste = config.model, models.DEFAULT_DATASET[config.model], None, DEFAULT_STE
         run_quant = None
         source = Path(config.checkpoint)
-    bits = run_bits if run_bits is not None else (config.bits or 2)
+    bits = run_bits if run_bits is not None else (config.bits if config.bits is not None else 2)
     if run_bits is not None and config.bits not in (None, run_bits):
         raise ValueError(f"the run is quantized at {run_bits} bits; --bits {config.bits} does not apply")
     quant = run_quant or QuantConfig(bits=bits, ste=ste)

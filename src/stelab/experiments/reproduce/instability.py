@@ -19,9 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from ...config import JsonConfig, QuantConfig
+from ...executors import Executor, Task, dedupe, local_executor, run_graph
 from ...io import markdown_table, save_figure, write_json, write_text
 from ...train import TrainConfig, epoch_records
-from .table1 import cell_dir, float_dir, run_or_resume, scaled_epochs, with_subset_accuracy
+from .table1 import cell_dir, float_dir, run_or_resume, scaled_epochs, subset_note, with_subset_accuracy
 
 # The paper's three switches, named literally: each pair is one specific (good -> poorer) STE transition.
 DEFAULT_PAIRS = ((4, "relu", "identity"), (4, "clipped_relu", "identity"), (2, "clipped_relu", "relu"))
@@ -64,23 +65,28 @@ class InstabilityConfig(JsonConfig):
                              f"{self.then_epochs}, {self.switch_epochs}, {self.switch_lr} and {self.epochs_scale}")
 
 
-def run_instability(config: InstabilityConfig, root: str | Path, progress: bool = True) -> dict[str, Any]:
-    """Run (or finish) every pair and write ``results.json``, ``report.md`` and ``instability.png`` under ``root``."""
+def run_instability(config: InstabilityConfig, root: str | Path, progress: bool = True,
+                    executor: Executor | None = None) -> dict[str, Any]:
+    """Run (or finish) every pair on ``executor`` (default: this process) and write ``results.json``,
+    ``report.md`` and ``instability.png`` under ``root``."""
     root = Path(root)
-    base = config.train
-    source_root = Path(config.table1_dir) if config.table1_dir else root / "minima"
-    float_run = float_dir(source_root, config.model, config.seed)
-    run_or_resume(base.replace(quant=None, out=str(float_run)), progress)
+    owned = executor is None
+    executor = local_executor(1) if owned else executor
+    try:
+        done = run_graph(executor, instability_tasks(config, root, progress and executor.in_process))
+    finally:
+        if owned:
+            executor.close()
     rows, series = [], []
     for bits, src, dst in config.pairs:
-        source = cell_dir(source_root, config.model, config.seed, bits, src)
-        source_cfg = base.replace(quant=QuantConfig(bits=bits, ste=src), init=str(float_run), out=str(source))
-        start = with_subset_accuracy(run_or_resume(source_cfg, progress), source)
+        source_cfg = _source_run(config, root, bits, src)
+        source = Path(source_cfg.out)
+        start = with_subset_accuracy(done[source_cfg.out], source)
         entry: dict[str, Any] = {"bits": bits, "from": src, "to": dst, "source": str(source),
                                  "source_epochs": start.get("epochs")}
         _record(entry, "start", start)
         for role, ste in [("to", dst)] + ([("control", src)] if config.control else []):
-            records = _continue(config, root, entry, role, bits, src, ste, source, progress)
+            records = _continue(config, root, entry, role, bits, src, ste, done)
             series.append((bits, src, ste, role, start, records))
         rows.append(entry)
     # The minima's own length (a --table1-dir sweep may have fine-tuned for fewer epochs than this config's).
@@ -96,6 +102,59 @@ def run_instability(config: InstabilityConfig, root: str | Path, progress: bool 
     return results
 
 
+def _minima_root(config: InstabilityConfig, root: Path) -> Path:
+    return Path(config.table1_dir) if config.table1_dir else root / "minima"
+
+
+def _float_run(config: InstabilityConfig, root: Path) -> TrainConfig:
+    return config.train.replace(quant=None, out=str(float_dir(_minima_root(config, root), config.model, config.seed)))
+
+
+def _source_run(config: InstabilityConfig, root: Path, bits: int, src: str) -> TrainConfig:
+    """The minimum of ``src`` at ``bits``: a Table 1 cell, fine-tuned from the float run."""
+    out = cell_dir(_minima_root(config, root), config.model, config.seed, bits, src)
+    return config.train.replace(quant=QuantConfig(bits=bits, ste=src), init=_float_run(config, root).out, out=str(out))
+
+
+def _switch_runs(config: InstabilityConfig, root: Path, bits: int, src: str,
+                 ste: str) -> tuple[TrainConfig, TrainConfig | None]:
+    """The continuation of the ``src`` minimum with ``ste`` at the switch rate, and (``then_epochs > 0``) phase 2:
+    the normal quantized schedule (default rate and milestones) with the same STE."""
+    quant = QuantConfig(bits=bits, ste=ste)
+    out = root / f"{bits}bit-{src}-to-{ste}"
+    cont = config.train.replace(quant=quant, init=_source_run(config, root, bits, src).out, out=str(out),
+                                lr=config.switch_lr, epochs=config.switch_epochs, lr_milestones=())
+    then = None
+    if config.then_epochs:
+        then = config.train.replace(quant=quant, init=str(out), out=str(root / f"{bits}bit-{src}-to-{ste}-then"),
+                                    epochs=config.then_epochs)
+    return cont, then
+
+
+def _finished(results: dict[str, Any]) -> bool:
+    return all(r.get("status") == "finished" for r in results.values())
+
+
+def instability_tasks(config: InstabilityConfig, root: Path, progress: bool = False) -> list[Task]:
+    """The experiment as a graph: float run -> each minimum -> its continuations -> (phase 2, if the continuation
+    finished). Runs shared by several pairs (a minimum, a control) are one task. The minima are inputs: a finished
+    one is used whatever it was trained with (``check_config=False``)."""
+    float_run = _float_run(config, root)
+    tasks = [Task(float_run.out, run_or_resume, (float_run, progress, False), lock=f"{float_run.out}/.lock")]
+    for bits, src, dst in config.pairs:
+        source = _source_run(config, root, bits, src)
+        tasks.append(Task(source.out, run_or_resume, (source, progress, False), after=(float_run.out,),
+                          lock=f"{source.out}/.lock"))
+        for ste in [dst] + ([src] if config.control else []):
+            cont, then = _switch_runs(config, root, bits, src, ste)
+            tasks.append(Task(cont.out, run_or_resume, (cont, progress), after=(source.out,),
+                              lock=f"{cont.out}/.lock"))
+            if then is not None:
+                tasks.append(Task(then.out, run_or_resume, (then, progress), after=(cont.out,), when=_finished,
+                                  why_not="the switched run did not finish", lock=f"{then.out}/.lock"))
+    return dedupe(tasks)
+
+
 def _record(entry: dict[str, Any], prefix: str, summary: dict[str, Any]) -> None:
     """Copy a run's end figures into ``entry`` under ``prefix`` (the first-1,000 accuracy only where measured)."""
     for key in ("status", "train_loss", "test_acc", "test_acc_first1000"):
@@ -104,21 +163,17 @@ def _record(entry: dict[str, Any], prefix: str, summary: dict[str, Any]) -> None
 
 
 def _continue(config: InstabilityConfig, root: Path, entry: dict[str, Any], role: str, bits: int, src: str,
-              ste: str, source: Path, progress: bool) -> list[dict[str, Any]]:
-    """One continuation of the minimum ``source`` with ``ste`` (then the normal schedule when asked); its figures go
-    into ``entry`` under ``role``; returns its per-epoch records, counted from the switch."""
-    quant = QuantConfig(bits=bits, ste=ste)
-    out = root / f"{bits}bit-{src}-to-{ste}"
-    cont = config.train.replace(quant=quant, init=str(source), out=str(out), lr=config.switch_lr,
-                                epochs=config.switch_epochs, lr_milestones=())
-    _record(entry, role, with_subset_accuracy(run_or_resume(cont, progress), out))
+              ste: str, done: dict[str, Any]) -> list[dict[str, Any]]:
+    """The figures of one continuation of the ``src`` minimum with ``ste`` (then the normal schedule when asked),
+    from the sweep's results ``done``, into ``entry`` under ``role``; returns its per-epoch records, counted from
+    the switch."""
+    cont, then = _switch_runs(config, root, bits, src, ste)
+    out = Path(cont.out)
+    _record(entry, role, with_subset_accuracy(done[cont.out], out))
     records = epoch_records(out)
-    if config.then_epochs and entry[f"{role}_status"] == "finished":
-        # Phase 2: the normal quantized schedule (default rate and milestones) with the same STE.
-        then_out = root / f"{bits}bit-{src}-to-{ste}-then"
-        then = run_or_resume(config.train.replace(quant=quant, init=str(out), out=str(then_out),
-                                                  epochs=config.then_epochs), progress)
-        _record(entry, f"{role}_then", with_subset_accuracy(then, then_out))
+    if then is not None and then.out in done:
+        then_out = Path(then.out)
+        _record(entry, f"{role}_then", with_subset_accuracy(done[then.out], then_out))
         records += [{**r, "epoch": r["epoch"] + config.switch_epochs} for r in epoch_records(then_out)]
     return records
 
@@ -159,7 +214,7 @@ def instability_markdown(results: dict[str, Any]) -> str:
             f"From the minimum of each 'from' STE ({_epochs(results['source_epochs'])}), {_epochs(results['epochs'])} "
             f"with the 'to' STE at learning rate {results['lr']:g} (constant). Loss: mean training loss of the "
             "epoch; accuracy: test accuracy after it. The control continues with the 'from' STE at the same "
-            f"rate.{phase2}{first}\n\n" + markdown_table(headers, rows))
+            f"rate.{phase2}{first}{subset_note(results)}\n\n" + markdown_table(headers, rows))
 
 
 def plot_instability(path: Path, series, model: str, switch_epochs: int | None = None) -> Path | None:

@@ -23,12 +23,13 @@ from typing import Any
 
 from ...config import JsonConfig, QuantConfig
 from ...errors import check_choice
-from ...io import markdown_table, save_figure, write_json, write_text
+from ...executors import Executor, Task, local_executor, run_graph
+from ...io import epoch_axis, markdown_table, save_figure, write_json, write_text
 from ...models import PAPER_EPOCHS
 from ...train import TrainConfig, epoch_records, is_done, read_summary, train
+from ...train.loop import config_differences
 from .ordering import ordering_markdown, ste_ordering
 from .paper import MODELS_BY_DATASET, STES, paper_cell
-from .parallel import run_all
 
 
 def scaled_epochs(model: str, scale: float) -> int:
@@ -44,9 +45,18 @@ def cell_dir(root: Path, model: str, seed: int, bits: int, ste: str) -> Path:
     return root / model / f"seed{seed}" / f"{bits}bit-{ste}"
 
 
-def run_or_resume(config: TrainConfig, progress: bool = True) -> dict[str, Any]:
-    """Train ``config`` into ``config.out`` unless it is done there already; resume an unfinished folder."""
+def run_or_resume(config: TrainConfig, progress: bool = True, check_config: bool = True) -> dict[str, Any]:
+    """Train ``config`` into ``config.out`` unless it is done there already; resume an unfinished folder.
+
+    A finished run whose configuration differs from ``config`` (beyond the runtime fields) is an error naming the
+    differences, unless ``check_config`` is false: for runs used as given inputs (the instability experiment's
+    minima from an existing Table 1 sweep, whatever schedule they were trained on)."""
     out = Path(config.out)
+    if check_config and is_done(out) and (out / "config.json").is_file():
+        diff = config_differences(out, config)
+        if diff:  # the same rule as train --resume: a finished run answers only for its own configuration
+            raise ValueError(f"{out} holds a finished run of another configuration ({'; '.join(diff)}); rerun with "
+                             "the flags it was trained with, or choose another --out for the new settings")
     if is_done(out):
         print(f"skip {out} (done)", file=sys.stderr)
         return read_summary(out)  # type: ignore[return-value]
@@ -63,8 +73,8 @@ class Table1Config(JsonConfig):
     fine-tuning run (``None``: as long as the float run). ``train`` holds every other hyper-parameter (rate,
     schedule, precision, ...) shared by all runs; its model, seed, epochs, quantization, init and output folder
     are set per run (``None``: the defaults). ``jobs`` runs that many trainings at once, in separate processes
-    sharing the cores (:mod:`~stelab.experiments.reproduce.parallel`); results do not depend on it beyond the
-    rounding of a different thread count.
+    sharing the cores (the local executor of :mod:`stelab.executors`; Ray and SLURM are the others, passed to
+    :func:`run_table1`); results do not depend on it beyond the rounding of a different thread count.
     """
 
     dataset: str = "mnist"
@@ -123,18 +133,38 @@ class Table1Config(JsonConfig):
         return self.train.weight_tag()
 
 
-def run_table1(config: Table1Config, root: str | Path, progress: bool = True) -> dict[str, Any]:
-    """Run (or finish) the sweep over seeds ``first_seed .. first_seed + seeds - 1`` and write ``results.json``,
-    ``report.md`` and the curve plots under ``root``. The table covers every seed folder present under ``root``,
-    so seeds trained by separate invocations (``first_seed``) end up in one table."""
+def run_table1(config: Table1Config, root: str | Path, progress: bool = True,
+               executor: Executor | None = None) -> dict[str, Any]:
+    """Run (or finish) the sweep over seeds ``first_seed .. first_seed + seeds - 1`` on ``executor`` (default: the
+    local one with ``config.jobs``) and write ``results.json``, ``report.md`` and the curve plots under ``root``. The
+    table covers every seed folder present under ``root``, so seeds trained by separate invocations
+    (``first_seed``) end up in one table."""
     root = Path(root)
-    plans = [config.runs(root, model, seed) for model in config.models
-             for seed in range(config.first_seed, config.first_seed + config.seeds)]
-    # Every float run first (side by side with jobs > 1), then the cells of those that finished.
-    floats = run_all(run_or_resume, [f for f, _ in plans], config.jobs, progress)
-    cells = [c for (_, cs), done in zip(plans, floats) if done["status"] == "finished" for c in cs]
-    run_all(run_or_resume, cells, config.jobs, progress)
+    owned = executor is None
+    executor = local_executor(config.jobs) if owned else executor
+    try:
+        run_graph(executor, table1_tasks(config, root, progress and executor.in_process))
+    finally:
+        if owned:
+            executor.close()
     return write_table1(config, root)
+
+
+def _float_finished(results: dict[str, Any]) -> bool:
+    return all(r.get("status") == "finished" for r in results.values())
+
+
+def table1_tasks(config: Table1Config, root: Path, progress: bool = False) -> list[Task]:
+    """The sweep as a graph: each (model, seed) float run, then each of its cells after it (only if it finished:
+    a cell fine-tunes the float minimum), so a cell starts as soon as *its* float run is done."""
+    tasks = []
+    for model in config.models:
+        for seed in range(config.first_seed, config.first_seed + config.seeds):
+            float_run, cells = config.runs(root, model, seed)
+            tasks.append(Task(float_run.out, run_or_resume, (float_run, progress), lock=f"{float_run.out}/.lock"))
+            tasks += [Task(c.out, run_or_resume, (c, progress), after=(float_run.out,), when=_float_finished,
+                           why_not="its float run diverged", lock=f"{c.out}/.lock") for c in cells]
+    return tasks
 
 
 def write_table1(config: Table1Config, root: Path) -> dict[str, Any]:
@@ -253,6 +283,20 @@ def _pm(mean: float | None, std: float | None, fmt: str) -> str:
     return f"{mean:{fmt}} ± {std:{fmt}}" if std else f"{mean:{fmt}}"
 
 
+def subset_note(results: dict[str, Any]) -> str:
+    """A sentence for reports of runs on part of the data (``--limit-train``/``--limit-test``), empty otherwise:
+    their numbers are not comparable with the paper's full-data ones."""
+    train = (results.get("config") or {}).get("train") or {}
+    parts = [f"the first {train[k]:,} {what} images ({flag})" for k, what, flag in
+             (("limit_train", "training", "--limit-train"), ("limit_test", "test", "--limit-test")) if train.get(k)]
+    if train.get("synthetic"):
+        parts.append(f"{train['synthetic']:,} synthetic images (--synthetic)")
+    if not parts:
+        return ""
+    return (f" **Subset of the data:** these runs used {' and '.join(parts)}; the paper's numbers are for the full "
+            "data sets, so the comparison with them is only indicative.")
+
+
 def weights_label(weights_tag: str, bits: int) -> str:
     """The bit widths of a weight-quantized cell as its row and plot show them: ``W2A2``, ``W2TA4`` (ternary), ..."""
     return f"{weights_tag.upper()}A{bits}"
@@ -286,7 +330,7 @@ def table1_markdown(results: dict[str, Any]) -> str:
             "epoch's mean training loss; accuracy: test accuracy after the last epoch; mean ± std over the finite "
             "runs." + (" CIFAR-10: 'acc' is on all 10,000 test images, 'first 1,000' on the images identical to the "
                        "official set (the rest of our copy went through JPEG)." if subset else "")
-            + "\n\n" + markdown_table(headers, rows)
+            + subset_note(results) + "\n\n" + markdown_table(headers, rows)
             + (f"\n{ordering}" if ordering else ""))
 
 
@@ -303,6 +347,7 @@ def plot_model_curves(root: Path, model: str, bits: Sequence[int], stes: Sequenc
     drawn = False
     cells = {(c.quant.bits, c.quant.ste): Path(c.out) for c in kinds.runs(root, model, seed)[1]} if kinds else {}
     for row, b in zip(axes, bits):
+        epochs_seen: list[int] = []
         series = [("float", float_dir(root, model, seed))] + [
             (s, cells.get((b, s), cell_dir(root, model, seed, b, s))) for s in stes]
         for label, run in series:
@@ -311,15 +356,19 @@ def plot_model_curves(root: Path, model: str, bits: Sequence[int], stes: Sequenc
                 continue
             drawn = True
             ep = [r["epoch"] for r in records]
-            style = ":" if label == "float" else "-"
-            row[0].plot(ep, [r["train_loss"] for r in records], style, label=label)
-            row[1].plot(ep, [100 * r["test_acc"] for r in records], style, label=label)
+            epochs_seen.extend(ep)
+            # markers: a one-epoch run is one point, which a line alone does not draw
+            style = dict(ls=":" if label == "float" else "-", marker="o", ms=3 if len(ep) > 1 else 6)
+            row[0].plot(ep, [r["train_loss"] for r in records], label=label, **style)
+            row[1].plot(ep, [100 * r["test_acc"] for r in records], label=label, **style)
         what = weights_label(kinds.weights_tag, b) if kinds and kinds.weights_tag else f"{b}-bit"
         row[0].set(title=f"{model} {what}, seed {seed}: training loss", xlabel="epoch", yscale="log")
         row[1].set(title=f"{model} {what}, seed {seed}: test accuracy (%)", xlabel="epoch")
         for ax in row:
             ax.grid(alpha=0.3)
             ax.legend()
+            if epochs_seen:
+                epoch_axis(ax, epochs_seen)
     if not drawn:
         plt.close(fig)
         return None

@@ -1,0 +1,121 @@
+"""``PackSaved``: the context manager that keeps quantized outputs saved for backward as packed codes."""
+
+from __future__ import annotations
+
+import warnings
+import weakref
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from . import saved
+from .saved import Packed, PackSavedWarning, PackStats, _dense, _Forward, _unpack, find
+
+COMPILE_MESSAGE = ("pack_saved does not apply under torch.compile: the compiled graph saves fused intermediates "
+                   "that carry no autograd node to recognise a quantized output by; drop torch.compile (--compile) "
+                   "or the packing (--pack-saved)")
+
+
+def _is_compiled(model: nn.Module) -> bool:
+    return any(type(m).__name__ == "OptimizedModule" for m in (model, getattr(model, "module", None)))
+
+
+class PackSaved:
+    """Inside ``with PackSaved(model):``, every tensor that autograd saves and that is a quantized activation's
+    output (or a view, max pool or dtype cast of one) is kept as packed n-bit codes and restored bit for bit when
+    the backward needs it (:mod:`stelab.pack`); every other saved tensor passes through untouched.
+
+    Wrap the forward (and the loss); the backward may run after the block::
+
+        packer = stelab.PackSaved(model)
+        with packer, torch.autocast("cpu", torch.bfloat16):
+            loss = loss_fn(model(x), y)
+        loss.backward()            # gradients bit-identical to the run without the block
+        packer.last.ratio          # saved bytes kept / saved bytes without packing, of that forward
+
+    ``model`` (optional) is checked once: a compiled model raises ``ValueError`` (:data:`COMPILE_MESSAGE`), a model
+    with no :class:`stelab.QuantReLU` warns (:class:`PackSavedWarning`) that nothing will be packed. A forward that
+    saves tensors but packs none warns once per object too. The object is reusable (one block per step) but not
+    re-entrant; :attr:`last` and :attr:`total` are :class:`PackStats` of the last forward and of all of them.
+    """
+
+    def __init__(self, model: nn.Module | None = None) -> None:
+        self.last: PackStats | None = None
+        self.total = PackStats()
+        self._warned = False
+        self._forward: _Forward | None = None
+        self._hooks: Any = None
+        if model is not None:
+            if _is_compiled(model):
+                raise ValueError(COMPILE_MESSAGE)
+            from ..modules import QuantReLU
+
+            if not any(isinstance(m, QuantReLU) for m in model.modules()):
+                self._warn("the model has no quantized activation (stelab.QuantReLU), so no saved tensor can be "
+                           "packed; quantize its activations (stelab.quantize_activations) or drop pack_saved")
+
+    def _warn(self, message: str) -> None:
+        if not self._warned:
+            self._warned = True
+            warnings.warn(f"stelab.PackSaved: {message}", PackSavedWarning, stacklevel=3)
+
+    def __enter__(self) -> PackSaved:
+        if torch.compiler.is_compiling():
+            raise RuntimeError(COMPILE_MESSAGE)
+        if self._forward is not None:
+            raise RuntimeError("this PackSaved is already active; it is not re-entrant (use one block per forward)")
+        self._forward = _Forward()
+        self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, _unpack)
+        self._hooks.__enter__()
+        saved._active += 1
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        saved._active -= 1
+        self._hooks.__exit__(*exc)
+        forward, self._forward, self._hooks = self._forward, None, None
+        self.last = forward.stats
+        self.total.add(forward.stats)
+        if forward.stats.tensors and not forward.stats.packed and exc[0] is None:
+            self._warn("a forward saved tensors for backward but none was a quantized activation's output (no "
+                       "stelab.QuantReLU ran with gradients, or they ran under torch.compile); nothing was packed")
+
+    def _pack(self, t: Tensor) -> Any:
+        forward = self._forward
+        if forward is None:  # a hook kept alive by another thread's graph after the block: pass through
+            return t
+        stats = forward.stats
+        stats.tensors += 1
+        found = find(t) if t.is_floating_point() and t.numel() and t.layout == torch.strided and _dense(t) else None
+        if found is None:
+            nbytes = self._storage_bytes(forward, t)
+            stats.saved_bytes += nbytes
+            stats.unpacked_bytes += nbytes
+            return t
+        hit = forward.packed.get(id(t))
+        if hit is not None and hit[0]() is t and hit[1] == t._version:  # saved twice (x * x): one copy
+            return hit[2]
+        packed = Packed(t, *found)
+        forward.packed[id(t)] = (weakref.ref(t), t._version, packed)
+        stats.packed += 1
+        stats.saved_bytes += packed.nbytes
+        stats.unpacked_bytes += self._storage_bytes(forward, t)
+        return packed
+
+    @staticmethod
+    def _storage_bytes(forward: _Forward, t: Tensor) -> int:
+        """The bytes of ``t``'s storage the first time it is seen in this forward (autograd keeps it whole)."""
+        storage = t.untyped_storage()
+        if storage.data_ptr() in forward.storages:
+            return 0
+        forward.storages.add(storage.data_ptr())
+        return storage.nbytes()
+
+
+def pack_saved(model: nn.Module | None = None) -> PackSaved:
+    """``with stelab.pack_saved(model): loss = ...``: a :class:`PackSaved` (the same object, by function)."""
+    return PackSaved(model)
+
+
+__all__ = ["COMPILE_MESSAGE", "PackSaved", "PackSavedWarning", "PackStats", "Packed", "pack_saved"]

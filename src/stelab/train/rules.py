@@ -1,0 +1,55 @@
+"""The one rule for what a resume (``train --resume``) or a rerun of a finished run (``reproduce``) may change: only
+the runtime fields, which change speed, memory or logging, never the numbers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ..io import read_json
+from .config import TrainConfig
+from .runs import CONFIG
+
+# Fields that may differ between a run and its resumption: they change speed or logging, not the result.
+RUNTIME_FIELDS = ("out", "device", "compile", "data_dir", "diagnose_every", "eval_batch_size", "save_best")
+# pack_saved too: it restores the saved tensors bit for bit, so it changes memory only (stelab.pack).
+RUNTIME_FIELDS += ("pack_saved",)
+
+
+# Nested config sections and the prefix of their command-line flags (quant.bits -> --bits, weights.bits ->
+# --weight-bits).
+_SECTION_FLAGS = {"quant": "--", "weights": "--weight-"}
+
+
+def config_differences(run_dir: Path, config: TrainConfig) -> list[str]:
+    """What ``config`` changes of the run saved in ``run_dir`` beyond the runtime-only fields, as
+    ``"lr (--lr): 0.01 -> 0.05"`` (nested fields by their flags). The one rule for what a resume (``train
+    --resume``) or a rerun of a finished run (``reproduce``) may change: only :data:`RUNTIME_FIELDS`."""
+    # Through TrainConfig, so that a config.json in the legacy flat form compares by meaning.
+    saved = TrainConfig.from_dict(read_json(run_dir / CONFIG)).to_dict()
+    new = config.to_dict()
+    out = []
+    for key in sorted(k for k in new if k not in RUNTIME_FIELDS):
+        old_v, new_v = saved.get(key), new[key]
+        if key in _SECTION_FLAGS and isinstance(old_v, dict) and isinstance(new_v, dict):
+            for sub in sorted(set(old_v) | set(new_v)):
+                if _jsonable(old_v.get(sub)) != _jsonable(new_v.get(sub)):
+                    flag = _SECTION_FLAGS[key] + sub.replace("_", "-")
+                    out.append(f"{key}.{sub} ({flag}): {old_v.get(sub)!r} -> {new_v.get(sub)!r}")
+        elif _jsonable(old_v) != _jsonable(new_v):
+            flag = {"quant": "--float/--bits", "weights": "--weight-bits"}.get(key, "--" + key.replace("_", "-"))
+            out.append(f"{key} ({flag}): {old_v!r} -> {new_v!r}")
+    return out
+
+
+def _check_resume_config(run_dir: Path, config: TrainConfig) -> None:
+    diff = config_differences(run_dir, config)
+    if diff:
+        raise ValueError(f"--resume with a different configuration than {run_dir / CONFIG} ({'; '.join(diff)}); "
+                         "resume with the same flags or start a new --out folder")
+
+
+def _jsonable(v: Any) -> Any:
+    return list(v) if isinstance(v, tuple) else v
+
+
