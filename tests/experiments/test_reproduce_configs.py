@@ -23,12 +23,23 @@ def test_table1_config_builds_the_float_run_and_its_cells(tmp_path):
                                                             (4, "clipped_relu")]
     assert all(c.init == float_run.out and c.epochs == 3 for c in cells)
     assert cells[0].out == str(tmp_path / "lenet5" / "seed1" / "2bit-relu")
+    assert {c.precision for c in cells} == {"fp32"}  # the float run's
+
+
+def test_table1_cell_precision_changes_the_cells_only(tmp_path):
+    train = TrainConfig(model="vgg11", dataset="cifar10", precision="bf16")
+    config = Table1Config(dataset="cifar10", models=("vgg11",), bits=(2,), stes=("relu",), cell_precision="fp32",
+                          train=train)
+    float_run, cells = config.runs(tmp_path, "vgg11", seed=0)
+    assert float_run.precision == "bf16" and [c.precision for c in cells] == ["fp32"]
+    assert Table1Config.from_json(config.to_json()) == config
 
 
 @pytest.mark.parametrize("fields, message", [
     ({"dataset": "imagenet"}, "valid choices"),
     ({"seeds": 0}, "seeds >= 1"),
     ({"cell_epochs": 0}, "cell_epochs"),
+    ({"cell_precision": "fp16"}, "cell_precision.*valid choices"),
     ({"stes": ("nope",)}, None),
     ({"dataset": "cifar10", "train": TrainConfig()}, "train.dataset"),
 ])

@@ -26,6 +26,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--epochs-scale", type=float, default=1.0, help="fraction of the paper's epochs (50 / 200)")
     t.add_argument("--cell-epochs", type=int, default=None,
                    help="epochs of each quantized fine-tuning run (default: as many as the float run)")
+    t.add_argument("--cell-precision", choices=("fp32", "bf16"), default=None,
+                   help="precision of the quantized cells (default: --precision, as the float run)")
     t.add_argument("--out", default=None, help="output folder (default runs/table1-<dataset>)")
     add_train_arguments(t)
     add_executor_arguments(t, jobs_help="local: runs trained at once, in separate processes sharing the cores "
@@ -92,7 +94,7 @@ def run_table1_cmd(args: argparse.Namespace) -> int:
     _check_models(models, args.dataset)
     config = Table1Config(dataset=args.dataset, models=models, bits=tuple(args.bits), stes=tuple(args.stes),
                           seeds=args.seeds, first_seed=args.first_seed, epochs_scale=args.epochs_scale,
-                          cell_epochs=args.cell_epochs, jobs=1 if args.jobs is None else args.jobs,
+                          cell_epochs=args.cell_epochs, cell_precision=args.cell_precision, jobs=1 if args.jobs is None else args.jobs,
                           train=_base_train(args, models[0]))
     out = args.out or f"runs/table1-{args.dataset}"
     check_out_dir(out)

@@ -27,6 +27,7 @@ from ...executors import Executor, Task, local_executor, run_graph
 from ...io import epoch_axis, markdown_table, save_figure, write_json, write_text
 from ...models import PAPER_EPOCHS
 from ...train import TrainConfig, epoch_records, is_done, read_summary, train
+from ...train.config import PRECISIONS
 from ...train.loop import config_differences
 from .ordering import ordering_markdown, ste_ordering
 from .paper import MODELS_BY_DATASET, STES, paper_cell
@@ -70,7 +71,8 @@ class Table1Config(JsonConfig):
 
     ``models=()`` means the paper's models for the data set. ``epochs_scale`` scales the paper's epochs of the float
     runs (50 for LeNet-5, 200 for VGG-11 and ResNet-20); ``cell_epochs`` is the length of each quantized
-    fine-tuning run (``None``: as long as the float run). ``train`` holds every other hyper-parameter (rate,
+    fine-tuning run (``None``: as long as the float run) and ``cell_precision`` its arithmetic (``None``: the float
+    run's; ``fp32`` on a CPU without native bfloat16, where autocast is about 2x slower). ``train`` holds every other hyper-parameter (rate,
     schedule, precision, ...) shared by all runs; its model, seed, epochs, quantization, init and output folder
     are set per run (``None``: the defaults). ``jobs`` runs that many trainings at once, in separate processes
     sharing the cores (the local executor of :mod:`stelab.executors`; Ray and SLURM are the others, passed to
@@ -85,6 +87,7 @@ class Table1Config(JsonConfig):
     first_seed: int = 0
     epochs_scale: float = 1.0
     cell_epochs: int | None = None
+    cell_precision: str | None = None
     jobs: int = 1
     train: TrainConfig | None = None
 
@@ -102,6 +105,8 @@ class Table1Config(JsonConfig):
             raise ValueError(f"train.dataset is {self.train.dataset!r} but the sweep is on {self.dataset!r}")
         if self.cell_epochs is not None and self.cell_epochs < 1:
             raise ValueError(f"cell_epochs must be >= 1, got {self.cell_epochs}")
+        if self.cell_precision is not None:
+            check_choice("cell_precision", self.cell_precision, PRECISIONS)
         for b in self.bits:
             for ste in self.stes:
                 QuantConfig(bits=b, ste=ste)  # raises with the valid choices, before hours of runs
@@ -121,7 +126,8 @@ class Table1Config(JsonConfig):
             for ste in self.stes:
                 # no warm-up: it is for the from-scratch rate; a cell starts trained, at the fine-tuning rate
                 cell = base.replace(quant=QuantConfig(bits=b, ste=ste), init=str(float_run),
-                                    epochs=self.cell_epochs or epochs, warmup_epochs=0.0)
+                                    epochs=self.cell_epochs or epochs, warmup_epochs=0.0,
+                                    precision=self.cell_precision or base.precision)
                 # named by what it quantizes: 2bit-relu (the paper's cells), w2a2-relu with --weight-bits
                 cells.append(cell.replace(out=str(float_run.parent / cell.run_kind())))
         # the float run is the float network (weights too), the start of every cell, with or without --weight-bits
@@ -325,6 +331,8 @@ def table1_markdown(results: dict[str, Any]) -> str:
     epochs = ", ".join(f"{m}: {scaled_epochs(m, scale)}" for m in results["models"])
     if results.get("cell_epochs"):
         epochs += f"; quantized cells: {results['cell_epochs']}"
+    if (results.get("config") or {}).get("cell_precision"):
+        epochs += f", in {results['config']['cell_precision']}"
     return (f"# Table 1 (Yin et al. 2019) on {results['dataset']}\n\n"
             f"Epochs per run ({epochs}; scale {scale} of the paper's), {results['seeds']} seed(s). Loss: the final "
             "epoch's mean training loss; accuracy: test accuracy after the last epoch; mean ± std over the finite "
