@@ -94,7 +94,8 @@ def run_table1_cmd(args: argparse.Namespace) -> int:
     _check_models(models, args.dataset)
     config = Table1Config(dataset=args.dataset, models=models, bits=tuple(args.bits), stes=tuple(args.stes),
                           seeds=args.seeds, first_seed=args.first_seed, epochs_scale=args.epochs_scale,
-                          cell_epochs=args.cell_epochs, cell_precision=args.cell_precision, jobs=1 if args.jobs is None else args.jobs,
+                          cell_epochs=args.cell_epochs, cell_precision=args.cell_precision,
+                          jobs=1 if args.jobs is None else args.jobs,
                           train=_base_train(args, models[0]))
     out = args.out or f"runs/table1-{args.dataset}"
     check_out_dir(out)

@@ -70,13 +70,14 @@ class Table1Config(JsonConfig):
     """One Table 1 sweep: which (model, bits, STE, seed) cells, on which schedule.
 
     ``models=()`` means the paper's models for the data set. ``epochs_scale`` scales the paper's epochs of the float
-    runs (50 for LeNet-5, 200 for VGG-11 and ResNet-20); ``cell_epochs`` is the length of each quantized
-    fine-tuning run (``None``: as long as the float run) and ``cell_precision`` its arithmetic (``None``: the float
-    run's; ``fp32`` on a CPU without native bfloat16, where autocast is about 2x slower). ``train`` holds every other hyper-parameter (rate,
-    schedule, precision, ...) shared by all runs; its model, seed, epochs, quantization, init and output folder
-    are set per run (``None``: the defaults). ``jobs`` runs that many trainings at once, in separate processes
-    sharing the cores (the local executor of :mod:`stelab.executors`; Ray and SLURM are the others, passed to
-    :func:`run_table1`); results do not depend on it beyond the rounding of a different thread count.
+    runs (50 for LeNet-5, 200 for VGG-11 and ResNet-20); ``cell_epochs`` is the length of each quantized fine-tuning
+    run (``None``: as long as the float run) and ``cell_precision`` its arithmetic (``None``: the float run's;
+    ``fp32`` on a CPU without native bfloat16, where autocast is about 2x slower). ``train`` holds every other
+    hyper-parameter (rate, schedule, precision, ...) shared by all runs; its model, seed, epochs, quantization, init
+    and output folder are set per run (``None``: the defaults). ``jobs`` runs that many trainings at once, in
+    separate processes sharing the cores (the local executor of :mod:`stelab.executors`; Ray and SLURM are the
+    others, passed to :func:`run_table1`); results do not depend on it beyond the rounding of a different thread
+    count.
     """
 
     dataset: str = "mnist"
