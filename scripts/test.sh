@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite (and lint). Extra args go to pytest.
+# the tests run the Ray and submitit executors and the ONNX export for real: their extras are installed
+export STELAB_EXTRAS="ray,slurm,export" STELAB_MODULES="ray submitit onnx onnxruntime qonnx"
 source "$(dirname "${BASH_SOURCE[0]}")/_venv.sh"
 cd "$ROOT"
 ruff check src tests benchmarks scripts

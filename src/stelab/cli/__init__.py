@@ -11,7 +11,7 @@ import re
 import sys
 
 # Sub-command modules, in the order `stelab --help` lists them.
-COMMANDS = ("info", "data", "train", "reproduce", "classify", "theory", "symmetry", "diagnose")
+COMMANDS = ("info", "data", "train", "reproduce", "classify", "theory", "symmetry", "diagnose", "export")
 
 
 _RST = re.compile(r":(?:math|mod|class|func|meth|data|attr):`([^`]*)`|``([^`]*)``")
