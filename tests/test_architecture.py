@@ -18,7 +18,7 @@ PACKAGE = SRC / "stelab"
 
 CORE = {"stelab", "stelab.ste", "stelab.builtin_stes", "stelab.quantizers", "stelab.lloyd", "stelab.kernels",
         "stelab.ops", "stelab.modules", "stelab.convert", "stelab.config", "stelab.weights", "stelab.optim",
-        "stelab.patterns", "stelab.pack", "stelab.ste_probe"}
+        "stelab.patterns", "stelab.pack", "stelab.ste_probe", "stelab.ste_plugins"}
 BASE = {"stelab.errors", "stelab.io"}
 # layer -> the layers it may import besides itself
 ALLOWED = {

@@ -168,12 +168,16 @@ _BUILTINS_LOADED = False
 
 
 def _registry() -> dict[str, _Entry]:
-    """The registry, with the built-in STEs of :mod:`stelab.builtin_stes` registered on first use. They are written
-    with this module's decorators, so importing them while this module loads would be an import cycle."""
+    """The registry, with the built-in STEs of :mod:`stelab.builtin_stes` registered on first use (they are written
+    with this module's decorators: importing them while this module loads would be a cycle), then the users' ones
+    of ``$STELAB_IMPORT`` (``--import``) and the ``stelab.stes`` entry points (:mod:`stelab.ste_plugins`)."""
     global _BUILTINS_LOADED
     if not _BUILTINS_LOADED:
         _BUILTINS_LOADED = True
         from . import builtin_stes  # noqa: F401  (registers the built-ins as it loads)
+        from .ste_plugins import load_external
+
+        load_external()
     return _REGISTRY
 
 
@@ -196,7 +200,8 @@ def get(name: str | STE, **params: Any) -> STE:
     base, parsed = _parse(name)
     registry = _registry()
     if base not in registry:
-        raise unknown_name("STE", base, registry)
+        raise ValueError(f"{unknown_name('STE', base, registry)} (a user's STE: register it first, e.g. stelab "
+                         "--import my_stes.py ...)")
     entry = registry[base]
     merged = {**parsed, **params}
     unknown = set(merged) - set(entry.defaults)
@@ -254,25 +259,18 @@ def _parse(text: str) -> tuple[str, dict[str, Any]]:
     return base, params
 
 
-def register(
-    name: str,
-    derivative: DerivativeFn | None = None,
-    *,
-    proxy: DerivativeFn | None = None,
-    monotone: bool | None = None,
-    zero_below: bool | None = None,
-    scale_invariant: bool | None = None,
-    piecewise: Piecewise | None = None,
-    doc: str = "",
-    overwrite: bool = False,
-) -> None:
+def register(name: str, derivative: DerivativeFn | None = None, *, proxy: DerivativeFn | None = None,
+             monotone: bool | None = None, zero_below: bool | None = None, scale_invariant: bool | None = None,
+             piecewise: Piecewise | Callable[..., Piecewise] | None = None, doc: str = "",
+             overwrite: bool = False) -> None:
     """Register an STE under ``name``.
 
     Give ``mu'`` one way: ``derivative(x, top, **params) -> mu'(x)``; or ``proxy(x, top, **params) -> mu(x)``
     (elementwise; its derivative is then taken by autograd); or, for a piecewise-constant ``mu'``, its
-    :class:`Piecewise` table alone (the fused op runs it; the derivative and the properties follow from the table,
-    and ``proxy`` may still be given for plots). Keyword parameters with defaults in the function's signature become
-    the STE's parameters. Properties left as ``None`` are measured numerically on a grid (:func:`measure_properties`).
+    :class:`Piecewise` table alone, or a function of keyword parameters returning the table (the fused op runs it;
+    the derivative and the properties follow from the table, and ``proxy`` may still be given for plots). Keyword
+    parameters with defaults in the function's signature become the STE's parameters (``my_ste(slope=0.2)``).
+    Properties left as ``None`` are measured numerically on a grid (:func:`measure_properties`).
     """
     if not isinstance(name, str) or not _CALL.match(name) or "(" in name:
         raise ValueError(f"STE name must be an identifier, got {name!r}")
@@ -281,8 +279,10 @@ def register(
     if piecewise is not None:
         if derivative is not None or {monotone, zero_below, scale_invariant} != {None}:
             raise ValueError("a Piecewise table defines mu' and the properties; give no derivative or flags with it")
-        table = piecewise
-        _REGISTRY[name] = _Entry(lambda: _piecewise_ste(name, table, proxy, doc), {})
+        table = piecewise if callable(piecewise) else (lambda: piecewise)
+        text = doc or (table.__doc__ or "" if callable(piecewise) else "")
+        _REGISTRY[name] = _Entry(lambda **p: _piecewise_ste(name, table(**p), proxy, text, p),
+                                 _defaults(table, skip=0))
         _CACHE.clear()
         return
     if derivative is None and proxy is None:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+import stelab
 from stelab.cli import build_parser, main
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -74,6 +75,15 @@ def doc_commands() -> list[tuple[str, str]]:
 COMMANDS = doc_commands()
 
 
+def doc_files() -> dict[str, str]:
+    """Files the documentation asks the reader to write: a fenced block whose first line is ``# name.py``."""
+    found = {}
+    for doc in DOCS:
+        for block in re.findall(r"```python\n(# (\w+\.py)\n.*?)```", doc.read_text(), re.S):
+            found[block[1]] = block[0]
+    return found
+
+
 def test_the_documentation_shows_the_commands_this_test_is_for():
     """Guards the extraction itself: if it found nothing, every check below would pass vacuously."""
     shown = {command for _, command in COMMANDS}
@@ -83,6 +93,7 @@ def test_the_documentation_shows_the_commands_this_test_is_for():
     assert any(c.startswith("stelab reproduce table1 --dataset cifar10 --models vgg11 resnet20") for c in shown)
     assert any(c.startswith("stelab train ") for c in shown)
     assert len(shown) >= 15
+    assert "my_stes.py" in doc_files() and any("--import my_stes.py" in c for c in shown)
 
 
 @pytest.fixture
@@ -104,7 +115,13 @@ def recorder(monkeypatch, tmp_path):
     monkeypatch.setattr(train_pkg, "train", lambda config, hooks=(), resume=False, progress=True:
                         calls.append(config) or {"status": "finished"})
     monkeypatch.chdir(tmp_path)
-    return calls
+    for name, text in doc_files().items():  # my_stes.py for `--import my_stes.py`
+        (tmp_path / name).write_text(text)
+    monkeypatch.delenv("STELAB_IMPORT", raising=False)  # --import sets it; restored after
+    before = set(stelab.ste.names())
+    yield calls
+    for name in set(stelab.ste.names()) - before:  # what an --import registered stays in this test
+        stelab.ste.unregister(name)
 
 
 @pytest.mark.parametrize(("doc", "command"), COMMANDS, ids=[f"{d}:{c[:70]}" for d, c in COMMANDS])

@@ -43,6 +43,10 @@ class Parser(argparse.ArgumentParser):
     def __init__(self, *args, **kwargs) -> None:
         kwargs["formatter_class"] = HelpFormatter  # every command: defaults shown, no RST markup
         super().__init__(*args, **kwargs)
+        # taken off the command line by main() before parsing (take_imports); declared here for --help
+        self.add_argument("--import", dest="imports", metavar="FILE_OR_MODULE", action="append", default=None,
+                          help="run this Python file or module first (its stelab.ste.register calls), so its STEs "
+                               "work here; repeatable, anywhere on the command line")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,9 +61,37 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def take_imports(argv: list[str]) -> tuple[list[str], list[str]]:
+    """``(argv without its --import options, their sources)``; like pytest's ``-p``, they act before parsing, since
+    the STE names the other arguments give may be the imported ones."""
+    rest, sources, i = [], [], 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--":
+            rest += argv[i:]
+            break
+        if arg == "--import" or arg.startswith("--import="):
+            value = arg.split("=", 1)[1] if "=" in arg else (argv[i + 1] if i + 1 < len(argv) else "")
+            if not value or value.startswith("-"):
+                raise ValueError("--import needs a Python file or module: --import my_stes.py or --import pkg.stes")
+            sources.append(value)
+            i += 1 if "=" in arg else 2
+            continue
+        rest.append(arg)
+        i += 1
+    return rest, sources
+
+
 def main(argv: list[str] | None = None) -> int:
+    from ..ste_plugins import import_sources
+
+    try:
+        argv, sources = take_imports(list(sys.argv[1:] if argv is None else argv))
+        import_sources(sources)
+    except ValueError as err:  # ImportSourceError too: one line, nothing computed
+        print(f"stelab: error: {err}", file=sys.stderr)
+        return 2
     parser = build_parser()
-    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     args.argv = argv  # `train --resume` needs to know which flags were given, not just their values
     try:
