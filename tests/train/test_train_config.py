@@ -69,3 +69,16 @@ def test_a_legacy_run_folder_reads_and_resumes(tmp_path, capsys):
     capsys.readouterr()
     assert main(["train", "--resume", "--out", str(out), "--ste", "relu"]) == 2
     assert "--ste gives ste='relu'" in capsys.readouterr().err
+
+
+def test_bf16_on_a_cpu_without_native_bfloat16_gets_a_note(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    for native in (False, True):
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda native=native: native)
+        note = TrainConfig(precision="bf16", device="cpu").precision_note()
+        assert (note is None) == native
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    assert "2x slower than fp32" in TrainConfig(precision="bf16", device="cpu").precision_note()
+    assert TrainConfig(precision="fp32", device="cpu").precision_note() is None

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import sys
+from typing import Any
 
 from ..io import check_out_dir
 from ..ste import PAPER_STES
@@ -87,6 +89,11 @@ def _check_models(names, dataset: str) -> None:
         models.check_dataset(name, dataset)
 
 
+def _precision_note(train: Any) -> None:
+    if train.precision_note():
+        print(f"stelab reproduce: note: {train.precision_note()}", file=sys.stderr, flush=True)
+
+
 def run_table1_cmd(args: argparse.Namespace) -> int:
     from ..experiments.reproduce import MODELS_BY_DATASET, Table1Config, run_table1, table1_markdown
 
@@ -99,6 +106,7 @@ def run_table1_cmd(args: argparse.Namespace) -> int:
                           train=_base_train(args, models[0]))
     out = args.out or f"runs/table1-{args.dataset}"
     check_out_dir(out)
+    _precision_note(config.train)
     with executor_from_args(args, out) as executor:
         results = run_table1(config, out, progress=not args.no_progress, executor=executor)
     print(table1_markdown(results))
@@ -116,6 +124,7 @@ def run_instability_cmd(args: argparse.Namespace) -> int:
                                then_epochs=args.then_epochs, train=_base_train(args, args.model))
     out = args.out or f"runs/instability-{args.model}-{args.dataset}"
     check_out_dir(out)
+    _precision_note(config.train)
     with executor_from_args(args, out) as executor:
         results = run_instability(config, out, progress=not args.no_progress, executor=executor)
     print(instability_markdown(results))

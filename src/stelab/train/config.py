@@ -258,6 +258,18 @@ class TrainConfig(JsonConfig):
             return self.channels_last
         return CHANNELS_LAST_DEFAULT.get((device_type, self.model), False)
 
+    def precision_note(self) -> str | None:
+        """A note when ``bf16`` would run on a CPU without native bfloat16 (AVX512-BF16 or AMX): autocast then
+        emulates it, about 2x slower than fp32 (VGG-11 training measured at 71 against 135 images/s)."""
+        import torch
+
+        on_cpu = self.device == "cpu" or (self.device == "auto" and not torch.cuda.is_available())
+        if self.precision != "bf16" or not on_cpu or torch.cpu._is_avx512_bf16_supported() \
+                or torch.cpu._is_amx_tile_supported():
+            return None
+        return ("this CPU has no native bfloat16 (AVX512-BF16 or AMX): --precision bf16 is emulated here and about 2x "
+                "slower than fp32 (BENCHMARKS.md); the results are bf16's either way")
+
     def resolved_augment(self) -> bool:
         return self.augment if self.augment is not None else self.dataset == "cifar10"
 
