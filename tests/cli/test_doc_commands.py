@@ -22,7 +22,7 @@ import stelab
 from stelab.cli import build_parser, main
 
 ROOT = Path(__file__).resolve().parents[2]
-DOCS = [ROOT / "README.md", ROOT / "REPRODUCTION.md", ROOT / "BENCHMARKS.md", *sorted((ROOT / "docs").glob("*.md"))]
+DOCS = [ROOT / "README.md", ROOT / "REPRODUCTION.md", ROOT / "BENCHMARKS.md", *sorted((ROOT / "docs").rglob("*.md"))]
 # Upper-case words (RUN, N, DIR), "..." and <...> stand for values the reader fills in: such a variant is a synopsis.
 PLACEHOLDER = re.compile(r"(^|\s)[A-Z][A-Z_]*(\s|$)|\.\.\.|<")
 

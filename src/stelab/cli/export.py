@@ -77,8 +77,10 @@ def run(args: argparse.Namespace) -> int:
     x = example_input(config.dataset)
     result = export.to_onnx(model, x, args.out, args.format, args.opset, args.int_bits)
     reference = export.build(model, x, "float", args.opset).bytes
-    print(f"wrote {result.path}: {args.format}, opset {result.opset}, {result.bytes:,} bytes "
-          f"({reference / result.bytes:.2f}x smaller than the float export's {reference:,})")
+    ratio = reference / result.bytes
+    size = f"{ratio:.2f}x smaller than" if ratio >= 1.05 else f"{result.bytes / reference:.2f}x the size of"
+    print(f"wrote {result.path}: {args.format}, opset {result.opset}, {result.bytes:,} bytes ({size} the float "
+          f"export's {reference:,})")
     if result.types:
         kinds = sorted(set(result.types.values()))
         print("integer codes: " + ", ".join(f"{k} ({sum(v == k for v in result.types.values())} tensors)"
