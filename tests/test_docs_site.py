@@ -75,3 +75,37 @@ def test_every_tutorial_runs_and_makes_its_figure(tmp_path, shared_data_dir):
         assert figure, f"{tutorial.name} ends with the figure it produces (<!-- figure: RUN_PATH --> and its image)"
         assert (tmp_path / figure.group(1)).stat().st_size > 5000, f"{tutorial.name}: {figure.group(1)} not made"
         assert (tutorial.parent / figure.group(2)).is_file()
+
+
+def _hooks():
+    pytest.importorskip("mkdocs")
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("mkdocs_hooks", ROOT / "scripts" / "mkdocs_hooks.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_rest_math_and_roles_become_markdown():
+    hooks = _hooks()
+    text = "A :math:`x^2` and :class:`~stelab.ste.STE`, ``code``.\n\n    .. math::  y = q(x), \\qquad a\n" \
+           "               + b\n\n    rest"
+    want = "A $x^2$ and `stelab.ste.STE`, ``code``.\n\n    $$\n    y = q(x), \\qquad a + b\n    $$\n\n    rest"
+    assert hooks.rst_to_markdown(text) == want
+
+
+def test_the_gallery_shows_a_users_ste_with_no_docs_edit():
+    import stelab
+    from stelab.ste import Piecewise
+
+    hooks = _hooks()
+    stelab.ste.register("gallery_probe", piecewise=lambda slope=0.3: Piecewise((0.0,), (slope, 1.0)))
+    try:
+        files = dict(hooks.gallery_files())
+    finally:
+        stelab.ste.unregister("gallery_probe")
+    page = files["gallery/stes.md"]
+    assert "## `gallery_probe`" in page and 'ste="gallery_probe(slope=0.3)"' in page and "`(0.3, 1.0)`" in page
+    assert files["gallery/stes/gallery_probe.png"][:4] == b"\x89PNG"
+    assert {f"gallery/quantizers/{n}.png" for n in stelab.quantizers.names()} <= set(files)
