@@ -7,24 +7,25 @@ registry) -> :mod:`stelab.ops` (the autograd op, :func:`quantize`) -> :mod:`stel
 :mod:`stelab.optim` (BCGD, BinaryRelax).
 """
 
-from . import quantizers, ste
-from .config import JsonConfig, QuantConfig
-from .convert import (
-    activation_names,
-    activation_summary,
-    quantize_activations,
-    quantize_model,
-    quantized_modules,
-    summary,
-)
-from .lloyd import lloyd_alpha
-from .modules import QuantReLU
-from .ops import ALPHA_RULES, quantize
-from .pack import PackSaved, pack_saved
-from .quantizers import staircase
-from .weights import QuantConv2d, QuantLinear, WeightQuantConfig, model_size_bits, quantize_weights, weight_summary
+import importlib
 
 __version__ = "0.1.0"
+
+# Public name -> the module that defines it. Loaded on first use (PEP 562), so that `import stelab` and
+# `stelab --version` load neither torch nor scipy, and a script pays only for what it uses.
+_EXPORTS = {
+    "ALPHA_RULES": ".ops", "quantize": ".ops",
+    "JsonConfig": ".config", "QuantConfig": ".config",
+    "PackSaved": ".pack", "pack_saved": ".pack",
+    "QuantReLU": ".modules",
+    "QuantConv2d": ".weights", "QuantLinear": ".weights", "WeightQuantConfig": ".weights",
+    "model_size_bits": ".weights", "quantize_weights": ".weights", "weight_summary": ".weights",
+    "activation_names": ".convert", "activation_summary": ".convert", "quantize_activations": ".convert",
+    "quantize_model": ".convert", "quantized_modules": ".convert", "summary": ".convert",
+    "lloyd_alpha": ".lloyd",
+    "staircase": ".quantizers",
+    "quantizers": None, "ste": None,  # the modules themselves
+}
 
 __all__ = [
     "ALPHA_RULES",
@@ -51,3 +52,16 @@ __all__ = [
     "summary",
     "weight_summary",
 ]
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'stelab' has no attribute {name!r}")
+    module = importlib.import_module(_EXPORTS[name] or f".{name}", __name__)
+    value = module if _EXPORTS[name] is None else getattr(module, name)
+    globals()[name] = value  # once: later lookups do not come here
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -22,7 +22,6 @@ import importlib.util
 import os
 import sys
 import warnings
-from importlib.metadata import entry_points
 from pathlib import Path
 
 ENV = "STELAB_IMPORT"
@@ -91,6 +90,8 @@ def load_external() -> None:
     """Called once by the registry after the built-ins: the sources of ``$STELAB_IMPORT``, then the entry points of
     the ``stelab.stes`` group. A failing entry point is a warning (an installed package must not break every
     command); a failing ``$STELAB_IMPORT`` source is an error, as ``--import`` is."""
+    from importlib.metadata import entry_points  # here: 50 ms that `stelab --version` need not pay
+
     for spec in (s for s in os.environ.get(ENV, "").split(os.pathsep) if s):
         import_source(spec)
     for ep in entry_points(group=GROUP):

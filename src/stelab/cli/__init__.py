@@ -10,8 +10,20 @@ import os
 import re
 import sys
 
-# Sub-command modules, in the order `stelab --help` lists them.
-COMMANDS = ("info", "data", "train", "reproduce", "classify", "theory", "symmetry", "diagnose", "export")
+# Sub-commands (modules of this package), in the order `stelab --help` lists them, with their one-line help: here,
+# so that `stelab --help` lists them without importing any (each loads torch).
+SUMMARY = {
+    "info": "list registered STEs, forward quantizers and default resolutions",
+    "data": "download the data sets or check the local copies",
+    "train": "train a float or quantized model (activations; weights with --weight-bits)",
+    "reproduce": "reproduce Table 1 or the instability experiment of Yin et al. (2019)",
+    "classify": "monotone STEs: coarse gradient descent on non-linearly-separable classes",
+    "theory": "the two-linear-layer theory lab of Yin et al. (2019): report + plots",
+    "symmetry": "scale symmetry and its breaking by the clipped-ReLU STE (report)",
+    "diagnose": "gradient fidelity of STEs (coarse vs true gradient) for a trained model",
+    "export": "export a trained run to ONNX (standard QDQ, exact QONNX, or float)",
+}
+COMMANDS = tuple(SUMMARY)
 
 
 _RST = re.compile(r":(?:math|mod|class|func|meth|data|attr):`([^`]*)`|``([^`]*)``")
@@ -49,7 +61,9 @@ class Parser(argparse.ArgumentParser):
                                "work here; repeatable, anywhere on the command line")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The whole command line; with ``only``, that command's parser in full and the others as their one-line help
+    (what parsing a command line that names ``only``, or none, needs: ``stelab --help`` imports no command)."""
     from .. import __version__
 
     parser = Parser(prog="stelab", description="Straight-through estimators: train and study them.")
@@ -57,8 +71,16 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     sub.required = True
     for name in COMMANDS:
-        importlib.import_module(f"stelab.cli.{name}").add_parser(sub)
+        if only is None or name == only:
+            importlib.import_module(f"stelab.cli.{name}").add_parser(sub)
+        else:
+            sub.add_parser(name, help=SUMMARY[name])
     return parser
+
+
+def _command(argv: list[str]) -> str:
+    """The command ``argv`` names (its first word that is not an option), or ``""``."""
+    return next((a for a in argv if not a.startswith("-")), "")
 
 
 def take_imports(argv: list[str]) -> tuple[list[str], list[str]]:
@@ -85,13 +107,19 @@ def take_imports(argv: list[str]) -> tuple[list[str], list[str]]:
 def main(argv: list[str] | None = None) -> int:
     from ..ste_plugins import import_sources
 
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--version"]:  # what argparse would print, without building every command's parser (and torch)
+        from .. import __version__
+
+        print(f"stelab {__version__}")
+        return 0
     try:
-        argv, sources = take_imports(list(sys.argv[1:] if argv is None else argv))
+        argv, sources = take_imports(argv)
         import_sources(sources)
     except ValueError as err:  # ImportSourceError too: one line, nothing computed
         print(f"stelab: error: {err}", file=sys.stderr)
         return 2
-    parser = build_parser()
+    parser = build_parser(only=_command(argv))
     args = parser.parse_args(argv)
     args.argv = argv  # `train --resume` needs to know which flags were given, not just their values
     try:

@@ -8,6 +8,7 @@ import argparse
 import time
 from pathlib import Path
 
+from . import SUMMARY
 from .ste_args import ste_spec
 
 
@@ -31,7 +32,7 @@ def _given(args: argparse.Namespace, flag: str, dest: str) -> bool:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("classify", help="monotone STEs: coarse gradient descent on non-linearly-separable classes",
+    p = sub.add_parser("classify", help=SUMMARY["classify"],
                        description=__doc__)
     p.add_argument("--out", type=Path, default=None, help="run folder (default runs/classify-<timestamp>)")
     p.add_argument("--stes", nargs="+", type=ste_spec, default=[], metavar="STE",

@@ -5,12 +5,13 @@ from __future__ import annotations
 import argparse
 
 from ..io import markdown_table
+from . import SUMMARY
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     from ..data import DATASETS
 
-    p = sub.add_parser("data", help="download the data sets or check the local copies")
+    p = sub.add_parser("data", help=SUMMARY["data"])
     actions = p.add_subparsers(dest="action", metavar="ACTION")
     actions.required = True
     d = actions.add_parser("download", help="fetch the official archives (checksums verified)")

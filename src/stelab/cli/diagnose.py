@@ -15,11 +15,12 @@ from pathlib import Path
 import torch
 
 from ..ste import PAPER_STES
+from . import SUMMARY
 from .ste_args import add_stes_argument
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("diagnose", help="gradient fidelity of STEs (coarse vs true gradient) for a trained model",
+    p = sub.add_parser("diagnose", help=SUMMARY["diagnose"],
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run_dir", nargs="?", help="run folder (config.json + checkpoint.pt)")
     p.add_argument("--model", help="model name (with --checkpoint, instead of RUN_DIR)")

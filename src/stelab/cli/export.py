@@ -7,11 +7,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from . import SUMMARY
+
 WEIGHT_FILES = ("model.pt", "checkpoint.pt")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("export", help="export a trained run to ONNX (standard QDQ, exact QONNX, or float)",
+    p = sub.add_parser("export", help=SUMMARY["export"],
                        description=__doc__)
     p.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="run folder (config.json + model.pt or checkpoint.pt)")
     p.add_argument("--out", type=Path, required=True, help="the .onnx file to write")

@@ -7,10 +7,11 @@ import argparse
 from .. import quantizers, ste
 from ..io import markdown_table
 from ..lloyd import lloyd_alpha
+from . import SUMMARY
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("info", help="list registered STEs, forward quantizers and default resolutions")
+    p = sub.add_parser("info", help=SUMMARY["info"])
     p.set_defaults(func=run)
 
 

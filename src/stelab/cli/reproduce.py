@@ -8,13 +8,14 @@ from typing import Any
 
 from ..io import check_out_dir
 from ..ste import PAPER_STES
+from . import SUMMARY
 from .executors import add_executor_arguments, executor_from_args
 from .ste_args import add_stes_argument
 from .train import add_train_arguments
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("reproduce", help="reproduce Table 1 or the instability experiment of Yin et al. (2019)")
+    p = sub.add_parser("reproduce", help=SUMMARY["reproduce"])
     what = p.add_subparsers(dest="experiment", metavar="EXPERIMENT")
     what.required = True
 

@@ -6,11 +6,12 @@ import argparse
 import time
 from pathlib import Path
 
+from . import SUMMARY
 from .ste_args import ste_spec
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("symmetry", help="scale symmetry and its breaking by the clipped-ReLU STE (report)",
+    p = sub.add_parser("symmetry", help=SUMMARY["symmetry"],
                        description="Stationary points of a misspecified one-unit binary network (two methods), each "
                                    "STE's coarse gradient on the rays through them, the limits of the clipped-ReLU "
                                    "coarse gradient, and coarse gradient descent on non-Gaussian data.")

@@ -8,9 +8,11 @@ import argparse
 import time
 from pathlib import Path
 
+from . import SUMMARY
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("theory", help="the two-linear-layer theory lab of Yin et al. (2019): report + plots",
+    p = sub.add_parser("theory", help=SUMMARY["theory"],
                        description=__doc__)
     p.add_argument("--out", type=Path, default=None, help="run folder (default: runs/theory-<UTC timestamp>)")
     p.add_argument("--seed", type=int, default=0, help="seed of the teacher and of every experiment (default 0)")

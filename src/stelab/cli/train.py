@@ -16,6 +16,7 @@ from ..ste import PAPER_STES
 from ..train.config import DEVICES, OPTIMIZERS, PRECISIONS, SCHEDULES, TrainConfig
 from ..weights import WeightQuantConfig, quantizers
 from ..weights.quantizers import GRANULARITIES, SCALE_RULES
+from . import SUMMARY
 
 
 def _bool_flag(p: argparse.ArgumentParser, name: str, help: str) -> None:
@@ -96,7 +97,7 @@ def add_weight_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="train a float or quantized model (activations; weights with --weight-bits)",
+    p = sub.add_parser("train", help=SUMMARY["train"],
                        description="Train a float or quantized model: activations (--bits, --ste) and, with "
                                    "--weight-bits, weights (SGD with momentum, or BCGD/BinaryRelax around it; "
                                    "step-decayed rate).")
