@@ -14,7 +14,7 @@ __version__ = "0.1.0"
 # Public name -> the module that defines it. Loaded on first use (PEP 562), so that `import stelab` and
 # `stelab --version` load neither torch nor scipy, and a script pays only for what it uses.
 _EXPORTS = {
-    "ALPHA_RULES": ".ops", "quantize": ".ops",
+    "ALPHA_RULES": ".config", "quantize": ".ops",
     "JsonConfig": ".config", "QuantConfig": ".config",
     "PackSaved": ".pack", "pack_saved": ".pack",
     "QuantReLU": ".modules",

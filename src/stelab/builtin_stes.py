@@ -1,4 +1,5 @@
-r"""The built-in straight-through estimators, registered in :mod:`stelab.ste` on the registry's first use.
+r"""The built-in straight-through estimators, as data (:data:`BUILTINS`) that :mod:`stelab.ste` registers on the
+registry's first use.
 
 Each STE's docstring gives its proxy :math:`\mu` and derivative :math:`\mu'` (``top`` is the forward quantizer's top
 level, see :mod:`stelab.ste`). The piecewise ones (identity, relu, clipped_relu, leaky_relu, hardtanh, hat, half_hat)
@@ -10,11 +11,37 @@ and declare their properties, which the tests compare with the math and with a g
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from .ste import Piecewise, _builtin, _piecewise
+from .piecewise import Piecewise
+
+# (name, table function or mu', proxy mu, properties or None for a piecewise table), in the order defined below;
+# stelab.ste registers them on the registry's first use (this module does not import it: no import cycle).
+BUILTINS: list[tuple[str, Callable[..., Any], Callable[..., Tensor] | None, dict[str, bool] | None]] = []
+
+
+def _piecewise(name: str, *, proxy: Callable[..., Tensor]) -> Callable:
+    """A built-in piecewise STE: the decorated function maps its parameters (keywords with defaults) to its table."""
+    def wrap(table: Callable[..., Piecewise]) -> Callable[..., Piecewise]:
+        BUILTINS.append((name, table, proxy, None))
+        return table
+
+    return wrap
+
+
+def _builtin(name: str, *, monotone: bool, zero_below: bool, scale_invariant: bool,
+             proxy: Callable[..., Tensor] | None = None) -> Callable:
+    """A built-in STE with a smooth ``mu'`` (the decorated function) and its properties known analytically."""
+    def wrap(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
+        BUILTINS.append((name, fn, proxy, {"monotone": monotone, "zero_below": zero_below,
+                                           "scale_invariant": scale_invariant}))
+        return fn
+
+    return wrap
 
 
 def _top(x: Tensor, top: float | Tensor) -> Tensor:

@@ -51,6 +51,18 @@ class JsonConfig:
         return dataclasses.replace(self, **changes)  # type: ignore[type-var]
 
 
+# The gradient rules of a learned resolution (stelab.ops implements them; docs/quantizers.md gives the math).
+ALPHA_RULES = ("mean", "ae", "pact", "min", "lsq")
+
+
+def check_learned(forward: str, alpha_rule: str) -> None:
+    """``sign`` levels are ``+-alpha``: only the ``ae`` rule (``dq/dalpha = q(x)/alpha = +-1``) is right for it."""
+    check_choice("alpha rule", alpha_rule, ALPHA_RULES)
+    if forward == "sign" and alpha_rule != "ae":
+        raise ValueError(f"a learned alpha with forward 'sign' needs alpha_rule 'ae' (dq/dalpha = +-1), got "
+                         f"{alpha_rule!r}; valid choices for sign: ae")
+
+
 @dataclass(frozen=True)
 class QuantConfig(JsonConfig):
     """How one activation is quantized: forward quantizer, resolution, and STE.
@@ -76,8 +88,6 @@ class QuantConfig(JsonConfig):
     def __post_init__(self) -> None:
         from . import quantizers
         from . import ste as ste_registry
-        from .ops import ALPHA_RULES, check_learned
-
         check_bits(self.bits)
         quantizers.get(self.forward).check_bits(self.bits)
         if not isinstance(self.ste, str):

@@ -39,13 +39,12 @@ from torch import Tensor
 
 from . import kernels, quantizers
 from . import ste as ste_registry
-from .config import QuantConfig
-from .errors import ResolutionError, check_alpha, check_bits, check_choice
+from .config import ALPHA_RULES, QuantConfig, check_learned  # noqa: F401  (re-exported: stelab.ops.*)
+from .errors import ResolutionError, check_alpha, check_bits
 from .pack import saved as pack_saved
 from .ste import STE
 from .weights.lsq import grad_scale, step_grad_factor
 
-ALPHA_RULES = ("mean", "ae", "pact", "min", "lsq")
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
@@ -171,14 +170,6 @@ def check_input(x: object, check_nan: bool = True) -> Tensor:
     if check_nan and not torch.compiler.is_compiling() and bool(x.sum().isnan()) and bool(x.isnan().any()):
         raise ValueError("x contains NaN; a quantizer cannot place NaN on a level (a diverged run upstream?)")
     return x
-
-
-def check_learned(forward: str, alpha_rule: str) -> None:
-    """``sign`` levels are ``+-alpha``: only the ``ae`` rule (``dq/dalpha = q(x)/alpha = +-1``) is right for it."""
-    check_choice("alpha rule", alpha_rule, ALPHA_RULES)
-    if forward == "sign" and alpha_rule != "ae":
-        raise ValueError(f"a learned alpha with forward 'sign' needs alpha_rule 'ae' (dq/dalpha = +-1), got "
-                         f"{alpha_rule!r}; valid choices for sign: ae")
 
 
 def quantize_with(x: Tensor, config: QuantConfig, alpha: float | Tensor, ste: STE,

@@ -35,7 +35,6 @@ with a smooth ``mu'`` declare their properties (or have them measured).
 from __future__ import annotations
 
 import inspect
-import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -46,6 +45,7 @@ import torch
 from torch import Tensor
 
 from .errors import first_line, unknown_name
+from .piecewise import Piecewise  # noqa: F401  (stelab.ste.Piecewise, as before)
 from .ste_probe import probe
 
 DerivativeFn = Callable[..., Tensor]
@@ -54,60 +54,6 @@ DerivativeFn = Callable[..., Tensor]
 # their analysis and experiments favour). Every list of "the paper's STEs" and every default in stelab is these two.
 PAPER_STES: tuple[str, ...] = ("identity", "relu", "clipped_relu")
 DEFAULT_STE = "clipped_relu"
-
-
-@dataclass(frozen=True)
-class Piecewise:
-    r"""A piecewise-constant ``mu'``: ``values[i]`` on region ``i``, region ``i`` being
-    ``breaks[i-1]*top < x <= breaks[i]*top`` (region 0 is everything at or below ``breaks[0]*top``, the last region
-    everything above ``breaks[-1]*top``). The right-closed convention is the fused op's region code
-    :math:`r = \#\{j : x > b_j\,\mathrm{top}\}` (:mod:`stelab.kernels.reference`).
-
-    The properties of the STE follow from the table (``top > 0``):
-
-    * ``monotone``: every value is ``>= 0``;
-    * ``zero_below``: the value is 0 on every region that reaches ``x <= 0`` (region 0 and every region whose lower
-      break is negative);
-    * ``scale_invariant``: no breakpoint other than 0 (a break ``b != 0`` sits at ``b*top``, which ``x -> c x``
-      moves across).
-    """
-
-    breaks: tuple[float, ...]
-    values: tuple[float, ...]
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "breaks", tuple(float(b) for b in self.breaks))
-        object.__setattr__(self, "values", tuple(float(v) for v in self.values))
-        if len(self.values) != len(self.breaks) + 1:
-            raise ValueError("Piecewise needs exactly one more value than breakpoints")
-        if list(self.breaks) != sorted(self.breaks):
-            raise ValueError("Piecewise breakpoints must be sorted")
-        if not all(math.isfinite(v) for v in (*self.breaks, *self.values)):
-            raise ValueError(f"Piecewise breakpoints and values must be finite, got {self}")
-
-    def derivative(self, x: Tensor, top: float | Tensor = 1.0) -> Tensor:
-        """``mu'(x; top)`` from the table: the value of the last region whose lower break ``x`` exceeds (NaN: 0's)."""
-        out = torch.full_like(x, self.values[0])
-        for b, v in zip(self.breaks, self.values[1:]):
-            bound = 0.0 if b == 0.0 else b * top  # 0 * top would be NaN for an infinite top
-            out = torch.where(x > bound, v, out)
-        return out
-
-    @property
-    def monotone(self) -> bool:
-        return all(v >= 0 for v in self.values)
-
-    @property
-    def zero_below(self) -> bool:
-        lower = (-math.inf, *self.breaks)
-        return all(v == 0 for lo, v in zip(lower, self.values) if lo < 0)
-
-    @property
-    def scale_invariant(self) -> bool:
-        return set(self.breaks) <= {0.0}
-
-    def flags(self) -> dict[str, bool]:
-        return {"monotone": self.monotone, "zero_below": self.zero_below, "scale_invariant": self.scale_invariant}
 
 
 @dataclass(frozen=True)
@@ -168,15 +114,14 @@ _BUILTINS_LOADED = False
 
 
 def _registry() -> dict[str, _Entry]:
-    """The registry, with the built-in STEs of :mod:`stelab.builtin_stes` registered on first use (they are written
-    with this module's decorators: importing them while this module loads would be a cycle), then the users' ones
-    of ``$STELAB_IMPORT`` (``--import``) and the ``stelab.stes`` entry points (:mod:`stelab.ste_plugins`)."""
+    """The registry, with the built-in STEs of :mod:`stelab.builtin_stes` registered on first use, then the users'
+    ones of ``$STELAB_IMPORT`` (``--import``) and the ``stelab.stes`` entry points (:mod:`stelab.ste_plugins`)."""
     global _BUILTINS_LOADED
     if not _BUILTINS_LOADED:
         _BUILTINS_LOADED = True
-        from . import builtin_stes  # noqa: F401  (registers the built-ins as it loads)
         from .ste_plugins import load_external
 
+        _register_builtins()
         load_external()
     return _REGISTRY
 
@@ -362,33 +307,22 @@ def measure_properties(ste: STE, top: float = 1.0, points: int = 4001) -> dict[s
     }
 
 
-def _builtin(name: str, *, monotone: bool, zero_below: bool, scale_invariant: bool,
-             proxy: DerivativeFn | None = None) -> Callable[[DerivativeFn], DerivativeFn]:
-    """Register a built-in STE with a smooth ``mu'`` (the decorated function) and properties known analytically."""
+def _register_builtins() -> None:
+    """The built-in STEs of :mod:`stelab.builtin_stes`, which lists them as data (:data:`~stelab.builtin_stes.
+    BUILTINS`): a piecewise one by its table function (parameters -> :class:`Piecewise`, docstring = the math), a
+    smooth one by its ``mu'`` with its properties known analytically."""
+    from .builtin_stes import BUILTINS
 
-    def wrap(fn: DerivativeFn) -> DerivativeFn:
-        def factory(**params: Any) -> STE:
-            return STE(name, fn, proxy, monotone, zero_below, scale_invariant, params=MappingProxyType(dict(params)),
-                       doc=fn.__doc__ or "")
+    for name, fn, proxy, flags in BUILTINS:
+        if flags is None:  # piecewise: the table alone
+            def factory(_n=name, _t=fn, _p=proxy, **params: Any) -> STE:
+                return _piecewise_ste(_n, _t(**params), _p, _t.__doc__ or "", params)
 
-        _REGISTRY[name] = _Entry(factory, _defaults(fn))
+            defaults = _defaults(fn, skip=0)
+        else:
+            def factory(_n=name, _f=fn, _p=proxy, _flags=flags, **params: Any) -> STE:
+                return STE(_n, _f, _p, **_flags, params=MappingProxyType(dict(params)), doc=_f.__doc__ or "")
+
+            defaults = _defaults(fn)
+        _REGISTRY[name] = _Entry(factory, defaults)
         _BUILTIN_NAMES.add(name)
-        return fn
-
-    return wrap
-
-
-def _piecewise(name: str, *, proxy: DerivativeFn) -> Callable[[Callable[..., Piecewise]], Callable[..., Piecewise]]:
-    """Register a built-in piecewise STE by its table: the decorated function maps the STE's parameters (keywords
-    with defaults) to its :class:`Piecewise`, and its docstring gives the math."""
-
-    def wrap(table: Callable[..., Piecewise]) -> Callable[..., Piecewise]:
-        def factory(**params: Any) -> STE:
-            return _piecewise_ste(name, table(**params), proxy, table.__doc__ or "", params)
-
-        _REGISTRY[name] = _Entry(factory, _defaults(table, skip=0))
-        _BUILTIN_NAMES.add(name)
-        return table
-
-    return wrap
-

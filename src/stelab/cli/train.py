@@ -10,8 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..config import QuantConfig
-from ..ops import ALPHA_RULES
+from ..config import ALPHA_RULES, QuantConfig
 from ..ste import PAPER_STES
 from ..train.config import DEVICES, OPTIMIZERS, PRECISIONS, SCHEDULES, TrainConfig
 from ..weights import WeightQuantConfig, quantizers
@@ -243,8 +242,8 @@ def run(args: argparse.Namespace) -> int:
     hooks = [spec.build() for spec in specs]  # built here too, so that a bad hook fails before any launch
     try:
         if args.nproc > 1:
-            from ..train.distributed import launch
             from ..train.runs import read_summary
+            from ..train.worker import launch
 
             code = launch(config, args.nproc, resume=args.resume, progress=not args.no_progress, hooks=specs)
             summary = read_summary(run_dir) or {"status": f"failed (exit code {code})"}

@@ -8,10 +8,6 @@ one optimizer step sees the same global batch size as a single-process run. Rank
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
-import sys
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -68,35 +64,3 @@ def any_rank(flag: bool, device: torch.device) -> bool:
 def barrier() -> None:
     if dist.is_initialized():
         dist.barrier()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def launch(config, nproc: int, *, resume: bool = False, progress: bool = True, hooks: Sequence = ()) -> int:
-    """Train ``config`` in ``nproc`` processes with torchrun's environment variables; returns the worst exit code.
-
-    ``hooks`` are :class:`~stelab.train.hooks.HookSpec` s: every rank builds them, rank 0 calls them. Each rank runs
-    :mod:`stelab.train.worker` on a job file holding the config, ``resume``, ``progress`` and the hooks.
-    A small in-repo launcher (rather than ``torchrun``) so that CPU multi-process runs and tests need nothing but
-    this package; the children see what torchrun would set: RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT.
-    """
-    import tempfile
-
-    from .worker import write_job
-
-    port = free_port()
-    with tempfile.TemporaryDirectory() as tmp:
-        path = write_job(os.path.join(tmp, "job.json"), config, resume=resume, progress=progress, hooks=hooks)
-        procs = []
-        for rank in range(nproc):
-            env = dict(os.environ, RANK=str(rank), WORLD_SIZE=str(nproc), LOCAL_RANK=str(rank),
-                       LOCAL_WORLD_SIZE=str(nproc), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-            # One thread each unless told otherwise: the ranks already share the cores.
-            env.setdefault("OMP_NUM_THREADS", "1")
-            procs.append(subprocess.Popen([sys.executable, "-m", "stelab.train.worker", str(path)], env=env))
-        codes = [p.wait() for p in procs]
-    return next((c for c in codes if c != 0), 0)
