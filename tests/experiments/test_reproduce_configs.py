@@ -56,3 +56,23 @@ def test_instability_config_round_trips_and_checks_pairs():
         InstabilityConfig(pairs=((4, "relu", "idnetity"),))
     with pytest.raises(ValueError, match="then_epochs"):
         InstabilityConfig(then_epochs=-1)
+
+
+def test_a_partial_sweep_plots_only_the_bit_widths_with_cells(tmp_path, monkeypatch):
+    """A 4-bit row none of whose cells has trained gets no (empty) panels; the 2-bit row shows its cell and float."""
+    import matplotlib.pyplot as plt
+
+    from stelab.experiments.reproduce import table1
+    from stelab.io import append_jsonl
+
+    def epochs(run, n):
+        run.mkdir(parents=True)
+        for e in range(1, n + 1):
+            append_jsonl(run / "metrics.jsonl", {"kind": "epoch", "epoch": e, "train_loss": 1.0 / e, "test_acc": 0.5})
+
+    epochs(table1.float_dir(tmp_path, "lenet5", 0), 3)
+    epochs(table1.cell_dir(tmp_path, "lenet5", 0, 2, "relu"), 2)
+    shapes = []
+    monkeypatch.setattr(table1, "save_figure", lambda fig, path: shapes.append(len(fig.axes)) or plt.close(fig) or path)
+    assert table1.plot_model_curves(tmp_path, "lenet5", (2, 4), ("identity", "relu")) is not None
+    assert shapes == [2]  # one row of two panels: 2 bits only

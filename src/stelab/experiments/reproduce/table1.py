@@ -352,15 +352,16 @@ def plot_model_curves(root: Path, model: str, bits: Sequence[int], stes: Sequenc
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(len(bits), 2, figsize=(10, 3.6 * len(bits)), squeeze=False, layout="constrained")
-    drawn = False
     cells = {(c.quant.bits, c.quant.ste): Path(c.out) for c in kinds.runs(root, model, seed)[1]} if kinds else {}
-    for row, b in zip(axes, bits):
+    series = {b: [(label, epoch_records(run)) for label, run in [("float", float_dir(root, model, seed))] + [
+        (s, cells.get((b, s), cell_dir(root, model, seed, b, s))) for s in stes]] for b in bits}
+    # a bit width none of whose cells has trained yet gets no panels (a partial sweep), unless no cell has
+    shown = [b for b in bits if any(records for _, records in series[b][1:])] or list(bits[:1])
+    fig, axes = plt.subplots(len(shown), 2, figsize=(10, 3.6 * len(shown)), squeeze=False, layout="constrained")
+    drawn = False
+    for row, b in zip(axes, shown):
         epochs_seen: list[int] = []
-        series = [("float", float_dir(root, model, seed))] + [
-            (s, cells.get((b, s), cell_dir(root, model, seed, b, s))) for s in stes]
-        for label, run in series:
-            records = epoch_records(run)
+        for label, records in series[b]:
             if not records:
                 continue
             drawn = True
@@ -375,8 +376,8 @@ def plot_model_curves(root: Path, model: str, bits: Sequence[int], stes: Sequenc
         row[1].set(title=f"{model} {what}, seed {seed}: test accuracy (%)", xlabel="epoch")
         for ax in row:
             ax.grid(alpha=0.3)
-            ax.legend()
             if epochs_seen:
+                ax.legend()
                 epoch_axis(ax, epochs_seen)
     if not drawn:
         plt.close(fig)
