@@ -314,15 +314,11 @@ def _register_builtins() -> None:
     from .builtin_stes import BUILTINS
 
     for name, fn, proxy, flags in BUILTINS:
-        if flags is None:  # piecewise: the table alone
-            def factory(_n=name, _t=fn, _p=proxy, **params: Any) -> STE:
-                return _piecewise_ste(_n, _t(**params), _p, _t.__doc__ or "", params)
-
-            defaults = _defaults(fn, skip=0)
-        else:
+        if flags is None:  # piecewise: the table alone, registered as a user's table is
+            register(name, piecewise=fn, proxy=proxy)
+        else:  # declared properties, not measured: register() would probe and measure a user's smooth mu'
             def factory(_n=name, _f=fn, _p=proxy, _flags=flags, **params: Any) -> STE:
                 return STE(_n, _f, _p, **_flags, params=MappingProxyType(dict(params)), doc=_f.__doc__ or "")
 
-            defaults = _defaults(fn)
-        _REGISTRY[name] = _Entry(factory, defaults)
+            _REGISTRY[name] = _Entry(factory, _defaults(fn))
         _BUILTIN_NAMES.add(name)

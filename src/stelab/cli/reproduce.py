@@ -91,8 +91,8 @@ def _check_models(names, dataset: str) -> None:
 
 
 def _precision_note(train: Any) -> None:
-    if train.precision_note():
-        print(f"stelab reproduce: note: {train.precision_note()}", file=sys.stderr, flush=True)
+    if note := train.precision_note():
+        print(f"stelab reproduce: note: {note}", file=sys.stderr, flush=True)
 
 
 def run_table1_cmd(args: argparse.Namespace) -> int:

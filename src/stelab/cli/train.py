@@ -236,8 +236,8 @@ def run(args: argparse.Namespace) -> int:
         verb = "resuming" if args.resume else "writing to"
         print(f"stelab train: {verb} {run_dir}")
         print(f"stelab train: initial learning rate {config.resolved_lr():g} ({config.lr_reason()})", flush=True)
-        if config.precision_note():
-            print(f"stelab train: note: {config.precision_note()}", flush=True)
+        if note := config.precision_note():
+            print(f"stelab train: note: {note}", flush=True)
     specs = hook_specs(config)
     hooks = [spec.build() for spec in specs]  # built here too, so that a bad hook fails before any launch
     try:
