@@ -1,4 +1,5 @@
-"""Memory saved for backward in one training step, float vs quantized vs quantized with ``stelab.PackSaved``.
+"""Memory saved for backward in one training step, float vs quantized vs quantized with ``stelab.PackSaved`` (packed)
+and with ``stelab.PackSaved(recompute=True)`` (recomputed).
 
 For each model and configuration: the bytes autograd keeps for the backward of one SGD step (distinct storages of
 the saved tensors, counted by a ``torch.autograd.graph.saved_tensors_hooks`` meter, and for the packed variant the
@@ -29,7 +30,7 @@ from stelab.models import DEFAULT_DATASET, build
 CONFIGS = {"fp32-nchw": ("fp32", False), "fp32-cl": ("fp32", True), "bf16-nchw": ("bf16", False),
            "bf16-cl": ("bf16", True)}
 SHAPES = {"mnist": (1, 28, 28), "cifar10": (3, 32, 32)}
-VARIANTS = ("float", "quantized", "packed")
+VARIANTS = ("float", "quantized", "packed", "recomputed")
 
 
 class Meter:
@@ -104,7 +105,8 @@ def bench_config(name: str, config: str, args: argparse.Namespace) -> list[dict]
     for v in VARIANTS:
         model = make_model(name, v, args, cl)
         opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
-        runs[v] = (model, opt, stelab.PackSaved(model) if v == "packed" else None)
+        packer = stelab.PackSaved(model, recompute=v == "recomputed") if v in ("packed", "recomputed") else None
+        runs[v] = (model, opt, packer)
     xs = {n: batch(dataset, n, args.device, cl) for n in (args.batch_size, max(1, args.batch_size // 2))}
     memory = {}
     for v, (model, opt, packer) in runs.items():
@@ -117,7 +119,8 @@ def bench_config(name: str, config: str, args: argparse.Namespace) -> list[dict]
     for _ in range(args.rounds):
         spent = dict.fromkeys(VARIANTS, 0.0)
         for i in range(args.steps):
-            for v in VARIANTS[i % 3:] + VARIANTS[:i % 3]:  # interleaved, rotating who goes first
+            k = i % len(VARIANTS)
+            for v in VARIANTS[k:] + VARIANTS[:k]:  # interleaved, rotating who goes first
                 t0 = time.perf_counter()
                 step(*runs[v], x, y, precision)
                 if x.device.type == "cuda":

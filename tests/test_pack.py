@@ -66,6 +66,34 @@ def test_codes_restore_every_level_of_the_quantizer_bit_for_bit(forward, dtype):
             assert torch.equal(level_values(codes_of(table, a, levels, mode, (dtype,)), a, mode, dtype), table)
 
 
+@pytest.mark.parametrize("forward", ["staircase", "round", "sign"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+def test_the_cpp_kernel_and_the_torch_path_give_the_same_bytes(forward, dtype, monkeypatch):
+    """pack_levels/restore_levels and pack_state/restore_state: the one-pass C++ kernel against the torch ops, on
+    the quantizer's own levels (odd lengths: the last partial group), and the restore equals the saved tensor."""
+    from stelab.kernels import cpu
+    from stelab.pack import codes
+
+    if not cpu.available():
+        pytest.skip("no C++ compiler: only the torch path exists here")
+    mode = stelab.kernels.MODES[forward]
+    for bits in ([1] if forward == "sign" else range(1, 9)):
+        levels, alpha = 2**bits - 1, 0.37
+        x = torch.linspace(-1.0, (levels + 2) * alpha, 6 * levels + 61, dtype=torch.float64).to(dtype)
+        y = stelab.quantize(x, bits=bits, alpha=alpha, forward=forward, check_nan=False)
+        a = torch.tensor(alpha, dtype=torch.float64 if dtype == torch.float64 else torch.float32)
+        state = torch.randint(0, 2**bits, (y.numel(),), dtype=torch.uint8)
+        fast = (codes.pack_levels(y, a, levels, mode, (dtype,), bits), codes.pack_state(state, bits))
+        with monkeypatch.context() as m:
+            m.setattr(cpu, "available", lambda: False)
+            slow = (codes.pack_levels(y, a, levels, mode, (dtype,), bits), codes.pack_state(state, bits))
+            assert torch.equal(codes.restore_levels(slow[0], y.numel(), a, mode, (dtype,), bits), y)
+            assert torch.equal(codes.restore_state(slow[1], bits, y.numel()), state)
+        assert torch.equal(fast[0], slow[0]) and torch.equal(fast[1], slow[1]), bits
+        assert torch.equal(codes.restore_levels(fast[0], y.numel(), a, mode, (dtype,), bits), y), bits
+        assert torch.equal(codes.restore_state(fast[1], bits, y.numel()), state), bits
+
+
 def test_rounding_path_bound():
     """bf16 levels recover by rounding up to 7 bits (L * 2^-8 < 1/2), not at 8; float32 always; float16 never."""
     assert round_is_exact(127, (torch.bfloat16,)) and not round_is_exact(255, (torch.bfloat16,))
@@ -97,19 +125,22 @@ class Net(nn.Module):
         return self.fc(self.act3(y1 + y2).flatten(1))
 
 
-def train_step(config, channels_last, precision, pack):
+def train_step(config, channels_last, precision, pack, recompute=False, bias=False):
     torch.manual_seed(0)
     model = Net(config)
+    if bias:  # conv1 with a bias that learns, conv2 with one that does not (not recomputable: passed through)
+        model.conv1.bias = nn.Parameter(torch.randn(8))
+        model.conv2.bias = nn.Parameter(torch.randn(8), requires_grad=False)
     x, target = torch.randn(4, 3, 8, 8), torch.randint(0, 5, (4,))
     if channels_last:
         model, x = model.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    packer = PackSaved(model) if pack else None
+    packer = PackSaved(model, recompute=recompute) if pack else None
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
         with packer if pack else torch.autograd.graph.saved_tensors_hooks(lambda t: t, lambda t: t):
             loss = F.cross_entropy(model(x), target)
     loss.backward()
-    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
     opt.step()
     return grads, model.state_dict(), packer
 
@@ -124,17 +155,49 @@ def assert_identical(a, b):
 @pytest.mark.parametrize("forward", ["staircase", "round"])
 @pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("learn_alpha", [False, True])
-def test_training_step_is_bit_identical(bits, forward, channels_last, learn_alpha):
+@pytest.mark.parametrize("recompute", [False, True])
+def test_training_step_is_bit_identical(bits, forward, channels_last, learn_alpha, recompute):
     config = stelab.QuantConfig(bits=bits, forward=forward, ste="clipped_relu", learn_alpha=learn_alpha,
                                 check_nan=False)
     for precision in ("fp32", "bf16") if bits in (2, 8) else ("fp32",):
         grads, weights, _ = train_step(config, channels_last, precision, pack=False)
-        packed_grads, packed_weights, packer = train_step(config, channels_last, precision, pack=True)
+        packed_grads, packed_weights, packer = train_step(config, channels_last, precision, True, recompute)
         assert_identical(grads, packed_grads)
         assert_identical(weights, packed_weights)
         # saved and packed: act0 by conv1, act1 by the max pool, its pool by conv2, act3 by fc (not y1 + y2)
         assert packer.last.packed == 4, precision
+        # the fixed resolution's four STE states (clipped relu: a mask, 1 bit); a learned one saves x instead
+        assert packer.last.states == (0 if learn_alpha else 4)
+        assert packer.last.recomputed == (2 if recompute else 0)  # conv1's and conv2's outputs, saved by the BNs
         assert packer.last.saved_bytes < packer.last.unpacked_bytes
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_recomputing_a_convolution_with_a_bias_is_bit_identical(precision, channels_last):
+    """A learned bias is found through the graph (under autocast: through its cast); one that needs no gradient is
+    not reachable, so that convolution's output is kept as it is."""
+    config = stelab.QuantConfig(bits=2, ste="relu", check_nan=False)
+    grads, weights, _ = train_step(config, channels_last, precision, pack=False, bias=True)
+    packed_grads, packed_weights, packer = train_step(config, channels_last, precision, True, True, bias=True)
+    assert_identical(grads, packed_grads)
+    assert_identical(weights, packed_weights)
+    assert packer.last.recomputed == 1
+
+
+def test_a_region_state_packs_in_its_bits():
+    """hardtanh on the staircase has a mask; a three-valued mu' keeps the region index: 2 bits."""
+    stelab.ste.register("three_valued_test", piecewise=stelab.ste.Piecewise(breaks=(0.0, 1.0), values=(0.0, 1.0, 0.25)),
+                        overwrite=True)
+    try:
+        config = stelab.QuantConfig(bits=2, ste="three_valued_test", check_nan=False)
+        grads, weights, _ = train_step(config, True, "fp32", pack=False)
+        packed_grads, packed_weights, packer = train_step(config, True, "fp32", True, True)
+        assert_identical(grads, packed_grads)
+        assert_identical(weights, packed_weights)
+        assert packer.last.states == 4
+    finally:
+        stelab.ste.unregister("three_valued_test")
 
 
 def test_sign_forward_and_a_smooth_ste_are_bit_identical():
@@ -203,7 +266,8 @@ def test_compiled_models_and_reentry_are_refused():
 
 
 def test_stats_count_what_autograd_keeps():
-    """One 2-bit output of 4096 elements saved by a linear layer: 1024 bytes instead of 16384."""
+    """One 2-bit output of 4096 elements saved by a linear layer: 1024 bytes instead of 16384, and its 1-byte STE
+    state (clipped relu: a mask) in 512 bytes instead of 4096."""
     q, fc = stelab.QuantReLU(bits=2, check_nan=False), nn.Linear(64, 1, bias=False)
     x = torch.randn(64, 64, requires_grad=True)
     packer = PackSaved()
@@ -211,4 +275,5 @@ def test_stats_count_what_autograd_keeps():
         out = fc(q(x))
     out.sum().backward()
     stats = packer.last
-    assert stats.packed == 1 and stats.unpacked_bytes - stats.saved_bytes == 64 * 64 * 4 - 64 * 64 // 4
+    assert stats.packed == 1 and stats.states == 1
+    assert stats.unpacked_bytes - stats.saved_bytes == (64 * 64 * 4 - 64 * 64 // 4) + (64 * 64 - 64 * 64 // 8)

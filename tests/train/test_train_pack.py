@@ -1,5 +1,6 @@
-"""``TrainConfig.pack_saved`` / ``stelab train --pack-saved``: the same run, bit for bit, in less memory; resumable
-with or without it; refused where it cannot apply; under DDP (2 CPU processes) the same weights as without it."""
+"""``TrainConfig.pack_saved`` / ``stelab train --pack-saved`` (and ``--recompute``): the same run, bit for bit, in
+less memory; resumable with or without it; refused where it cannot apply; under DDP (2 CPU processes) the same
+weights as without it."""
 
 from __future__ import annotations
 
@@ -32,6 +33,9 @@ def test_config_default_off_old_files_load_and_bad_combinations_are_refused():
         BASE.replace(quant=None, pack_saved=True)
     with pytest.raises(ValueError, match="torch.compile"):
         BASE.replace(compile=True, pack_saved=True)
+    assert TrainConfig.from_dict(old).recompute is False
+    with pytest.raises(ValueError, match="add --pack-saved"):
+        BASE.replace(recompute=True)
 
 
 class Interrupt:
@@ -46,6 +50,8 @@ def test_packed_run_and_a_run_resumed_with_packing_equal_the_plain_run(tmp_path)
     train(BASE.replace(out=str(tmp_path / "plain")), progress=False)
     train(BASE.replace(out=str(tmp_path / "packed"), pack_saved=True), progress=False)
     assert_same_weights(tmp_path / "plain", tmp_path / "packed")
+    train(BASE.replace(out=str(tmp_path / "recomputed"), pack_saved=True, recompute=True), progress=False)
+    assert_same_weights(tmp_path / "plain", tmp_path / "recomputed")
     broken = BASE.replace(out=str(tmp_path / "resumed"))
     with pytest.raises(KeyboardInterrupt):
         train(broken, hooks=[Interrupt()], progress=False)
@@ -61,6 +67,7 @@ def test_cli_flag_and_resume(tmp_path, capsys):
     assert main(argv + ["--pack-saved"]) == 0
     assert load_checkpoint(out / "checkpoint.pt")["config"]["pack_saved"] is True
     assert main(["train", "--resume", "--out", str(out), "--no-pack-saved", "--no-progress"]) == 0  # allowed
+    assert main(["train", "--resume", "--out", str(out), "--recompute", "--no-progress"]) == 0  # packing as saved
     assert main(argv[:-3] + ["--float", "--pack-saved", "--out", str(tmp_path / "f")]) == 2
     assert "activations are float" in capsys.readouterr().err
 
@@ -70,5 +77,5 @@ def test_two_process_ddp_with_packing_equals_ddp_without(tmp_path, monkeypatch):
     argv = ["train", "--nproc", "2", "--model", "lenet5", "--synthetic", "128", "--batch-size", "64", "--epochs",
             "1", "--bits", "2", "--ste", "clipped_relu", "--lr", "0.05", "--seed", "3", "--no-progress"]
     assert main(argv + ["--out", str(tmp_path / "plain")]) == 0
-    assert main(argv + ["--out", str(tmp_path / "packed"), "--pack-saved"]) == 0
+    assert main(argv + ["--out", str(tmp_path / "packed"), "--pack-saved", "--recompute"]) == 0
     assert_same_weights(tmp_path / "plain", tmp_path / "packed")

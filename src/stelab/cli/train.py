@@ -128,6 +128,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--save-best", action="store_true", help="also keep best.pt (highest test accuracy)")
     _bool_flag(p, "pack-saved", "keep the quantized activations' outputs saved for backward as packed n-bit codes, "
                                 "restored exactly: the same run in less memory (not with --compile; docs/training.md)")
+    _bool_flag(p, "recompute", "with --pack-saved: recompute each convolution's output in the backward instead of "
+                               "keeping it (bit for bit; less memory again for one more convolution forward)")
     p.add_argument("--diagnose-every", type=int, default=0, metavar="N",
                    help="run stelab.diagnostics.DiagnosticsHook every N steps (0 = off)")
     p.add_argument("--nproc", type=int, default=1, help="data-parallel processes launched here (like torchrun)")
@@ -164,6 +166,7 @@ def _fields_from_args(args: argparse.Namespace, **overrides) -> dict:
         diagnose_every=getattr(args, "diagnose_every", 0), save_best=getattr(args, "save_best", False),
     )
     fields["pack_saved"] = bool(getattr(args, "pack_saved", None))  # None: not given
+    fields["recompute"] = bool(getattr(args, "recompute", None))
     fields.update(overrides)
     return fields
 

@@ -24,7 +24,17 @@ from torch import Tensor
 from . import cpu, reference
 from .reference import MODES, ROUND, SIGN, STAIRCASE
 
-__all__ = ["quantize", "quantize_fwd", "ste_backward", "MODES", "STAIRCASE", "ROUND", "SIGN", "backend"]
+__all__ = ["quantize", "quantize_fwd", "ste_backward", "MODES", "STAIRCASE", "ROUND", "SIGN", "STATE_BITS", "backend"]
+
+#: The attribute the op sets on the state it saves for backward: how many bits its values need (1 for a mask, else
+#: those of the region count), so that ``stelab.PackSaved`` can keep it bit-packed (:mod:`stelab.pack.recompute`).
+STATE_BITS = "_stelab_state_bits"
+
+
+def _mark_state(state: Tensor, breaks: list[float], mask_bits: int) -> Tensor:
+    if breaks:
+        setattr(state, STATE_BITS, 1 if mask_bits >= 0 else len(breaks).bit_length())
+    return state
 
 
 def _dense(t: Tensor) -> bool:
@@ -155,7 +165,7 @@ def _(grad, state, values):
 def _setup_context(ctx, inputs, output):
     ctx.values, ctx.constant = inputs[6], not inputs[4]
     ctx.layout = _layout(inputs[0]) if ctx.constant else None
-    ctx.save_for_backward(output[1])
+    ctx.save_for_backward(_mark_state(output[1], inputs[4], inputs[5]))
 
 
 def _backward(ctx, grad_y, grad_state):
@@ -197,7 +207,7 @@ class _Eager(torch.autograd.Function):
         y, state = _FORWARD[x.device.type](x, alpha, levels, mode, breaks, mask_bits, values, check_nan)
         ctx.values, ctx.constant = values, not breaks
         ctx.layout = _layout(x) if ctx.constant else None
-        ctx.save_for_backward(state)
+        ctx.save_for_backward(_mark_state(state, breaks, mask_bits))
         return y
 
     @staticmethod

@@ -32,7 +32,7 @@ SOURCE = Path(__file__).with_name("quant_cpu.cpp")
 FLAGS = ("-O3", "-march=native", "-fopenmp", "-fno-math-errno", "-fno-trapping-math", "-ffp-contract=off", "-shared",
          "-fPIC")
 DTYPE_CODES = {torch.float32: 0, torch.float64: 1, torch.bfloat16: 2, torch.float16: 3}
-ABI_VERSION = 1
+ABI_VERSION = 2
 
 
 def cache_dir() -> Path:
@@ -87,6 +87,10 @@ def _load(path: Path) -> ctypes.CDLL:
     lib.stelab_quant_forward.restype = i32
     lib.stelab_quant_backward.argtypes = [i32, ptr, ptr, ptr, i64, ptr, i32, i32]
     lib.stelab_quant_backward.restype = i32
+    lib.stelab_pack_codes.argtypes = [i32, ptr, ptr, i64, dbl, i32, i32, i32]
+    lib.stelab_pack_codes.restype = i32
+    lib.stelab_unpack_codes.argtypes = [ptr, ptr, i64, ptr, i32, i32, i32]
+    lib.stelab_unpack_codes.restype = i32
     return lib
 
 
@@ -136,3 +140,28 @@ def backward(grad: torch.Tensor, state: torch.Tensor, out: torch.Tensor, values:
     table = (ctypes.c_double * len(values))(*values)
     lib.stelab_quant_backward(DTYPE_CODES[grad.dtype], grad.data_ptr(), state.data_ptr(), out.data_ptr(), n, table,
                               len(values), threads_for(n))
+
+
+PACK_DTYPES = {torch.float32: 0, torch.float64: 1, torch.bfloat16: 2, torch.uint8: 4}
+
+
+def pack_codes(x: torch.Tensor, out: torch.Tensor, inv: float, bits: int, sign: bool) -> None:
+    """Fill ``out`` (uint8, packed size) with the ``bits``-bit codes of the flat dense levels ``x`` (or of a uint8
+    state, its own codes); ``inv``: ``1/alpha`` in the compute type (:mod:`stelab.pack.codes`)."""
+    lib = library()
+    assert lib is not None
+    n = x.numel()
+    if lib.stelab_pack_codes(PACK_DTYPES[x.dtype], x.data_ptr(), out.data_ptr(), n, inv, bits, int(sign),
+                             threads_for(n)) != 0:
+        raise ValueError(f"stelab_pack_codes: unsupported dtype {x.dtype} or {bits} bits")
+
+
+def unpack_codes(data: torch.Tensor, out: torch.Tensor, table: torch.Tensor, bits: int) -> None:
+    """Fill the flat dense ``out`` with ``table[code]`` for the codes packed in ``data`` (``table``: ``2**bits``
+    entries of ``out``'s type, contiguous, on the CPU)."""
+    lib = library()
+    assert lib is not None
+    n = out.numel()
+    if lib.stelab_unpack_codes(data.data_ptr(), out.data_ptr(), n, table.data_ptr(), bits, out.element_size(),
+                               threads_for(n)) != 0:
+        raise ValueError(f"stelab_unpack_codes: unsupported element size {out.element_size()} or {bits} bits")

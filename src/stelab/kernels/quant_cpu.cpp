@@ -162,6 +162,88 @@ void backward_impl(const void* g, const uint8_t* __restrict s, void* dx, int64_t
     for (int64_t i = 0; i < n; ++i) out_[i] = out<T, C>(load(gg[i]) * lut[s[i]]);
 }
 
+// ---- packed codes of saved quantized outputs (stelab/pack/codes.py states the math) ----
+// Pack: code k of a level v is (v * inv + 1/2) truncated, in C (exact within the bound proved there), or v > 0 for
+// sign; a uint8 input (an STE state) is its own code. Groups of G = 8 / gcd(8, B) codes fill G B / 8 bytes of a
+// little-endian word, code i at bits [i B, (i + 1) B). Unpack: out[e] = table[code], the table holding the raw
+// bits of each level in the output's type (computed by the caller with the forward's arithmetic), so the restore
+// is a lookup, bit for bit. One pass each way; whole groups in parallel, the last partial group padded with zeros.
+constexpr int gcd8(int b) { return b % 8 == 0 ? 8 : b % 4 == 0 ? 4 : b % 2 == 0 ? 2 : 1; }
+
+template <typename T, typename C, bool SIGNED> inline uint64_t code_of(T v, C inv) {
+    if (SIGNED) return load(v) > 0 ? 1u : 0u;
+    return (uint64_t)(uint8_t)(load(v) * inv + (C)0.5);
+}
+template <> inline uint64_t code_of<uint8_t, float, false>(uint8_t v, float) { return v; }
+
+template <typename T, typename C, bool SIGNED, int B>
+void pack_impl(const T* __restrict x, uint8_t* __restrict out, int64_t n, C inv, int threads) {
+    constexpr int G = 8 / gcd8(B), NB = G * B / 8;
+    const int64_t groups = n / G;
+#pragma omp parallel for num_threads(threads) schedule(static) if (parallel : threads > 1)
+    for (int64_t j = 0; j < groups; ++j) {
+        uint64_t w = 0;
+        for (int i = 0; i < G; ++i) w |= code_of<T, C, SIGNED>(x[j * G + i], inv) << (B * i);
+        std::memcpy(out + j * NB, &w, NB);
+    }
+    if (groups * G < n) {
+        uint64_t w = 0;
+        for (int64_t e = groups * G; e < n; ++e) w |= code_of<T, C, SIGNED>(x[e], inv) << (B * (e - groups * G));
+        std::memcpy(out + groups * NB, &w, NB);
+    }
+}
+
+template <typename U, int B>
+void unpack_impl(const uint8_t* __restrict in, U* __restrict out, int64_t n, const U* table_, int threads) {
+    constexpr int G = 8 / gcd8(B), NB = G * B / 8;
+    constexpr uint64_t MASK = (1u << B) - 1;
+    U table[1 << B];
+    for (int k = 0; k < (1 << B); ++k) table[k] = table_[k];
+    const int64_t groups = n / G;
+#pragma omp parallel for num_threads(threads) schedule(static) if (parallel : threads > 1)
+    for (int64_t j = 0; j < groups; ++j) {
+        uint64_t w = 0;
+        std::memcpy(&w, in + j * NB, NB);
+        for (int i = 0; i < G; ++i) out[j * G + i] = table[(w >> (B * i)) & MASK];
+    }
+    uint64_t w = 0;
+    if (groups * G < n) std::memcpy(&w, in + groups * NB, NB);
+    for (int64_t e = groups * G; e < n; ++e) out[e] = table[(w >> (B * (e - groups * G))) & MASK];
+}
+
+template <typename T, typename C, bool SIGNED>
+int pack_bits(const void* x, uint8_t* out, int64_t n, double inv, int bits, int threads) {
+    const T* xx = static_cast<const T*>(x);
+    switch (bits) {
+        case 1: pack_impl<T, C, SIGNED, 1>(xx, out, n, (C)inv, threads); return 0;
+        case 2: pack_impl<T, C, SIGNED, 2>(xx, out, n, (C)inv, threads); return 0;
+        case 3: pack_impl<T, C, SIGNED, 3>(xx, out, n, (C)inv, threads); return 0;
+        case 4: pack_impl<T, C, SIGNED, 4>(xx, out, n, (C)inv, threads); return 0;
+        case 5: pack_impl<T, C, SIGNED, 5>(xx, out, n, (C)inv, threads); return 0;
+        case 6: pack_impl<T, C, SIGNED, 6>(xx, out, n, (C)inv, threads); return 0;
+        case 7: pack_impl<T, C, SIGNED, 7>(xx, out, n, (C)inv, threads); return 0;
+        case 8: pack_impl<T, C, SIGNED, 8>(xx, out, n, (C)inv, threads); return 0;
+        default: return -1;
+    }
+}
+
+template <typename U> int unpack_bits(const uint8_t* in, void* out, int64_t n, const void* table, int bits,
+                                      int threads) {
+    U* o = static_cast<U*>(out);
+    const U* t = static_cast<const U*>(table);
+    switch (bits) {
+        case 1: unpack_impl<U, 1>(in, o, n, t, threads); return 0;
+        case 2: unpack_impl<U, 2>(in, o, n, t, threads); return 0;
+        case 3: unpack_impl<U, 3>(in, o, n, t, threads); return 0;
+        case 4: unpack_impl<U, 4>(in, o, n, t, threads); return 0;
+        case 5: unpack_impl<U, 5>(in, o, n, t, threads); return 0;
+        case 6: unpack_impl<U, 6>(in, o, n, t, threads); return 0;
+        case 7: unpack_impl<U, 7>(in, o, n, t, threads); return 0;
+        case 8: unpack_impl<U, 8>(in, o, n, t, threads); return 0;
+        default: return -1;
+    }
+}
+
 }  // namespace
 
 // dtype codes shared with cpu.py: 0 float32, 1 float64, 2 bfloat16, 3 float16.
@@ -190,5 +272,32 @@ int stelab_quant_backward(int dtype, const void* grad, const uint8_t* state, voi
     }
 }
 
-int stelab_abi_version(void) { return 1; }
+// dtype: as above, or 4 for uint8 (an STE state, its own code); sign: v > 0 is the code. Returns -1 if unsupported.
+int stelab_pack_codes(int dtype, const void* x, uint8_t* out, int64_t n, double inv, int bits, int sign,
+                      int threads) {
+    switch (dtype * 2 + (sign ? 1 : 0)) {
+        case 0: return pack_bits<float, float, false>(x, out, n, inv, bits, threads);
+        case 1: return pack_bits<float, float, true>(x, out, n, inv, bits, threads);
+        case 2: return pack_bits<double, double, false>(x, out, n, inv, bits, threads);
+        case 3: return pack_bits<double, double, true>(x, out, n, inv, bits, threads);
+        case 4: return pack_bits<bf16, float, false>(x, out, n, inv, bits, threads);
+        case 5: return pack_bits<bf16, float, true>(x, out, n, inv, bits, threads);
+        case 8: return pack_bits<uint8_t, float, false>(x, out, n, inv, bits, threads);
+        default: return -1;
+    }
+}
+
+// table: 2^bits entries of element_size bytes each (the raw bits of the levels in the output's type).
+int stelab_unpack_codes(const uint8_t* in, void* out, int64_t n, const void* table, int bits, int element_size,
+                        int threads) {
+    switch (element_size) {
+        case 1: return unpack_bits<uint8_t>(in, out, n, table, bits, threads);
+        case 2: return unpack_bits<uint16_t>(in, out, n, table, bits, threads);
+        case 4: return unpack_bits<uint32_t>(in, out, n, table, bits, threads);
+        case 8: return unpack_bits<uint64_t>(in, out, n, table, bits, threads);
+        default: return -1;
+    }
+}
+
+int stelab_abi_version(void) { return 2; }
 }

@@ -19,18 +19,28 @@ makes the loss NaN) has no code and is not preserved.
 
 **Bit packing** (:func:`pack_codes`). Groups of :math:`g = 8 / \gcd(8, b)` codes fill :math:`g b / 8` bytes exactly
 (four 2-bit codes per byte, eight 3-bit codes in three bytes): code :math:`i` of a group occupies bits
-:math:`[i b, (i + 1) b)` of a little-endian word. Vectorised torch ops: three elementwise passes to pack
-(one integer multiply does the shifts, :func:`pack_codes`), :math:`g` strided writes to unpack.
+:math:`[i b, (i + 1) b)` of a little-endian word.
+
+**Two implementations, one result.** On the CPU with the C++ kernel (:mod:`stelab.kernels.cpu`),
+:func:`pack_levels` finds the codes and packs them in one pass over the values, and :func:`restore_levels` writes
+``table[code]`` in one pass, the table holding the :math:`2^b` levels in the output's type computed by
+:func:`level_values` (so the restore is the forward's arithmetic by construction). Elsewhere (no compiler, CUDA,
+float16, bfloat16 at 8 bits) the same codes come from vectorised torch ops: :func:`codes_of`, then three
+elementwise passes to pack (one integer multiply does the shifts, :func:`pack_codes`); unpacking 1-, 2- and 4-bit
+codes is one ``index_select`` of a 256-entry table of byte-to-codes words, other widths take :math:`g` strided
+writes. Tests check that both give the same bytes.
 """
 
 from __future__ import annotations
 
 import sys
+from functools import lru_cache
 from math import gcd
 
 import torch
 from torch import Tensor
 
+from ..kernels import cpu
 from ..kernels.reference import SIGN
 
 #: Significand bits (with the implicit one) of the float types a quantized output can have.
@@ -88,11 +98,22 @@ def pack_codes(codes: Tensor, bits: int) -> Tensor:
     return words.view(torch.uint8).view(-1, words.element_size())[:, :nbytes].flatten()  # the low bytes
 
 
+@lru_cache(maxsize=16)
+def _byte_table(bits: int, device: torch.device) -> Tensor:
+    """For 1-, 2- and 4-bit codes: entry ``v`` is the word whose ``g`` bytes are the codes packed in byte ``v``."""
+    g = 8 // bits
+    rows = [[(v >> (bits * i)) & ((1 << bits) - 1) for i in range(g)] for v in range(256)]
+    return torch.tensor(rows, dtype=torch.uint8).view(_WORD[g]).flatten().to(device)
+
+
 def unpack_codes(data: Tensor, bits: int, n: int) -> Tensor:
     """The ``n`` uint8 codes that :func:`pack_codes` packed into ``data``: code :math:`i` of a group is
-    ``(word >> b i) & (2^b - 1)``, one strided write per code of the group."""
+    ``(word >> b i) & (2^b - 1)``; for 1, 2 and 4 bits one table lookup per byte, else one strided write per code
+    of the group."""
     if bits == 8:
         return data
+    if bits in (1, 2, 4):
+        return torch.index_select(_byte_table(bits, data.device), 0, data.int()).view(torch.uint8)[:n]
     g, nbytes = _layout(bits)
     groups = data.numel() // nbytes
     if nbytes == 1:
@@ -145,3 +166,53 @@ def codes_of(flat: Tensor, alpha: Tensor, levels: int, mode: int, dtypes: tuple[
     table = table.to(wide)
     mids = ((table[:-1] + table[1:]) / 2).to(flat.device)
     return torch.bucketize(flat.to(wide), mids, out_int32=True).to(torch.uint8)
+
+
+def _kernel(t: Tensor) -> bool:
+    return t.device.type == "cpu" and t.dtype in cpu.PACK_DTYPES and cpu.available()
+
+
+def pack_levels(flat: Tensor, alpha: Tensor, levels: int, mode: int, dtypes: tuple[torch.dtype, ...],
+                bits: int) -> Tensor:
+    """The packed ``bits``-bit codes of the levels ``flat`` (one dimension, contiguous): :func:`codes_of` then
+    :func:`pack_codes`, in one pass where the C++ kernel applies (module docstring)."""
+    if _kernel(flat) and (mode == SIGN or round_is_exact(levels, dtypes)):
+        out = torch.empty(packed_nbytes(flat.numel(), bits), dtype=torch.uint8)
+        cpu.pack_codes(flat, out, float(torch.reciprocal(alpha)), bits, mode == SIGN)
+        return out
+    return pack_codes(codes_of(flat, alpha, levels, mode, dtypes), bits)
+
+
+def restore_levels(data: Tensor, n: int, alpha: Tensor, mode: int, dtypes: tuple[torch.dtype, ...],
+                   bits: int) -> Tensor:
+    """The ``n`` levels packed by :func:`pack_levels`, in the last of ``dtypes``, bit for bit."""
+    alpha = alpha.to(data.device)
+    if data.device.type == "cpu" and cpu.available():
+        table = level_values(torch.arange(1 << bits, dtype=torch.uint8), alpha, mode, dtypes[0])
+        for d in dtypes[1:]:
+            table = table.to(d)
+        out = torch.empty(n, dtype=table.dtype)
+        cpu.unpack_codes(data, out, table.contiguous(), bits)
+        return out
+    values = level_values(unpack_codes(data, bits, n), alpha, mode, dtypes[0])
+    for d in dtypes[1:]:
+        values = values.to(d)
+    return values
+
+
+def pack_state(flat: Tensor, bits: int) -> Tensor:
+    """A uint8 STE state (one dimension, contiguous, values below ``2**bits``) packed in ``bits`` bits."""
+    if _kernel(flat):
+        out = torch.empty(packed_nbytes(flat.numel(), bits), dtype=torch.uint8)
+        cpu.pack_codes(flat, out, 1.0, bits, False)
+        return out
+    return pack_codes(flat, bits)
+
+
+def restore_state(data: Tensor, bits: int, n: int) -> Tensor:
+    """The ``n`` state bytes packed by :func:`pack_state`."""
+    if data.device.type == "cpu" and cpu.available():
+        out = torch.empty(n, dtype=torch.uint8)
+        cpu.unpack_codes(data, out, torch.arange(1 << bits, dtype=torch.uint8), bits)
+        return out
+    return unpack_codes(data, bits, n)

@@ -10,7 +10,10 @@ import torch
 from torch import Tensor, nn
 
 from . import saved
-from .saved import Packed, PackSavedWarning, PackStats, _dense, _Forward, _unpack, find
+from .recompute import PackedState, Recomputed, recipe, state_bits
+from .saved import Packed, PackSavedWarning, PackStats, _dense, _Forward, find
+
+_KEPT = (Packed, PackedState, Recomputed)
 
 COMPILE_MESSAGE = ("pack_saved does not apply under torch.compile: the compiled graph saves fused intermediates "
                    "that carry no autograd node to recognise a quantized output by; drop torch.compile (--compile) "
@@ -24,7 +27,10 @@ def _is_compiled(model: nn.Module) -> bool:
 class PackSaved:
     """Inside ``with PackSaved(model):``, every tensor that autograd saves and that is a quantized activation's
     output (or a view, max pool or dtype cast of one) is kept as packed n-bit codes and restored bit for bit when
-    the backward needs it (:mod:`stelab.pack`); every other saved tensor passes through untouched.
+    the backward needs it (:mod:`stelab.pack`), and so is the STE's one-byte backward state (in 1 or 2 bits,
+    :mod:`stelab.pack.recompute`). With ``recompute=True``, a convolution's output (what the batch norm after it
+    saves) is not kept at all but recomputed in the backward from the input and weight its own node keeps: bit for
+    bit, for one more convolution forward per layer. Every other saved tensor passes through untouched.
 
     Wrap the forward (and the loss); the backward may run after the block::
 
@@ -34,13 +40,18 @@ class PackSaved:
         loss.backward()            # gradients bit-identical to the run without the block
         packer.last.ratio          # saved bytes kept / saved bytes without packing, of that forward
 
+        stelab.PackSaved(model, recompute=True)   # keep the convolutions' outputs as recipes too
+
     ``model`` (optional) is checked once: a compiled model raises ``ValueError`` (:data:`COMPILE_MESSAGE`), a model
     with no :class:`stelab.QuantReLU` warns (:class:`PackSavedWarning`) that nothing will be packed. A forward that
     saves tensors but packs none warns once per object too. The object is reusable (one block per step) but not
     re-entrant; :attr:`last` and :attr:`total` are :class:`PackStats` of the last forward and of all of them.
     """
 
-    def __init__(self, model: nn.Module | None = None) -> None:
+    def __init__(self, model: nn.Module | None = None, *, recompute: bool = False) -> None:
+        if not isinstance(recompute, bool):
+            raise TypeError(f"recompute must be a bool, got {recompute!r}")
+        self.recompute = recompute
         self.last: PackStats | None = None
         self.total = PackStats()
         self._warned = False
@@ -66,7 +77,7 @@ class PackSaved:
         if self._forward is not None:
             raise RuntimeError("this PackSaved is already active; it is not re-entrant (use one block per forward)")
         self._forward = _Forward()
-        self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, _unpack)
+        self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, _restore)
         self._hooks.__enter__()
         saved._active += 1
         return self
@@ -87,6 +98,11 @@ class PackSaved:
             return t
         stats = forward.stats
         stats.tensors += 1
+        kept = self._other(t)
+        if kept is not None:
+            stats.saved_bytes += kept.nbytes
+            stats.unpacked_bytes += self._storage_bytes(forward, t)
+            return kept
         found = find(t) if t.is_floating_point() and t.numel() and t.layout == torch.strided and _dense(t) else None
         if found is None:
             nbytes = self._storage_bytes(forward, t)
@@ -103,6 +119,20 @@ class PackSaved:
         stats.unpacked_bytes += self._storage_bytes(forward, t)
         return packed
 
+    def _other(self, t: Tensor) -> PackedState | Recomputed | None:
+        """The packed STE state or the convolution recipe that replaces ``t``, counted in the stats; else ``None``."""
+        stats = self._forward.stats
+        bits = state_bits(t)
+        if bits is not None and _dense(t):
+            stats.states += 1
+            return PackedState(t, bits)
+        if self.recompute and t.is_floating_point():
+            kept = recipe(t)
+            if kept is not None:
+                stats.recomputed += 1
+                return kept
+        return None
+
     @staticmethod
     def _storage_bytes(forward: _Forward, t: Tensor) -> int:
         """The bytes of ``t``'s storage the first time it is seen in this forward (autograd keeps it whole)."""
@@ -113,9 +143,13 @@ class PackSaved:
         return storage.nbytes()
 
 
-def pack_saved(model: nn.Module | None = None) -> PackSaved:
+def _restore(kept: Any) -> Tensor:
+    return kept.restore() if isinstance(kept, _KEPT) else kept
+
+
+def pack_saved(model: nn.Module | None = None, *, recompute: bool = False) -> PackSaved:
     """``with stelab.pack_saved(model): loss = ...``: a :class:`PackSaved` (the same object, by function)."""
-    return PackSaved(model)
+    return PackSaved(model, recompute=recompute)
 
 
 __all__ = ["COMPILE_MESSAGE", "PackSaved", "PackSavedWarning", "PackStats", "Packed", "pack_saved"]

@@ -33,7 +33,7 @@ import torch
 from torch import Tensor
 
 from ..kernels.reference import MODES, compute_dtype
-from .codes import code_bits, codes_of, level_values, pack_codes, unpack_codes
+from .codes import code_bits, pack_levels, restore_levels
 
 MARK = "_stelab_grid"
 MAX_DEPTH = 8
@@ -130,22 +130,15 @@ class Packed:
         self.n, self.shape, self.stride, self.dtypes, self.grid = t.numel(), t.shape, t.stride(), dtypes, grid
         self.bits = code_bits(grid.levels, grid.mode)
         flat = t.detach().as_strided((self.n,), (1,), t.storage_offset())  # storage order: no copy, any layout
-        self.data = pack_codes(codes_of(flat, grid.alpha, grid.levels, grid.mode, dtypes), self.bits)
+        self.data = pack_levels(flat, grid.alpha, grid.levels, grid.mode, dtypes, self.bits)
 
     @property
     def nbytes(self) -> int:
         return self.data.numel()
 
     def restore(self) -> Tensor:
-        codes = unpack_codes(self.data, self.bits, self.n)
-        values = level_values(codes, self.grid.alpha.to(codes.device), self.grid.mode, self.dtypes[0])
-        if len(self.dtypes) > 1:
-            values = values.to(self.dtypes[1])
+        values = restore_levels(self.data, self.n, self.grid.alpha, self.grid.mode, self.dtypes, self.bits)
         return values.as_strided(self.shape, self.stride)
-
-
-def _unpack(saved: Any) -> Tensor:
-    return saved.restore() if isinstance(saved, Packed) else saved
 
 
 @dataclass
@@ -153,12 +146,15 @@ class PackStats:
     """What the saved-tensor hooks saw in one forward (or summed over several, :attr:`PackSaved.total`).
 
     ``saved_bytes``: what autograd keeps (distinct storages of the tensors passed through, plus the packed codes);
-    ``unpacked_bytes``: what it would have kept without packing; ``tensors``/``packed``: saved tensors seen/packed.
+    ``unpacked_bytes``: what it would have kept without packing; ``tensors``/``packed``: saved tensors seen/packed
+    as quantized outputs; ``states``: STE states kept in bits; ``recomputed``: convolution outputs kept as recipes.
     """
 
     forwards: int = 0
     tensors: int = 0
     packed: int = 0
+    states: int = 0
+    recomputed: int = 0
     saved_bytes: int = 0
     unpacked_bytes: int = 0
 
@@ -168,7 +164,7 @@ class PackStats:
         return self.saved_bytes / self.unpacked_bytes if self.unpacked_bytes else 1.0
 
     def add(self, other: PackStats) -> None:
-        for name in ("forwards", "tensors", "packed", "saved_bytes", "unpacked_bytes"):
+        for name in ("forwards", "tensors", "packed", "states", "recomputed", "saved_bytes", "unpacked_bytes"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
 
 

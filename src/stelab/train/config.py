@@ -77,7 +77,9 @@ class TrainConfig(JsonConfig):
     weights and optimizer); ``channels_last=None`` picks the faster memory format measured for the model and device.
     ``pack_saved`` keeps the quantized activations' outputs that autograd saves as packed n-bit codes and restores
     them exactly for the backward (:class:`stelab.PackSaved`): the same gradients and weights in less memory, so it
-    may change between a run and its resumption; not with ``compile``.
+    may change between a run and its resumption; not with ``compile``. ``recompute`` (with ``pack_saved``) also
+    keeps each convolution's output as a recipe and recomputes it in the backward, bit for bit
+    (:mod:`stelab.pack.recompute`): less memory again, for one more convolution forward per layer.
     ``limit_train``/``limit_test`` keep the first N images (0 = all); ``synthetic`` > 0 replaces the data set by
     that many random images of the data set's shape (tests, benchmarks). ``augment=None`` means on for CIFAR-10.
 
@@ -131,6 +133,7 @@ class TrainConfig(JsonConfig):
     diagnose_every: int = 0
     save_best: bool = False
     pack_saved: bool = False
+    recompute: bool = False
 
     def __post_init__(self) -> None:
         check_choice("dataset", self.dataset, DATASETS)
@@ -174,8 +177,12 @@ class TrainConfig(JsonConfig):
 
     def _check_pack_saved(self) -> None:
         """``pack_saved`` needs quantized activations and eager autograd (:mod:`stelab.pack`)."""
-        if not isinstance(self.pack_saved, bool):
-            raise TypeError(f"pack_saved must be a bool, got {self.pack_saved!r}")
+        for name in ("pack_saved", "recompute"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"{name} must be a bool, got {getattr(self, name)!r}")
+        if self.recompute and not self.pack_saved:
+            raise ValueError("recompute (--recompute) is a mode of pack_saved: it recomputes the convolutions' "
+                             "outputs inside the same saved-tensor hooks; add --pack-saved (or drop --recompute)")
         if self.pack_saved and self.quant is None:
             raise ValueError("pack_saved (--pack-saved) keeps quantized activations' outputs as codes, but the "
                              "activations are float (--float); drop --pack-saved or quantize the activations")

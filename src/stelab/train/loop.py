@@ -157,7 +157,8 @@ def _train(config: TrainConfig, hooks: list[TrainHook], info: distributed.DistIn
         _start_run_folder(run)
     run.net = _wrap(run)
     if config.pack_saved:
-        run.pack = PackSaved(run.model)  # checks the model once (a model it cannot help is said once)
+        # checks the model once (a model it cannot help is said once)
+        run.pack = PackSaved(run.model, recompute=config.recompute)
     status, run.t_start = "finished", time.perf_counter() - elapsed
     for epoch in range(run.epoch + 1, config.resolved_epochs() + 1):
         if not _train_epoch(run, epoch):

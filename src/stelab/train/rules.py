@@ -12,8 +12,8 @@ from .runs import CONFIG
 
 # Fields that may differ between a run and its resumption: they change speed or logging, not the result.
 RUNTIME_FIELDS = ("out", "device", "compile", "data_dir", "diagnose_every", "eval_batch_size", "save_best")
-# pack_saved too: it restores the saved tensors bit for bit, so it changes memory only (stelab.pack).
-RUNTIME_FIELDS += ("pack_saved",)
+# pack_saved and recompute too: they restore the saved tensors bit for bit, so they change memory only (stelab.pack).
+RUNTIME_FIELDS += ("pack_saved", "recompute")
 
 
 # Nested config sections and the prefix of their command-line flags (quant.bits -> --bits, weights.bits ->

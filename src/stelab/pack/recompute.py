@@ -1,0 +1,118 @@
+r"""What :class:`stelab.PackSaved` keeps besides the quantized outputs: the STE's backward state in bits, and, with
+``recompute=True``, a convolution's output as the recipe that recomputes it.
+
+**The STE state in bits.** The fused quantized activation keeps one byte per element for its backward
+(:mod:`stelab.kernels`): a mask bit when ``mu'`` takes two values, else the region index :math:`r \le R` of ``mu'``'s
+:math:`R` breakpoints. The kernel marks the state it saves with its width (:data:`stelab.kernels.STATE_BITS`: 1, or
+the bits of :math:`R`), and the hook keeps it bit-packed (:func:`stelab.pack.codes.pack_codes`): 1/8 or 2/8 of a byte
+per element instead of one. Restoring gives the same bytes.
+
+**Recomputing a convolution's output** (``recompute=True``). In a conv -> batch norm -> quantized activation unit,
+what autograd keeps per element is the convolution's input (a quantized output: packed codes), the batch norm's input
+(the convolution's float output, which no lossless code shrinks) and the STE state. The convolution's output is a
+function of what its own autograd node keeps anyway (input and weight), so instead of the tensor the hook keeps a
+reference to that node and, when the backward asks for the tensor, runs the same ``aten::convolution`` on the node's
+saved input and weight with autocast off (they already have the forward's dtypes), which gives the same bits: the
+same kernel on the same operands (tested for every configuration; a CPU or GPU convolution that is not
+deterministic would break this, and the test would say so). The price is one more convolution forward per unit in
+the backward.
+
+Why it is safe: the batch norm's backward, the only consumer of the saved output, runs before the convolution's own
+backward (it produces the convolution's output gradient), so the node's saved input and weight are still there. A
+tensor whose node is not the convolution (a view, an in-place change: autograd rebases the node) is not taken, nor a
+convolution whose bias cannot be found (a computed bias: not a parameter, or a cast of one).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..kernels import STATE_BITS
+from .codes import pack_state, restore_state
+
+CONV = "ConvolutionBackward0"
+
+
+def _flat(t: Tensor) -> Tensor:
+    """``t``'s elements in storage order, one dimension (``t`` is dense): no copy, any layout."""
+    return t.detach().as_strided((t.numel(),), (1,), t.storage_offset())
+
+
+class PackedState:
+    """A saved STE state (uint8, values below ``2**bits``) kept as packed ``bits``-bit codes."""
+
+    __slots__ = ("data", "bits", "n", "shape", "stride")
+
+    def __init__(self, t: Tensor, bits: int) -> None:
+        self.n, self.shape, self.stride, self.bits = t.numel(), t.shape, t.stride(), bits
+        self.data = pack_state(_flat(t), bits)
+
+    @property
+    def nbytes(self) -> int:
+        return self.data.numel()
+
+    def restore(self) -> Tensor:
+        return restore_state(self.data, self.bits, self.n).as_strided(self.shape, self.stride)
+
+
+def state_bits(t: Tensor) -> int | None:
+    """The width of a marked STE state that packing makes smaller (under 8 bits), else ``None``."""
+    bits = getattr(t, STATE_BITS, None) if t.dtype == torch.uint8 else None
+    return bits if bits is not None and bits < 8 else None
+
+
+def _bias(node: Any) -> tuple[bool, Tensor | None]:
+    """``(found, bias)`` of a convolution node: ``(True, None)`` without a bias, ``(False, None)`` when there is
+    one that is not a parameter (or a cast of one), so the output cannot be recomputed from the node alone."""
+    sizes = node._saved_bias_sym_sizes_opt
+    if sizes is None or tuple(sizes) == (0,):  # no bias (``F.conv2d(x, w)`` records zero sizes)
+        return True, None
+    source = node.next_functions[2][0]
+    if source is None:  # a bias that needs no gradient: not reachable from the graph
+        return False, None
+    dtype = None
+    if source.name() == "ToCopyBackward0":  # autocast's cast of the parameter
+        dtype, source = node._saved_weight.dtype, source.next_functions[0][0]
+    variable = getattr(source, "variable", None)
+    if variable is None:
+        return False, None
+    return True, variable.detach() if dtype is None else variable.detach().to(dtype)
+
+
+class Recomputed:
+    """A convolution's output, kept as its autograd node (which holds the input and weight anyway)."""
+
+    __slots__ = ("node", "bias", "shape", "stride", "dtype")
+
+    def __init__(self, t: Tensor, node: Any, bias: Tensor | None) -> None:
+        self.node, self.bias, self.shape, self.stride, self.dtype = node, bias, t.shape, t.stride(), t.dtype
+
+    nbytes = 0  # what it adds to memory: references to tensors the node keeps for its own backward
+
+    def restore(self) -> Tensor:
+        n = self.node
+        x, w = n._saved_input, n._saved_weight
+        with torch.no_grad(), torch.autocast(x.device.type, enabled=False):
+            out = torch.ops.aten.convolution(x, w, self.bias, n._saved_stride, n._saved_padding, n._saved_dilation,
+                                             n._saved_transposed, n._saved_output_padding, n._saved_groups)
+        if out.shape != self.shape or out.dtype != self.dtype:  # pragma: no cover - aten's contract
+            raise RuntimeError(f"stelab.PackSaved: a recomputed convolution gave {tuple(out.shape)} {out.dtype}, "
+                               f"the forward {tuple(self.shape)} {self.dtype}; run without recompute")
+        if out.stride() != self.stride:
+            out = torch.empty_strided(self.shape, self.stride, dtype=self.dtype, device=out.device).copy_(out)
+        return out
+
+
+def recipe(t: Tensor) -> Recomputed | None:
+    """A :class:`Recomputed` for ``t`` when it is a convolution's unmodified output with a findable bias."""
+    node = t.grad_fn
+    if node is None or t.output_nr != 0 or node.name() != CONV:
+        return None
+    found, bias = _bias(node)
+    return Recomputed(t, node, bias) if found else None
+
+
+__all__ = ["CONV", "PackedState", "Recomputed", "recipe", "state_bits"]
