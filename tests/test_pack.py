@@ -168,7 +168,8 @@ def test_training_step_is_bit_identical(bits, forward, channels_last, learn_alph
         assert packer.last.packed == 4, precision
         # the fixed resolution's four STE states (clipped relu: a mask, 1 bit); a learned one saves x instead
         assert packer.last.states == (0 if learn_alpha else 4)
-        assert packer.last.recomputed == (2 if recompute else 0)  # conv1's and conv2's outputs, saved by the BNs
+        # conv1's and conv2's outputs (saved by the BNs) and the max pool's indices
+        assert packer.last.recomputed == (3 if recompute else 0)
         assert packer.last.saved_bytes < packer.last.unpacked_bytes
 
 
@@ -182,7 +183,31 @@ def test_recomputing_a_convolution_with_a_bias_is_bit_identical(precision, chann
     packed_grads, packed_weights, packer = train_step(config, channels_last, precision, True, True, bias=True)
     assert_identical(grads, packed_grads)
     assert_identical(weights, packed_weights)
-    assert packer.last.recomputed == 1
+    assert packer.last.recomputed == 2  # conv1 and the max pool's indices
+
+
+def test_a_recompute_limit_recomputes_only_the_cheap_convolutions():
+    """conv1 costs 3 * 9 = 27 multiply-adds per output element, conv2 8 * 9 = 72: a limit of 30 takes conv1 only."""
+    from stelab.pack.recompute import cost_per_element
+
+    config = stelab.QuantConfig(bits=2, ste="clipped_relu", check_nan=False)
+    conv = nn.Conv2d(8, 6, 3, groups=2)
+    assert cost_per_element(conv(torch.randn(1, 8, 5, 5)).grad_fn) == 4 * 9
+    tconv = nn.ConvTranspose2d(8, 6, 3, groups=2)
+    assert cost_per_element(tconv(torch.randn(1, 8, 5, 5)).grad_fn) == 4 * 9
+    grads, weights, _ = train_step(config, True, "fp32", pack=False)
+    torch.manual_seed(0)
+    model = Net(config).to(memory_format=torch.channels_last)
+    x, target = torch.randn(4, 3, 8, 8).contiguous(memory_format=torch.channels_last), torch.randint(0, 5, (4,))
+    packer = PackSaved(model, recompute=True, recompute_limit=30)
+    with packer:
+        loss = F.cross_entropy(model(x), target)
+    loss.backward()
+    assert packer.last.recomputed == 2  # conv1 and the max pool's indices
+    assert_identical(grads, {n: p.grad for n, p in model.named_parameters()})
+    for bad in (0, -3, 2.5, True, "300"):
+        with pytest.raises(ValueError, match="recompute_limit must be a positive int"):
+            PackSaved(model, recompute=True, recompute_limit=bad)
 
 
 def test_a_region_state_packs_in_its_bits():

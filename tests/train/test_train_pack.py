@@ -36,6 +36,10 @@ def test_config_default_off_old_files_load_and_bad_combinations_are_refused():
     assert TrainConfig.from_dict(old).recompute is False
     with pytest.raises(ValueError, match="add --pack-saved"):
         BASE.replace(recompute=True)
+    with pytest.raises(ValueError, match="add --recompute"):
+        BASE.replace(pack_saved=True, recompute_limit=300)
+    limited = BASE.replace(pack_saved=True, recompute=True, recompute_limit=300)
+    assert TrainConfig.from_json(limited.to_json()) == limited
 
 
 class Interrupt:
@@ -77,5 +81,6 @@ def test_two_process_ddp_with_packing_equals_ddp_without(tmp_path, monkeypatch):
     argv = ["train", "--nproc", "2", "--model", "lenet5", "--synthetic", "128", "--batch-size", "64", "--epochs",
             "1", "--bits", "2", "--ste", "clipped_relu", "--lr", "0.05", "--seed", "3", "--no-progress"]
     assert main(argv + ["--out", str(tmp_path / "plain")]) == 0
-    assert main(argv + ["--out", str(tmp_path / "packed"), "--pack-saved", "--recompute"]) == 0
+    assert main(argv + ["--out", str(tmp_path / "packed"), "--pack-saved", "--recompute", "--recompute-limit",
+                        "100"]) == 0
     assert_same_weights(tmp_path / "plain", tmp_path / "packed")

@@ -130,6 +130,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                 "restored exactly: the same run in less memory (not with --compile; docs/training.md)")
     _bool_flag(p, "recompute", "with --pack-saved: recompute each convolution's output in the backward instead of "
                                "keeping it (bit for bit; less memory again for one more convolution forward)")
+    p.add_argument("--recompute-limit", type=int, default=None, metavar="MACS",
+                   help="with --recompute: only the convolutions costing at most MACS multiply-adds per output "
+                        "element (C_in/groups * kh * kw; e.g. 300: the cheap early layers, most of the memory)")
     p.add_argument("--diagnose-every", type=int, default=0, metavar="N",
                    help="run stelab.diagnostics.DiagnosticsHook every N steps (0 = off)")
     p.add_argument("--nproc", type=int, default=1, help="data-parallel processes launched here (like torchrun)")
@@ -167,6 +170,7 @@ def _fields_from_args(args: argparse.Namespace, **overrides) -> dict:
     )
     fields["pack_saved"] = bool(getattr(args, "pack_saved", None))  # None: not given
     fields["recompute"] = bool(getattr(args, "recompute", None))
+    fields["recompute_limit"] = getattr(args, "recompute_limit", None)
     fields.update(overrides)
     return fields
 

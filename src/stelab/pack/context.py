@@ -8,12 +8,13 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.multiprocessing.reductions import StorageWeakRef
 
 from . import saved
-from .recompute import PackedState, Recomputed, recipe, state_bits
+from .recompute import PackedState, Pending, Recomputed, claim, pending, recipe, state_bits
 from .saved import Packed, PackSavedWarning, PackStats, _dense, _Forward, find
 
-_KEPT = (Packed, PackedState, Recomputed)
+_KEPT = (Packed, PackedState, Recomputed, Pending)
 
 COMPILE_MESSAGE = ("pack_saved does not apply under torch.compile: the compiled graph saves fused intermediates "
                    "that carry no autograd node to recognise a quantized output by; drop torch.compile (--compile) "
@@ -41,6 +42,7 @@ class PackSaved:
         packer.last.ratio          # saved bytes kept / saved bytes without packing, of that forward
 
         stelab.PackSaved(model, recompute=True)   # keep the convolutions' outputs as recipes too
+        stelab.PackSaved(model, recompute=True, recompute_limit=300)  # only those costing <= 300 MACs per element
 
     ``model`` (optional) is checked once: a compiled model raises ``ValueError`` (:data:`COMPILE_MESSAGE`), a model
     with no :class:`stelab.QuantReLU` warns (:class:`PackSavedWarning`) that nothing will be packed. A forward that
@@ -48,10 +50,12 @@ class PackSaved:
     re-entrant; :attr:`last` and :attr:`total` are :class:`PackStats` of the last forward and of all of them.
     """
 
-    def __init__(self, model: nn.Module | None = None, *, recompute: bool = False) -> None:
+    def __init__(self, model: nn.Module | None = None, *, recompute: bool = False,
+                 recompute_limit: int | None = None) -> None:
         if not isinstance(recompute, bool):
             raise TypeError(f"recompute must be a bool, got {recompute!r}")
-        self.recompute = recompute
+        check_limit(recompute_limit)
+        self.recompute, self.recompute_limit = recompute, recompute_limit
         self.last: PackStats | None = None
         self.total = PackStats()
         self._warned = False
@@ -115,6 +119,11 @@ class PackSaved:
         packed = Packed(t, *found)
         forward.packed[id(t)] = (weakref.ref(t), t._version, packed)
         stats.packed += 1
+        if self.recompute:  # the output of a max pool: its indices, held pending, become a recipe
+            freed = claim(t.grad_fn, forward.pending)
+            if freed:
+                stats.saved_bytes -= freed
+                stats.recomputed += 1
         stats.saved_bytes += packed.nbytes
         stats.unpacked_bytes += self._storage_bytes(forward, t)
         return packed
@@ -127,29 +136,45 @@ class PackSaved:
             stats.states += 1
             return PackedState(t, bits)
         if self.recompute and t.is_floating_point():
-            kept = recipe(t)
+            kept = recipe(t, self.recompute_limit)
             if kept is not None:
                 stats.recomputed += 1
                 return kept
+        if self.recompute:
+            held = pending(t)
+            if held is not None:
+                self._forward.pending[id(t)] = held
+                return held
         return None
 
     @staticmethod
     def _storage_bytes(forward: _Forward, t: Tensor) -> int:
         """The bytes of ``t``'s storage the first time it is seen in this forward (autograd keeps it whole)."""
+        # Keyed by address, with a weak reference: a packed tensor's storage is freed after the forward moves on, and
+        # a later tensor at the same address is another storage (a plain set of addresses undercounted those).
         storage = t.untyped_storage()
-        if storage.data_ptr() in forward.storages:
+        seen = forward.storages.get(storage.data_ptr())
+        if seen is not None and not seen.expired():
             return 0
-        forward.storages.add(storage.data_ptr())
+        forward.storages[storage.data_ptr()] = StorageWeakRef(storage)
         return storage.nbytes()
+
+
+def check_limit(limit: object) -> None:
+    """``recompute_limit``: ``None`` or a positive int (multiply-adds per output element)."""
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ValueError(f"recompute_limit must be a positive int (multiply-adds per output element of a "
+                         f"convolution, C_in/groups * kh * kw) or None (every convolution), got {limit!r}")
 
 
 def _restore(kept: Any) -> Tensor:
     return kept.restore() if isinstance(kept, _KEPT) else kept
 
 
-def pack_saved(model: nn.Module | None = None, *, recompute: bool = False) -> PackSaved:
+def pack_saved(model: nn.Module | None = None, *, recompute: bool = False,
+               recompute_limit: int | None = None) -> PackSaved:
     """``with stelab.pack_saved(model): loss = ...``: a :class:`PackSaved` (the same object, by function)."""
-    return PackSaved(model, recompute=recompute)
+    return PackSaved(model, recompute=recompute, recompute_limit=recompute_limit)
 
 
 __all__ = ["COMPILE_MESSAGE", "PackSaved", "PackSavedWarning", "PackStats", "Packed", "pack_saved"]

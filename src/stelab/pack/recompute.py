@@ -17,6 +17,20 @@ same kernel on the same operands (tested for every configuration; a CPU or GPU c
 deterministic would break this, and the test would say so). The price is one more convolution forward per unit in
 the backward.
 
+**Recomputing a max pool's indices** (``recompute=True``). A 2-d max pool keeps its input (a quantized output:
+packed) and the int64 argmax of every window, 8 bytes per output element (VGG-11: about 30 % of what the packed step
+still keeps). The indices are a function of the input and the pool's arguments, all in the pool's node, but the hook
+sees them before the node exists. So an int64 tensor saved without a node is held as it is (:class:`Pending`) until
+the pool's output is packed as a quantized output (the next layer saves it); then its node is at hand, and the
+pending indices become a recipe: ``aten::max_pool2d_with_indices`` on the restored input, the same argmax, ties
+included (same kernel, same input). Pending tensors never claimed (a loss's targets) stay as they are.
+
+Choosing which: a convolution costs :math:`C_{in}/\mathrm{groups} \cdot k_h k_w` multiply-adds per output element
+to recompute, and frees 2-4 bytes per element. Early layers of a CIFAR network have many elements and few input
+channels (VGG-11's first convolution: 27 per element, 43 % of the network's activations), late ones the reverse, so
+``limit`` (the most multiply-adds per element worth recomputing; ``None``: every convolution) keeps most of the
+saving for a fraction of the time (BENCHMARKS.md).
+
 Why it is safe: the batch norm's backward, the only consumer of the saved output, runs before the convolution's own
 backward (it produces the convolution's output gradient), so the node's saved input and weight are still there. A
 tensor whose node is not the convolution (a view, an in-place change: autograd rebases the node) is not taken, nor a
@@ -32,8 +46,10 @@ from torch import Tensor
 
 from ..kernels import STATE_BITS
 from .codes import pack_state, restore_state
+from .saved import CAST, MAX_DEPTH, SAME_GRID
 
 CONV = "ConvolutionBackward0"
+POOL = "MaxPool2DWithIndicesBackward0"
 
 
 def _flat(t: Tensor) -> Tensor:
@@ -106,13 +122,74 @@ class Recomputed:
         return out
 
 
-def recipe(t: Tensor) -> Recomputed | None:
-    """A :class:`Recomputed` for ``t`` when it is a convolution's unmodified output with a findable bias."""
+class Pending:
+    """An int64 tensor saved without a node: kept as it is until :func:`claim` finds it to be a max pool's indices
+    (then recomputed from the pool's node, :meth:`restore`)."""
+
+    __slots__ = ("tensor", "node")
+
+    def __init__(self, t: Tensor) -> None:
+        self.tensor, self.node = t, None
+
+    @property
+    def nbytes(self) -> int:
+        return 0 if self.tensor is None else self.tensor.untyped_storage().nbytes()
+
+    def restore(self) -> Tensor:
+        if self.tensor is not None:
+            return self.tensor
+        n = self.node
+        with torch.no_grad():
+            return torch.ops.aten.max_pool2d_with_indices(n._saved_self, n._saved_kernel_size, n._saved_stride,
+                                                          n._saved_padding, n._saved_dilation, n._saved_ceil_mode)[1]
+
+
+def pending(t: Tensor) -> Pending | None:
+    """A :class:`Pending` for an int64 tensor without a node (possibly a max pool's indices), else ``None``."""
+    return Pending(t) if t.dtype == torch.int64 and t.grad_fn is None and t.numel() > 1 else None
+
+
+def claim(node: Any, held: dict[int, Pending]) -> int:
+    """If ``node`` (a packed quantized output's, reached through views and one cast as in
+    :func:`stelab.pack.saved.find`) is a 2-d max pool whose indices are in ``held`` (by ``id`` of the tensor), turn
+    them into a recipe; returns the bytes freed (0 when nothing was claimed)."""
+    for _ in range(MAX_DEPTH):
+        if node is None:
+            return 0
+        name = node.name()
+        if name == POOL:
+            break
+        if name not in SAME_GRID and name != CAST:
+            return 0
+        node = node.next_functions[0][0] if node.next_functions else None
+    else:
+        return 0
+    found = held.pop(id(node._saved_result1), None)  # the unpack hook hands back the held tensor itself
+    if found is None or found.tensor is None:
+        return 0
+    freed = found.nbytes
+    found.tensor, found.node = None, node
+    return freed
+
+
+def cost_per_element(node: Any) -> int:
+    r"""Multiply-adds per output element of a convolution node: :math:`C_{in}/\mathrm{groups} \cdot k_h k_w`."""
+    weight = node._saved_weight  # (C_out, C_in/g, kh, kw); transposed: (C_in, C_out/g, kh, kw)
+    out_channels = weight.shape[1] * node._saved_groups if node._saved_transposed else weight.shape[0]
+    return weight.numel() // max(1, out_channels)
+
+
+def recipe(t: Tensor, limit: int | None = None) -> Recomputed | None:
+    """A :class:`Recomputed` for ``t`` when it is a convolution's unmodified output with a findable bias, costing
+    at most ``limit`` multiply-adds per element (:func:`cost_per_element`; ``None``: any)."""
     node = t.grad_fn
     if node is None or t.output_nr != 0 or node.name() != CONV:
+        return None
+    if limit is not None and cost_per_element(node) > limit:
         return None
     found, bias = _bias(node)
     return Recomputed(t, node, bias) if found else None
 
 
-__all__ = ["CONV", "PackedState", "Recomputed", "recipe", "state_bits"]
+__all__ = ["CONV", "POOL", "PackedState", "Pending", "Recomputed", "claim", "cost_per_element", "pending", "recipe",
+           "state_bits"]

@@ -175,5 +175,6 @@ class PackSavedWarning(UserWarning):
 @dataclass
 class _Forward:
     stats: PackStats = field(default_factory=lambda: PackStats(forwards=1))
-    storages: set[int] = field(default_factory=set)
+    storages: dict[int, Any] = field(default_factory=dict)  # address -> StorageWeakRef of the storages counted
+    pending: dict[int, Any] = field(default_factory=dict)  # id(int64 tensor) -> recompute.Pending, unclaimed
     packed: dict[int, tuple[Any, int, Packed]] = field(default_factory=dict)  # id(t) -> (weakref, version, codes)

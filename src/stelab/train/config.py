@@ -79,7 +79,9 @@ class TrainConfig(JsonConfig):
     them exactly for the backward (:class:`stelab.PackSaved`): the same gradients and weights in less memory, so it
     may change between a run and its resumption; not with ``compile``. ``recompute`` (with ``pack_saved``) also
     keeps each convolution's output as a recipe and recomputes it in the backward, bit for bit
-    (:mod:`stelab.pack.recompute`): less memory again, for one more convolution forward per layer.
+    (:mod:`stelab.pack.recompute`): less memory again, for one more convolution forward per layer;
+    ``recompute_limit`` recomputes only the convolutions costing at most that many multiply-adds per output element
+    (``C_in/groups * kh * kw``; ``None``: all).
     ``limit_train``/``limit_test`` keep the first N images (0 = all); ``synthetic`` > 0 replaces the data set by
     that many random images of the data set's shape (tests, benchmarks). ``augment=None`` means on for CIFAR-10.
 
@@ -134,6 +136,7 @@ class TrainConfig(JsonConfig):
     save_best: bool = False
     pack_saved: bool = False
     recompute: bool = False
+    recompute_limit: int | None = None
 
     def __post_init__(self) -> None:
         check_choice("dataset", self.dataset, DATASETS)
@@ -180,6 +183,12 @@ class TrainConfig(JsonConfig):
         for name in ("pack_saved", "recompute"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"{name} must be a bool, got {getattr(self, name)!r}")
+        from ..pack.context import check_limit
+
+        check_limit(self.recompute_limit)
+        if self.recompute_limit is not None and not self.recompute:
+            raise ValueError("recompute_limit (--recompute-limit) chooses which convolutions --recompute recomputes; "
+                             "add --recompute (or drop --recompute-limit)")
         if self.recompute and not self.pack_saved:
             raise ValueError("recompute (--recompute) is a mode of pack_saved: it recomputes the convolutions' "
                              "outputs inside the same saved-tensor hooks; add --pack-saved (or drop --recompute)")

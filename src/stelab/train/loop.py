@@ -158,7 +158,7 @@ def _train(config: TrainConfig, hooks: list[TrainHook], info: distributed.DistIn
     run.net = _wrap(run)
     if config.pack_saved:
         # checks the model once (a model it cannot help is said once)
-        run.pack = PackSaved(run.model, recompute=config.recompute)
+        run.pack = PackSaved(run.model, recompute=config.recompute, recompute_limit=config.recompute_limit)
     status, run.t_start = "finished", time.perf_counter() - elapsed
     for epoch in range(run.epoch + 1, config.resolved_epochs() + 1):
         if not _train_epoch(run, epoch):

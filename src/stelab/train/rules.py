@@ -13,7 +13,7 @@ from .runs import CONFIG
 # Fields that may differ between a run and its resumption: they change speed or logging, not the result.
 RUNTIME_FIELDS = ("out", "device", "compile", "data_dir", "diagnose_every", "eval_batch_size", "save_best")
 # pack_saved and recompute too: they restore the saved tensors bit for bit, so they change memory only (stelab.pack).
-RUNTIME_FIELDS += ("pack_saved", "recompute")
+RUNTIME_FIELDS += ("pack_saved", "recompute", "recompute_limit")
 
 
 # Nested config sections and the prefix of their command-line flags (quant.bits -> --bits, weights.bits ->
