@@ -18,7 +18,8 @@ PACKAGE = SRC / "stelab"
 
 CORE = {"stelab", "stelab.ste", "stelab.builtin_stes", "stelab.quantizers", "stelab.lloyd", "stelab.kernels",
         "stelab.ops", "stelab.modules", "stelab.convert", "stelab.config", "stelab.weights", "stelab.optim",
-        "stelab.patterns", "stelab.pack", "stelab.ste_probe", "stelab.ste_plugins", "stelab.piecewise"}
+        "stelab.patterns", "stelab.pack", "stelab.ste_probe", "stelab.ste_plugins", "stelab.piecewise",
+        "stelab.smoothing"}
 BASE = {"stelab.errors", "stelab.io"}
 # layer -> the layers it may import besides itself
 ALLOWED = {
@@ -38,7 +39,7 @@ ALLOWED = {
     "export": {"base", "core"},
     "cli": {"base", "core", "theory", "data", "models", "train", "diagnostics", "experiments", "executors", "export"},
 }
-CORE_MATH = {"stelab.ste", "stelab.ste_probe", "stelab.builtin_stes", "stelab.piecewise",
+CORE_MATH = {"stelab.ste", "stelab.ste_probe", "stelab.builtin_stes", "stelab.piecewise", "stelab.smoothing",
              "stelab.quantizers", "stelab.lloyd", "stelab.kernels", "stelab.ops"}
 
 

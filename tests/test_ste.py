@@ -22,6 +22,31 @@ def _swish_sign(x, top, beta=5.0):
     return 2 * beta * expit(bu) * expit(-bu) * (2 - bu * np.tanh(bu / 2))
 
 
+def _ede(x, top, t=1.0):
+    return max(1 / t, 1.0) * t / np.cosh(t * x / top) ** 2  # 1 - tanh^2 = sech^2
+
+
+def _reste(x, top, o=3.0, t=1.5, m=0.1):
+    a = np.abs(x / top)
+    with np.errstate(divide="ignore"):
+        power = np.power(a, (1 - o) / o) / o
+    return np.where(a <= m, m ** (1 / o) / m, np.where(a <= t, power, 0.0))
+
+
+def _dsq(x, top, shape=0.2, levels=3):
+    a = top / levels  # the step; cell i = ceil(x / a) on (0, top], centred at (i - 1/2) a
+    k, s = np.log(2 / shape - 1) / a, 1 / (1 - shape)
+    centre = (np.clip(np.ceil(x / a), 1, levels) - 0.5) * a
+    return np.where((x > 0) & (x <= top), a / 2 * s * k / np.cosh(k * (x - centre)) ** 2, 0.0)
+
+
+def _gaussian_smoothed(x, top, width=0.25, levels=3):
+    from scipy.stats import norm
+
+    a = top / levels
+    return sum(norm.pdf(x, loc=k * a, scale=width * a) * a for k in range(levels))
+
+
 NUMPY_DERIVATIVES = {
     "identity": lambda x, top: np.ones_like(x),
     "relu": lambda x, top: (x > 0).astype(float),
@@ -33,6 +58,7 @@ NUMPY_DERIVATIVES = {
     "approx_sign": lambda x, top: np.maximum(0.0, 2.0 - 2.0 * np.abs(x / top)),
     "hat": lambda x, top: np.where((x > 0) & (x <= top), 1.0, np.where((x > top) & (x <= 2 * top), -1.0, 0.0)),
     "half_hat": lambda x, top: np.where((x > 0) & (x <= top / 2), 1.0, np.where((x > top / 2) & (x <= top), -1.0, 0.0)),
+    "ede": _ede, "reste": _reste, "dsq": _dsq, "gaussian_smoothed": _gaussian_smoothed,
 }
 BUILTINS = sorted(NUMPY_DERIVATIVES)
 DECLARED = {  # (monotone, zero_below, scale_invariant), from the math
@@ -40,8 +66,12 @@ DECLARED = {  # (monotone, zero_below, scale_invariant), from the math
     "leaky_relu": (True, False, True), "log_tailed_relu": (True, True, False), "hardtanh": (True, False, False),
     "swish_sign": (False, False, False), "approx_sign": (True, False, False),
     "hat": (False, True, False), "half_hat": (False, True, False),
+    "ede": (True, False, False), "reste": (True, False, False), "dsq": (True, True, False),
+    "gaussian_smoothed": (True, False, False),
 }
-SIGN_STES = {"hardtanh", "swish_sign", "approx_sign"}
+SIGN_STES = {"hardtanh", "swish_sign", "approx_sign", "ede", "reste"}
+# Where a smooth mu' jumps or has a kink, in units of top (the edges below add 0, +-1/2, +-1, +-2 for every STE).
+SMOOTH_KINKS = {"reste": [-1.5, -0.1, 0.1, 1.5], "dsq": [1 / 3, 2 / 3], "log_tailed_relu": [], "approx_sign": []}
 BITS, ALPHA = 2, quantizers.grid_alpha(0.6511, 2)
 TOP = 3 * ALPHA
 
@@ -50,7 +80,8 @@ def _setup(name):
     """Inputs (every breakpoint, its float neighbours and random points), forward, bits, alpha and top for an STE."""
     forward, bits, alpha = ("sign", 1, 0.75) if name in SIGN_STES else ("staircase", BITS, ALPHA)
     top = quantizers.get(forward).top(bits, alpha)
-    edges = np.array([0.0, top, -top, 0.5 * top, 2 * top, -2 * top], dtype=np.float32)
+    kinks = [0.0, 1.0, -1.0, 0.5, 2.0, -2.0] + SMOOTH_KINKS.get(name, [])
+    edges = np.array([b * top for b in kinks], dtype=np.float32)
     rng = np.random.default_rng(0)
     x = np.concatenate([edges, np.nextafter(edges, np.float32(np.inf)), np.nextafter(edges, np.float32(-np.inf)),
                         (rng.standard_normal(3000) * 2 * top).astype(np.float32)])
@@ -96,6 +127,8 @@ def test_derivative_is_the_derivative_of_the_proxy(name):
     ste = ste_registry.get(name)
     x = torch.linspace(-3, 3, 1201, dtype=torch.float64)
     x = x[(x.abs() - 1.0).abs() > 1e-9]  # off the kinks at +-top (and 0 is not on this grid)
+    for kink in SMOOTH_KINKS.get(name, []):
+        x = x[(x - kink).abs() > 1e-9]
     x = x[x.abs() > 1e-9].requires_grad_(True)
     (auto,) = torch.autograd.grad(ste.proxy(x, 1.0).sum(), x)
     torch.testing.assert_close(auto, ste.derivative(x.detach(), 1.0), rtol=1e-12, atol=1e-12)
@@ -300,3 +333,37 @@ def test_registry_errors(registry):
         ste_registry.unregister("never_registered")
     with pytest.raises(ValueError, match="slope must be finite"):
         ste_registry.get("leaky_relu", slope=math.inf).derivative(torch.zeros(1))
+
+
+def test_gaussian_smoothed_is_the_diagnostics_reference_gradient():
+    """One formula: the STE at width w equals the diagnostics' smoothed staircase derivative of a 2-bit layer."""
+    from stelab.diagnostics.smoothing import module_tables, smoothed_quantizer_derivative
+
+    layer = stelab.QuantReLU(bits=2, alpha=0.6511)
+    thresholds, levels, top, alpha = module_tables(layer)
+    x = torch.linspace(-1, 3, 2001, dtype=torch.float64)
+    for width in (0.1, 0.25, 1.0):
+        expected = smoothed_quantizer_derivative(x, thresholds, levels, width * alpha)
+        got = ste_registry.get(f"gaussian_smoothed(width={width}, levels=3)").derivative(x, top)
+        torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("ede(t=0)", "ede t must be positive"), ("reste(o=0.5)", "o >= 1"), ("reste(m=2)", "0 < m < t"),
+    ("dsq(shape=1.5)", "in \\(0, 1\\)"), ("dsq(levels=2.5)", "positive integer"),
+    ("gaussian_smoothed(width=-1)", "width must be positive")])
+def test_literature_ste_parameters_are_checked(spec, message):
+    with pytest.raises(ValueError, match=message):
+        ste_registry.get(spec).derivative(torch.ones(3), 1.0)
+
+
+def test_dsq_integrates_to_the_step_height_over_each_cell():
+    """mu' is the soft quantizer's derivative: its integral over [0, top] is top, and the proxy ends at top."""
+    ste = ste_registry.get("dsq(shape=0.3, levels=3)")
+    x = torch.linspace(0, 1.5, 300001, dtype=torch.float64)
+    d = ste.derivative(x, 1.5)
+    # The trapezoid rule's error: the jumps at 0 and top (mu' = 0 at 0, and beyond top) cost at most h * max mu' / 2
+    # each; the smooth part's O(h^2) error is far below that.
+    bound = float((x[1] - x[0]) * d.max())
+    assert abs(float(torch.trapezoid(d, x)) - 1.5) <= bound
+    assert float(ste.proxy(torch.tensor([1.5], dtype=torch.float64), 1.5)) == pytest.approx(1.5, rel=1e-12)

@@ -4,8 +4,9 @@ registry's first use.
 Each STE's docstring gives its proxy :math:`\mu` and derivative :math:`\mu'` (``top`` is the forward quantizer's top
 level, see :mod:`stelab.ste`). The piecewise ones (identity, relu, clipped_relu, leaky_relu, hardtanh, hat, half_hat)
 are defined by their :class:`~stelab.ste.Piecewise` table alone: ``mu'``, the fused op's backward state and the
-three properties follow from it. The smooth ones (log_tailed_relu, swish_sign, approx_sign) give ``mu'`` as a function
-and declare their properties, which the tests compare with the math and with a grid measurement.
+three properties follow from it. The smooth ones (log_tailed_relu, swish_sign, approx_sign, and the estimators from
+the literature: ede, reste, dsq, gaussian_smoothed) give ``mu'`` as a function and declare their properties, which
+the tests compare with the math and with a grid measurement.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import torch
 from torch import Tensor
 
 from .piecewise import Piecewise
+from .smoothing import smoothed_step, smoothed_step_derivative
 
 # (name, table function or mu', proxy mu, properties or None for a piecewise table), in the order defined below;
 # stelab.ste registers them on the registry's first use (this module does not import it: no import cycle).
@@ -151,3 +153,137 @@ def _approx_sign(x: Tensor, top: float | Tensor) -> Tensor:
     :math:`f(u) = 2u - u|u|` on :math:`|u| < 1` and :math:`\mathrm{sign}(u)` outside,
     :math:`\mu'(x) = \max(0, 2 - 2|u|)`."""
     return torch.clamp(2 - 2 * (x / top).abs(), min=0)
+
+
+# ---- estimators from the literature whose backward is a function of the pre-activation ----
+# Written with u = x / top, so that each is in the staircase's units; where a paper states its formula for inputs
+# of unit scale (binarisation), top = 1 gives it back. Sources: the formula as given in code or notes we could read
+# (each docstring says which); none of these papers' full texts was read.
+
+def _positive(name: str, **params: float) -> None:
+    for key, value in params.items():
+        if not (math.isfinite(value) and value > 0):
+            raise ValueError(f"{name} {key} must be positive and finite, got {value}")
+
+
+def _levels(name: str, levels: float) -> int:
+    if not (float(levels).is_integer() and levels >= 1):
+        raise ValueError(f"{name} levels must be a positive integer (L = 2**bits - 1: 3 for 2 bits), got {levels}")
+    return int(levels)
+
+
+def _ratio64(x: Tensor, top: float | Tensor) -> Tensor:
+    r""":math:`|x/\mathrm{top}|` in float64, for deciding on which side of a jump ``x`` lies: one rounding of the
+    exact quotient whatever ``x``'s dtype (float64 holds every float32/bfloat16 value exactly), so the region does not
+    depend on the dtype the backward runs in."""
+    return (x.double() / torch.as_tensor(top, dtype=torch.float64)).abs()
+
+
+def _ede_k(t: float) -> float:
+    return max(1.0 / t, 1.0)
+
+
+def _ede_proxy(x: Tensor, top: float | Tensor, t: float = 1.0) -> Tensor:
+    return top * _ede_k(t) * torch.tanh(t * x / top)
+
+
+@_builtin("ede", monotone=True, zero_below=False, scale_invariant=False, proxy=_ede_proxy)
+def _ede(x: Tensor, top: float | Tensor, t: float = 1.0) -> Tensor:
+    r"""IR-Net's error decay estimator (EDE; Qin et al., CVPR 2020), with :math:`u = x/\mathrm{top}`:
+    :math:`\mu(x) = \mathrm{top}\cdot k \tanh(t u)`, :math:`\mu'(x) = k\,t\,(1 - \tanh^2(t u))`, :math:`k =
+    \max(1/t, 1)`. IR-Net anneals ``t`` upward during training (schedule it with ``ste_schedule``, e.g. ``t`` from
+    0.1 to 10, geometric); the schedule it uses was not read. The form :math:`k t (1 - \tanh^2(t x))` is the
+    backward of IR-Net's public code; scaling by ``top`` is ours."""
+    _positive("ede", t=t)
+    return _ede_k(t) * t * (1 - torch.tanh(t * x / top) ** 2)
+
+
+def _reste_check(o: float, t: float, m: float) -> None:
+    _positive("reste", o=o, t=t, m=m)
+    if o < 1 or m >= t:
+        raise ValueError(f"reste needs o >= 1 and 0 < m < t, got o={o}, t={t}, m={m}")
+
+
+def _reste_proxy(x: Tensor, top: float | Tensor, o: float = 3.0, t: float = 1.5, m: float = 0.1) -> Tensor:
+    u = x / top
+    a = u.abs()
+    inner = u * (m ** (1 / o) / m)
+    middle = torch.sign(u) * torch.clamp(a, min=m) ** (1 / o)
+    outer = torch.sign(u) * torch.full_like(u, t ** (1 / o))
+    return top * torch.where(a <= m, inner, torch.where(a <= t, middle, outer))
+
+
+@_builtin("reste", monotone=True, zero_below=False, scale_invariant=False, proxy=_reste_proxy)
+def _reste(x: Tensor, top: float | Tensor, o: float = 3.0, t: float = 1.5, m: float = 0.1) -> Tensor:
+    r"""ReSTE's power-function estimator (Wu et al., ICCV 2023), with :math:`u = x/\mathrm{top}`: the derivative of
+    :math:`\mu(x) = \mathrm{top}\cdot\mathrm{sign}(u)|u|^{1/o}`, made finite near 0 and cut off far out:
+    :math:`\mu'(x) = \tfrac1o |u|^{(1-o)/o}` for :math:`m < |u| \le t`, the chord slope :math:`m^{1/o}/m` for
+    :math:`|u| \le m`, 0 for :math:`|u| > t`. ``o = 1`` is hardtanh-like (clipped identity); ReSTE anneals ``o`` from 1
+    to 3 (``o_end``) with ``t = 1.5``, ``m = 0.1``. Formula and constants from the authors' public code
+    (``binarized_modules.py``); scaling by ``top`` is ours."""
+    _reste_check(o, t, m)
+    a = (x / top).abs()
+    power = torch.clamp(a, min=m) ** ((1 - o) / o) / o
+    a64 = _ratio64(x, top)
+    inner = torch.full_like(a, m ** (1 / o) / m)
+    return torch.where(a64 <= m, inner, torch.where(a64 <= t, power, torch.zeros_like(a)))
+
+
+def _dsq_parts(x: Tensor, top: float | Tensor, shape: float, levels: float) -> tuple[Tensor, Tensor, float, float]:
+    """``(v, offset, k, s)``: ``v = x / a`` in steps, ``v - c`` the distance to its cell's centre, and DSQ's k, s."""
+    if not 0 < shape < 1:
+        raise ValueError(f"dsq shape (DSQ's alpha) must be in (0, 1), got {shape}")
+    n = _levels("dsq", levels)
+    v = x * (n / top)
+    cell = torch.clamp(torch.ceil(v), 1, n)
+    return v, v - (cell - 0.5), math.log(2 / shape - 1), 1 / (1 - shape)
+
+
+def _dsq_proxy(x: Tensor, top: float | Tensor, shape: float = 0.2, levels: float = 3) -> Tensor:
+    v, off, k, s = _dsq_parts(x, top, shape, levels)
+    cell = torch.clamp(torch.ceil(v), 1, levels)
+    inside = (top / levels) * (cell - 1 + (s * torch.tanh(k * off) + 1) / 2)
+    return torch.where(x <= 0, torch.zeros_like(x), torch.where(x <= top, inside, torch.full_like(x, 1.0) * top))
+
+
+@_builtin("dsq", monotone=True, zero_below=True, scale_invariant=False, proxy=_dsq_proxy)
+def _dsq(x: Tensor, top: float | Tensor, shape: float = 0.2, levels: float = 3) -> Tensor:
+    r"""DSQ's soft quantizer (Gong et al., ICCV 2019) as an STE for the staircase: :math:`[0, \mathrm{top}]` in
+    :math:`L` = ``levels`` cells of width :math:`a = \mathrm{top}/L`, cell :math:`i = \lceil x/a \rceil` centred at
+    :math:`m_i = (i - \tfrac12) a`; within it :math:`\varphi(x) = s \tanh(k (x - m_i))` with
+    :math:`k = \log(2/\alpha - 1)/a`, :math:`s = 1/(1 - \alpha)` (``shape`` is DSQ's :math:`\alpha`, which DSQ
+    learns or anneals toward 0, where the soft quantizer becomes the staircase), and
+    :math:`\mu(x) = a(i - 1 + (\varphi(x) + 1)/2)`, so :math:`\mu'(x) = \tfrac{a}{2} s k (1 - \tanh^2(k(x - m_i)))`
+    on :math:`0 < x \le \mathrm{top}` and 0 outside. The factor :math:`a/2` (the soft quantizer's derivative, not
+    :math:`\varphi'`) makes :math:`\mu'` integrate to the step height over each cell; it and the cells of the
+    staircase forward (not ``round``'s, which sit half a step lower) are ours. :math:`\varphi`, :math:`k` and
+    :math:`s` as implemented in community code (ricky40403/DSQ), used for the formula only."""
+    _, off, k, s = _dsq_parts(x, top, shape, levels)
+    inside = 0.5 * s * k * (1 - torch.tanh(k * off) ** 2)
+    # The support is decided on x itself (v = x L / top rounds): a cell boundary is a kink, not a jump, so which
+    # cell a rounded v falls in does not matter; the ends 0 and top are jumps.
+    return torch.where((x > 0) & (_ratio64(x, top) <= 1), inside, torch.zeros_like(x))
+
+
+def _gaussian_steps(top: float | Tensor, width: float, levels: float) -> tuple[list[float], list[float], float]:
+    _positive("gaussian_smoothed", width=width)
+    n = _levels("gaussian_smoothed", levels)
+    a = float(top) / n
+    return [k * a for k in range(n)], [a] * n, width * a
+
+
+def _gaussian_proxy(x: Tensor, top: float | Tensor, width: float = 0.25, levels: float = 3) -> Tensor:
+    t, d, s = _gaussian_steps(top, width, levels)
+    return smoothed_step(x, t, d, 0.0, s)
+
+
+@_builtin("gaussian_smoothed", monotone=True, zero_below=False, scale_invariant=False, proxy=_gaussian_proxy)
+def _gaussian_smoothed(x: Tensor, top: float | Tensor, width: float = 0.25, levels: float = 3) -> Tensor:
+    r"""The derivative of the staircase smoothed by Gaussian noise (additive-noise annealing, Spallanzani et al.
+    2019, whose abstract only was read): the staircase's :math:`L` = ``levels`` steps of height :math:`a =
+    \mathrm{top}/L` at :math:`t_k = k a` (:math:`k = 0..L-1`), noise of width :math:`s` = ``width`` :math:`\cdot a`:
+    :math:`\mu'(x) = \sum_k \tfrac{a}{s}\varphi(\tfrac{x - t_k}{s})`, :math:`\mu(x) = \sum_k a\,\Phi(\tfrac{x -
+    t_k}{s})` (:mod:`stelab.smoothing`, the same function as the diagnostics' reference gradient). Annealing
+    ``width`` toward 0 approaches the true (zero a.e.) derivative; the thresholds are the staircase forward's."""
+    t, d, s = _gaussian_steps(top, width, levels)
+    return smoothed_step_derivative(x, t, d, s)

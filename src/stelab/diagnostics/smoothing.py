@@ -24,9 +24,8 @@ from torch import Tensor, nn
 
 from ..convert import quantized_modules
 from ..modules import QuantReLU
+from ..smoothing import smoothed_step, smoothed_step_derivative
 from ..ste import STE
-
-_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 
 
 def _steps(thresholds: Tensor, levels: Tensor) -> tuple[list[float], list[float], float]:
@@ -50,11 +49,7 @@ def smoothed_quantizer_derivative(x: Tensor, thresholds: Tensor, levels: Tensor,
 
 
 def _derivative(x: Tensor, t, deltas, s: float) -> Tensor:
-    # A loop over thresholds keeps memory at one activation-sized temporary, whatever the bit width.
-    out = torch.zeros_like(x)
-    for tk, dk in zip(t, deltas):
-        out += torch.exp(-0.5 * ((x - tk) / s) ** 2) * (dk * _INV_SQRT_2PI / s)
-    return out
+    return smoothed_step_derivative(x, t, deltas, s)  # the one formula, shared with the gaussian_smoothed STE
 
 
 class _SmoothedQuantizer(torch.autograd.Function):
@@ -62,10 +57,7 @@ class _SmoothedQuantizer(torch.autograd.Function):
     def forward(ctx, x: Tensor, t: tuple, deltas: tuple, base: float, s: float) -> Tensor:
         ctx.save_for_backward(x)
         ctx.t, ctx.deltas, ctx.s = t, deltas, s
-        out = torch.full_like(x, base)
-        for tk, dk in zip(t, deltas):
-            out += dk * torch.special.ndtr((x - tk) / s)
-        return out
+        return smoothed_step(x, t, deltas, base, s)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
