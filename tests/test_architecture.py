@@ -19,7 +19,7 @@ PACKAGE = SRC / "stelab"
 CORE = {"stelab", "stelab.ste", "stelab.builtin_stes", "stelab.quantizers", "stelab.lloyd", "stelab.kernels",
         "stelab.ops", "stelab.modules", "stelab.convert", "stelab.config", "stelab.weights", "stelab.optim",
         "stelab.patterns", "stelab.pack", "stelab.ste_probe", "stelab.ste_plugins", "stelab.piecewise",
-        "stelab.smoothing"}
+        "stelab.smoothing", "stelab.ste_schedule"}
 BASE = {"stelab.errors", "stelab.io"}
 # layer -> the layers it may import besides itself
 ALLOWED = {

@@ -44,6 +44,13 @@ class QuantReLU(nn.Module):
         # Built once here rather than per call: the fused op's constant arguments depend only on the config.
         self._plan = None if config.learn_alpha else fused_plan(config.forward, config.bits, self._value, self.ste)
 
+    def set_ste(self, ste: str | ste_registry.STE) -> None:
+        """Use ``ste`` (a spec or an STE) from the next forward on, e.g. a scheduled parameter
+        (:mod:`stelab.ste_schedule`); the config keeps the STE the layer was built with."""
+        self.ste = ste_registry.get(ste)
+        self._plan = None if self.config.learn_alpha else fused_plan(self.config.forward, self.config.bits,
+                                                                     self._value, self.ste)
+
     @property
     def bits(self) -> int:
         return self.config.bits

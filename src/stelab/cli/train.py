@@ -107,6 +107,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--bits", type=int, default=q.bits, help=f"activation bits (default {q.bits}; ignored with --float)")
     p.add_argument("--ste", default=q.ste,
                    help=f"STE name, e.g. {', '.join(PAPER_STES)} (default {q.ste}; see `stelab info`)")
+    p.add_argument("--ste-schedule", action="append", default=None, metavar="PARAM=START:END[:SHAPE]",
+                   help="schedule a parameter of --ste over the run, once per epoch; SHAPE linear (default), "
+                        "geometric or cosine; repeatable (e.g. --ste ede --ste-schedule t=0.1:10:geometric)")
     p.add_argument("--forward", default=q.forward, help=f"forward quantizer (default {q.forward})")
     p.add_argument("--alpha", type=float, default=q.alpha,
                    help="resolution (default: Lloyd's for the bits); with --learn-alpha its initial value")
@@ -171,6 +174,7 @@ def _fields_from_args(args: argparse.Namespace, **overrides) -> dict:
     fields["pack_saved"] = bool(getattr(args, "pack_saved", None))  # None: not given
     fields["recompute"] = bool(getattr(args, "recompute", None))
     fields["recompute_limit"] = getattr(args, "recompute_limit", None)
+    fields["ste_schedule"] = tuple(getattr(args, "ste_schedule", None) or ())
     fields.update(overrides)
     return fields
 

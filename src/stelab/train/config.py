@@ -82,6 +82,8 @@ class TrainConfig(JsonConfig):
     (:mod:`stelab.pack.recompute`): less memory again, for one more convolution forward per layer;
     ``recompute_limit`` recomputes only the convolutions costing at most that many multiply-adds per output element
     (``C_in/groups * kh * kw``; ``None``: all).
+    ``ste_schedule`` schedules parameters of the activations' STE over the run, once per epoch
+    (``("t=0.1:10:geometric",)``; :mod:`stelab.ste_schedule`).
     ``limit_train``/``limit_test`` keep the first N images (0 = all); ``synthetic`` > 0 replaces the data set by
     that many random images of the data set's shape (tests, benchmarks). ``augment=None`` means on for CIFAR-10.
 
@@ -137,6 +139,7 @@ class TrainConfig(JsonConfig):
     pack_saved: bool = False
     recompute: bool = False
     recompute_limit: int | None = None
+    ste_schedule: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         check_choice("dataset", self.dataset, DATASETS)
@@ -154,6 +157,7 @@ class TrainConfig(JsonConfig):
             object.__setattr__(self, "quant", _training_quant(self.quant))
         self._check_weights()
         self._check_pack_saved()
+        self._check_ste_schedule()
         object.__setattr__(self, "lr_milestones", tuple(float(m) for m in self.lr_milestones))
         if any(not 0.0 < m < 1.0 for m in self.lr_milestones):
             raise ValueError(f"lr_milestones are fractions of the run in (0, 1), got "
@@ -177,6 +181,20 @@ class TrainConfig(JsonConfig):
             raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}" + _flag("weight_decay"))
         if not self.lr_gamma > 0:
             raise ValueError(f"lr_gamma must be > 0, got {self.lr_gamma}" + _flag("lr_gamma"))
+
+    def _check_ste_schedule(self) -> None:
+        """Each ``PARAM=START:END[:SHAPE]`` names a parameter of the activations' STE (:mod:`stelab.ste_schedule`)."""
+        if isinstance(self.ste_schedule, str):
+            raise TypeError(f"ste_schedule is a list of PARAM=START:END[:SHAPE], got the string {self.ste_schedule!r}")
+        object.__setattr__(self, "ste_schedule", tuple(str(s) for s in self.ste_schedule))
+        if not self.ste_schedule:
+            return
+        from .. import ste_schedule
+
+        if self.quant is None:
+            raise ValueError("ste_schedule (--ste-schedule) schedules a parameter of the activations' STE, but the "
+                             "activations are float (--float); drop --ste-schedule or quantize the activations")
+        ste_schedule.check(self.quant.ste, ste_schedule.parse_all(self.ste_schedule))
 
     def _check_pack_saved(self) -> None:
         """``pack_saved`` needs quantized activations and eager autograd (:mod:`stelab.pack`)."""

@@ -20,10 +20,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .. import ste_schedule
 from ..errors import ResolutionError
 from ..io import append_jsonl, read_jsonl, remove_stale_temporaries, write_json, write_text
 from ..pack import PackSaved
-from . import distributed
+from . import distributed, runs
 from .checkpoint import BEST, CHECKPOINT, load_checkpoint, save_checkpoint, set_rng_state, unwrap
 from .config import TrainConfig
 from .hooks import TrainHook, check_hooks, run_hooks
@@ -47,18 +48,6 @@ def resolve_device(name: str, info: distributed.DistInfo) -> torch.device:
 
 def run_dir_for(config: TrainConfig) -> Path:
     return Path(config.out) if config.out else Path("runs") / config.run_name()
-
-
-def load_split(config: TrainConfig, split: str) -> tuple[Tensor, Tensor]:
-    from .. import data
-
-    if config.synthetic:
-        n = config.synthetic if split == "train" else max(1, config.synthetic // 4)
-        images, labels = data.synthetic(config.dataset, n, seed=config.seed + (split == "test"))
-    else:
-        images, labels = data.load(config.dataset, config.data_dir, split=split)
-    limit = config.limit_train if split == "train" else config.limit_test
-    return (images[:limit], labels[:limit]) if limit else (images, labels)
 
 
 @torch.no_grad()
@@ -138,6 +127,7 @@ class _Run:
     warmup_steps: int = 0
     best: dict[str, Any] | None = None
     t_start: float = 0.0  # perf_counter at the start, shifted back by the time of the epochs resumed from
+    ste_label: str | None = None  # the STE of this epoch when a parameter is scheduled
     pack: Any = field(default_factory=contextlib.nullcontext)  # around each forward: stelab.PackSaved or nothing
 
 
@@ -160,7 +150,10 @@ def _train(config: TrainConfig, hooks: list[TrainHook], info: distributed.DistIn
         # checks the model once (a model it cannot help is said once)
         run.pack = PackSaved(run.model, recompute=config.recompute, recompute_limit=config.recompute_limit)
     status, run.t_start = "finished", time.perf_counter() - elapsed
+    schedules = ste_schedule.parse_all(config.ste_schedule)
     for epoch in range(run.epoch + 1, config.resolved_epochs() + 1):
+        at = ste_schedule.progress(epoch, config.resolved_epochs())
+        run.ste_label = ste_schedule.apply(run.model, schedules, at)
         if not _train_epoch(run, epoch):
             status = "diverged"
             break
@@ -223,8 +216,8 @@ def _load_data(run: _Run) -> None:
 
     config, info, device = run.config, run.info, run.device
     mean, std = data.STATS[config.dataset]
-    train_x, train_y = load_split(config, "train")
-    test_x, test_y = load_split(config, "test")
+    train_x, train_y = runs.load_split(config, "train")
+    test_x, test_y = runs.load_split(config, "test")
     run.loader = data.DeviceLoader(train_x, train_y, batch_size=config.batch_size // info.world_size, shuffle=True,
                                    augment=config.resolved_augment(), mean=mean, std=std, device=device,
                                    seed=config.seed, rank=info.rank, world_size=info.world_size,
@@ -298,6 +291,8 @@ def _train_epoch(run: _Run, epoch: int) -> bool:
               "train_loss": sums[0].item() / sums[2].item(), "train_acc": sums[1].item() / sums[2].item(),
               "test_loss": test_loss, "test_acc": test_acc, "time_s": time.perf_counter() - t0,
               "images_per_s": sums[2].item() / train_time}
+    if run.ste_label is not None:  # a scheduled STE: the one this epoch trained with
+        record["ste"] = run.ste_label
     run.scheduler.step()
     run.epoch = epoch
     if run.info.is_main:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from torch import nn
+from torch import Tensor, nn
 
 from ..io import epoch_axis, markdown_table, read_json, read_jsonl, save_figure, write_json, write_text
 from .checkpoint import load_state, load_weights, read_weights
@@ -151,3 +151,16 @@ def run_summary(run_dir: Path, config: TrainConfig, status: str, step: int, wall
         summary["best_test_acc"] = max(r["test_acc"] for r in records)
         summary["images_per_s"] = sum(r["images_per_s"] for r in records) / len(records)
     return summary
+
+
+def load_split(config: TrainConfig, split: str) -> tuple[Tensor, Tensor]:
+    """The run's ``"train"`` or ``"test"`` images and labels: the data set (or synthetic images), cut to the limit."""
+    from .. import data
+
+    if config.synthetic:
+        n = config.synthetic if split == "train" else max(1, config.synthetic // 4)
+        images, labels = data.synthetic(config.dataset, n, seed=config.seed + (split == "test"))
+    else:
+        images, labels = data.load(config.dataset, config.data_dir, split=split)
+    limit = config.limit_train if split == "train" else config.limit_test
+    return (images[:limit], labels[:limit]) if limit else (images, labels)
