@@ -22,6 +22,7 @@ SUMMARY = {
     "symmetry": "scale symmetry and its breaking by the clipped-ReLU STE (report)",
     "diagnose": "gradient fidelity of STEs (coarse vs true gradient) for a trained model",
     "export": "export a trained run to ONNX (standard QDQ, exact QONNX, or float)",
+    "card": "grade STEs: the three papers' results and real networks, a ranking and a recommendation",
 }
 COMMANDS = tuple(SUMMARY)
 

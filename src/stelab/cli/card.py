@@ -1,0 +1,56 @@
+"""``stelab card``: the STE report card: any STE measured on the results of the three papers and on real networks,
+beside references, with a ranking and a recommendation."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from . import SUMMARY
+from .ste_args import ste_spec
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    from ..experiments.card.config import REFERENCES, TIERS, CardConfig
+
+    d = CardConfig(stes=("relu",))
+    p = sub.add_parser("card", help=SUMMARY["card"],
+                       description="Grade STEs (built-in, from the literature, or yours with --import): what they "
+                                   "are, Yin et al.'s two-layer model, scale symmetry, the two-layer classifier, "
+                                   "gradient fidelity on LeNet-5 and LeNet-5 fine-tuned at a grid of learning "
+                                   "rates; then a ranking, whether the cheap measures predict training, and a "
+                                   "recommendation. Results are cached: a rerun continues, an added STE adds "
+                                   "only its cells.")
+    p.add_argument("stes", nargs="+", type=ste_spec, metavar="STE", help="STEs to grade, e.g. 'leaky_relu(slope=0.1)'")
+    p.add_argument("--against", nargs="*", type=ste_spec, default=list(REFERENCES), metavar="STE",
+                   help="references measured beside them")
+    p.add_argument("--tier", choices=TIERS, default=d.tier,
+                   help="quick: minutes; standard: longer sizes and LeNet-5 training (see docs/card.md)")
+    p.add_argument("--bits", type=int, default=d.bits, help="activation bits")
+    p.add_argument("--seeds", type=int, default=d.seeds, help="training seeds per learning rate")
+    p.add_argument("--lrs", type=float, nargs="+", default=list(d.lrs), metavar="LR",
+                   help="learning-rate grid of the training section")
+    p.add_argument("--lenet-init", default=d.lenet_init, help="float LeNet-5 checkpoint to fine-tune and diagnose")
+    p.add_argument("--data-dir", default=None, help="data folder (default: $STELAB_DATA or ../shared/data)")
+    p.add_argument("--synthetic", type=int, default=0, help="random images instead of MNIST (smoke tests)")
+    p.add_argument("--out", type=Path, default=None, help="run folder (default runs/card-<stes>-<tier>)")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..experiments.card import CardConfig, run_card
+
+    config = CardConfig(stes=tuple(args.stes), against=tuple(args.against), tier=args.tier, bits=args.bits,
+                        seeds=args.seeds, lrs=tuple(args.lrs), lenet_init=args.lenet_init, data_dir=args.data_dir,
+                        synthetic=args.synthetic)
+    if not Path(config.lenet_init).is_file():
+        raise ValueError(f"no float LeNet-5 checkpoint at {config.lenet_init}; run from the repository root (it "
+                         "holds results/lenet5-mnist-float/model.pt) or give --lenet-init PATH (a float LeNet-5 "
+                         "run folder's checkpoint.pt or model.pt)")
+    out = args.out or config.default_out()
+    results = run_card(config, out, progress=not args.no_progress)
+    print(f"stelab card: {results['recommendation']}")
+    print("ranking: " + ", ".join(results["ranking"]))
+    print(f"wrote {out}/report.md, results.json, card.png ({results['seconds']:.0f} s)")
+    return 0

@@ -1,0 +1,82 @@
+"""``CardConfig``: which STEs a report card measures, against which references, at which tier."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from ...config import JsonConfig
+from ...errors import check_choice
+
+TIERS = ("quick", "standard", "full")
+REFERENCES = ("identity", "relu", "clipped_relu")
+LENET_FLOAT = "results/lenet5-mnist-float/model.pt"
+RESNET_FLOAT = "results/table1-cifar10-resnet20/seed0/float/model.pt"
+
+# Sizes per tier: the two-layer model (cosine grid points, descent starts and steps), the classifier (steps, seeds of
+# the data), the fidelity batches, and the real-network training (epochs, models).
+TIER_SIZES = {
+    "quick": {"cosine_points": 24, "starts": 6, "descent_steps": 800, "classify_steps": 600, "fidelity_batches": 4,
+              "lenet_epochs": 1, "resnet_epochs": 0, "symmetry_samples": 4000},
+    "standard": {"cosine_points": 60, "starts": 20, "descent_steps": 1000, "classify_steps": 2000,
+                 "fidelity_batches": 8, "lenet_epochs": 5, "resnet_epochs": 3, "symmetry_samples": 20000},
+}
+TIER_SIZES["full"] = TIER_SIZES["standard"]
+
+
+@dataclass(frozen=True)
+class CardConfig(JsonConfig):
+    """``stes``: the estimators to grade (specs, e.g. ``"leaky_relu(slope=0.1)"``); ``against``: the references
+    measured beside them (same data, seeds and schedule); ``tier``: ``quick`` (minutes), ``standard`` (adds
+    ResNet-20 on CIFAR-10 and longer LeNet-5 training), ``full`` (standard, plus Table 1 cells: run them with
+    ``stelab reproduce table1``); ``lrs``: the learning-rate grid of the training section (each STE is reported at
+    its own best rate and at the common one, ``lrs[len(lrs) // 2]``); ``synthetic`` > 0 replaces the real data sets
+    by that many random images (tests); ``lenet_init``/``resnet_init``: the float checkpoints fine-tuned from."""
+
+    stes: tuple[str, ...] = ()
+    against: tuple[str, ...] = REFERENCES
+    tier: str = "quick"
+    bits: int = 2
+    seeds: int = 1
+    lrs: tuple[float, ...] = (0.001, 0.01, 0.1)
+    synthetic: int = 0
+    data_dir: str | None = None
+    lenet_init: str = LENET_FLOAT
+    resnet_init: str = RESNET_FLOAT
+
+    def __post_init__(self) -> None:
+        from ... import ste as ste_registry
+
+        check_choice("tier", self.tier, TIERS)
+        object.__setattr__(self, "stes", tuple(self.stes))
+        object.__setattr__(self, "against", tuple(self.against))
+        object.__setattr__(self, "lrs", tuple(float(lr) for lr in self.lrs))
+        if not self.stes:
+            raise ValueError("name at least one STE to grade, e.g. stelab card 'leaky_relu(slope=0.1)'")
+        for spec in self.all_stes():
+            ste_registry.get(spec)  # an unknown name or parameter raises, listing the valid ones
+        if not self.lrs or any(not lr > 0 for lr in self.lrs):
+            raise ValueError(f"lrs must be positive learning rates, got {list(self.lrs)}")
+        if self.seeds < 1:
+            raise ValueError(f"seeds must be >= 1, got {self.seeds}")
+        if self.bits not in range(1, 9):
+            raise ValueError(f"bits must be 1..8, got {self.bits}")
+
+    def all_stes(self) -> list[str]:
+        """The graded STEs, then the references not among them, as canonical labels (no duplicates)."""
+        from ... import ste as ste_registry
+
+        labels: list[str] = []
+        for spec in (*self.stes, *self.against):
+            label = ste_registry.get(spec).label
+            if label not in labels:
+                labels.append(label)
+        return labels
+
+    @property
+    def sizes(self) -> dict[str, int]:
+        return TIER_SIZES[self.tier]
+
+    def default_out(self) -> Path:
+        names = "-".join(s.split("(")[0] for s in self.stes[:3])
+        return Path("runs") / f"card-{names}-{self.tier}"

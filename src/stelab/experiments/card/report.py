@@ -1,0 +1,144 @@
+"""The card's run folder: ``report.md`` (one summary table first, then the verdict and what each column means),
+``results.json``, ``card.png`` (each STE's ``mu'`` and its training accuracy)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ... import ste as ste_registry
+from ...io import markdown_table, save_figure, write_json, write_text
+from ...lloyd import lloyd_alpha
+
+
+def _num(value: Any, fmt: str = ".3f") -> str:
+    return format(value, fmt) if isinstance(value, (int, float)) and not isinstance(value, bool) else "-"
+
+
+def _yes(value: Any) -> str:
+    return {True: "yes", False: "**no**"}.get(value, "-")
+
+
+def _cell(sections: dict, name: str, render) -> str:
+    part = sections.get(name, {})
+    return "error (below)" if "error" in part else render(part)
+
+
+def summary_rows(results: dict) -> list[list[str]]:
+    rows = []
+    for rank, label in enumerate(results["ranking"], 1):
+        s = results["stes"][label]
+        t = s["train"]
+        rows.append([
+            str(rank), f"`{label}`",
+            _cell(s, "what", lambda p: f"{p['path']}, {_num(p['op_cost_vs_relu'], '.2f')}x"),
+            _cell(s, "two_layer", lambda p: f"{_num(p['min_cosine'])} ({_yes(p['descent_everywhere'])})"),
+            _cell(s, "two_layer", lambda p: f"{p['converged_fraction']:.0%} / {p['unstable_fraction']:.0%}"),
+            _cell(s, "two_layer", lambda p: "yes" if p["spurious_min_stationary"] else "no"),
+            _cell(s, "symmetry", lambda p: "keeps" if p["keeps_symmetry"] else
+                  f"breaks ({_num(p['relative_change_under_scaling'], '.2g')})"),
+            _cell(s, "classify", lambda p: f"{100 * p['accuracy']:.1f} %"),
+            _cell(s, "fidelity", lambda p: f"{_num(p.get('cosine'))} [{_num(p.get('cosine_lo'))}, "
+                                           f"{_num(p.get('cosine_hi'))}]"),
+            f"{100 * t['best_accuracy']:.2f} % ({t['best_lr']:g})" if t.get("best_accuracy") is not None else "-",
+            f"{100 * t['common_accuracy']:.2f} %" if t.get("common_accuracy") is not None else "-",
+        ])
+    return rows
+
+
+HEADERS = ["rank", "STE", "1. path, op cost vs relu", "2. two-layer min cos (descent everywhere)",
+           "2. CGD converged / unstable", "2. E g = 0 at the spurious min", "3. scale symmetry",
+           "4. classifier accuracy", "5. fidelity cosine [95 % CI]", "6. LeNet-5 best (lr)", "6. at common lr"]
+
+
+def render_markdown(results: dict) -> str:
+    c = results["config"]
+    graded = ", ".join(f"`{s}`" for s in c["stes"])
+    lines = [f"# STE report card: {graded}", "",
+             f"{c['tier']} tier, {c['bits']} bits, {c['seeds']} seed(s), learning rates {c['lrs']}, references "
+             f"{', '.join(c['against'])}; {results['seconds']:.0f} s.", "",
+             f"**Recommendation.** {results['recommendation']}", "", "![card](card.png)", "",
+             markdown_table(HEADERS, summary_rows(results)), "",
+             "## Verdict", "", f"Ranking rule: {results['rule']}.", "",
+             f"- ranking at each STE's best rate: {', '.join(results['ranking'])}",
+             f"- ranking at the common rate: {', '.join(results['ranking_common_lr'])} "
+             f"({'changes' if results['ranking_changes_with_retuning'] else 'the same'} when each STE's rate is "
+             "retuned)", "",
+             "Do the cheap measures predict training? Spearman's rho over the card's STEs between the measure and the "
+             "best-rate accuracy, with a permutation p-value (the chance that a random pairing correlates as "
+             "strongly; with few STEs no correlation is significant):", "",
+             markdown_table(["cheap measure", "rho", "p-value", "STEs"],
+                            [[k, _num(v["rho"], "+.2f"), _num(v["p_value"], ".2f"), str(v["n"])]
+                             for k, v in results["predictors"].items()]), "",
+             "## The columns", "",
+             "1. `fused`: the fused operator (a piecewise-constant `mu'`), `general`: the general path; the cost of "
+             "one forward + backward against `torch.relu` on the same tensor (rough; see BENCHMARKS.md).",
+             "2. Yin et al.'s two-layer Gaussian model: the smallest cosine over the angle between the expected "
+             "coarse gradient and the true gradient (positive: a descent direction everywhere), coarse gradient "
+             "descent from random starts (converged: at a critical point; unstable: the loss rose or ||w|| "
+             "collapsed), and whether the expected coarse gradient vanishes at the spurious minimizer of the loss "
+             "(relu and clipped relu: yes, so it is a stationary point of theirs; identity: no, and it is unstable "
+             "there).",
+             "3. Gongyo & Ishikawa's bias-free binary network: the relative change of the coarse gradient when the "
+             "hidden weights are scaled by 1/4 or 4 (0: the STE keeps the scale symmetry).",
+             "4. Long, Yin & Xin's two-layer quantized classifier trained by coarse gradient descent on the "
+             "synthetic cones and subspaces: training accuracy.",
+             "5. The float LeNet-5 quantized at the card's bits: whole-model cosine of the STE's coarse gradient "
+             "with the Gaussian-smoothed reference (`stelab diagnose`).",
+             "6. LeNet-5 fine-tuned from the float checkpoint on MNIST (cosine schedule), test accuracy.", ""]
+    errors = [(label, name, part["error"]) for label, s in results["stes"].items() for name, part in s.items()
+              if isinstance(part, dict) and "error" in part]
+    failed = [(label, f) for label, s in results["stes"].items() for f in s["train"]["failed"]]
+    if errors or failed:
+        lines += ["## What failed", ""]
+        lines += [f"- `{label}`, section {name}: {err}" for label, name, err in errors]
+        lines += [f"- `{label}`, training at lr {f['lr']:g} seed {f['seed']}: {f['why']}" for label, f in failed]
+    return "\n".join(lines) + "\n"
+
+
+def plot(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    bits = results["config"]["bits"]
+    top = (2**bits - 1) * lloyd_alpha(bits)
+    x = torch.linspace(-0.6 * top, 1.6 * top, 801, dtype=torch.float64)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4), gridspec_kw={"width_ratios": [1.3, 1]})
+    labels = results["ranking"]
+    for label in labels:
+        try:
+            d = ste_registry.get(label).derivative(x, top)
+        except Exception:  # noqa: BLE001 - a failing user STE is reported in the table, not plotted
+            continue
+        left.plot(x.numpy(), d.numpy(), label=label, lw=1.6)
+    left.axvline(0, color="0.7", lw=0.8)
+    left.axvline(top, color="0.7", lw=0.8, ls="--")
+    left.set(xlabel=f"pre-activation x (dashed: top = L alpha, {bits} bits)", ylabel="mu'(x)",
+             title="each STE's backward")
+    left.legend(fontsize=8)
+    best = [100 * (results["stes"][s]["train"]["best_accuracy"] or 0) for s in labels]
+    common = [100 * (results["stes"][s]["train"]["common_accuracy"] or 0) for s in labels]
+    pos = range(len(labels))
+    right.barh([p + 0.2 for p in pos], best, height=0.4, label="best learning rate")
+    right.barh([p - 0.2 for p in pos], common, height=0.4, label="common learning rate", alpha=0.6)
+    right.set_yticks(list(pos), labels, fontsize=8)
+    right.invert_yaxis()
+    low = min(best + common)
+    right.set_xlim(max(0.0, low - 5), 100)
+    right.set(xlabel="LeNet-5 / MNIST test accuracy (%)", title="training (section 6)")
+    right.legend(fontsize=8, loc="lower right")
+    save_figure(fig, path)
+
+
+def write_report(results: dict, out: Path) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    plot(results, out / "card.png")
+    return [write_json(out / "results.json", results), write_text(out / "report.md", render_markdown(results)),
+            out / "card.png"]
+
+
+__all__ = ["render_markdown", "summary_rows", "write_report"]

@@ -1,0 +1,181 @@
+"""``run_card``: every section for every STE (cached per STE, section, seed and learning rate), the verdict, the run
+folder. An interrupted card continues when rerun; adding an STE to a finished card measures only that STE."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import re
+import sys
+import time
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from ...io import read_json, write_json
+from .config import CardConfig
+from .sections import SECTIONS, train_cell
+
+SECTION_ORDER = ("what", "two_layer", "symmetry", "classify", "fidelity", "train")
+
+
+def _slug(label: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.=-]+", "_", label).strip("_")
+
+
+def _cached(path: Path, compute: Callable[[], dict]) -> dict:
+    """The cached result at ``path``, or ``compute()`` written there. A failure is returned as ``{"error": ...}``
+    and not cached, so a rerun (after fixing a user's STE) tries again; the other sections go on."""
+    if path.is_file():
+        return read_json(path)
+    try:
+        result = compute()
+    except Exception as err:  # noqa: BLE001 - a user's STE may fail in any way; its row says how
+        return {"error": f"{type(err).__name__}: {err}"}
+    if isinstance(result, dict) and not _finite(result):
+        return {"error": "the section's numbers are not finite (NaN or inf): mu' returned NaN or inf?",
+                "values": result}
+    write_json(path, result)
+    return result
+
+
+def _finite(obj: Any) -> bool:
+    if isinstance(obj, dict):
+        return all(_finite(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return all(_finite(v) for v in obj)
+    return not (isinstance(obj, float) and not math.isfinite(obj))
+
+
+def run_card(config: CardConfig, out: str | Path, progress: bool = True) -> dict[str, Any]:
+    """Measure every STE of ``config`` (sections 1-6, :mod:`.sections`), rank them (:func:`verdict`) and write the
+    run folder ``out`` (``report.md``, ``results.json``, ``card.png``, ``cache/``)."""
+    from .report import write_report
+
+    out, start = Path(out), time.perf_counter()
+    labels = config.all_stes()
+    tasks = [(label, name) for label in labels for name in SECTIONS] + [
+        (label, ("train", lr, seed)) for label in labels for lr in config.lrs for seed in range(config.seeds)]
+    stes: dict[str, dict[str, Any]] = {label: {"train_cells": []} for label in labels}
+    bar = tqdm(tasks, desc="stelab card", disable=not progress, file=sys.stderr)
+    for label, task in bar:
+        bar.set_postfix_str(f"{label}: {task if isinstance(task, str) else 'train'}")
+        if isinstance(task, str):
+            stes[label][task] = _cached(out / "cache" / task / f"{_slug(label)}.json",
+                                        partial(SECTIONS[task], label, config))
+            continue
+        _, lr, seed = task
+        key = f"{_slug(label)}-lr{lr:g}-seed{seed}"
+        cell = _cached(out / "cache" / "train" / f"{key}.json",
+                       partial(train_cell, label, config, lr, seed, out / "train" / key))
+        stes[label]["train_cells"].append({"lr": lr, "seed": seed, **cell})
+    for label in labels:
+        stes[label]["train"] = training_summary(stes[label].pop("train_cells"), config)
+    results = {"config": config.to_dict(), "stes": stes, **verdict(stes, config),
+               "seconds": time.perf_counter() - start}
+    write_report(results, out)
+    return results
+
+
+def training_summary(cells: list[dict], config: CardConfig) -> dict[str, Any]:
+    """Per learning rate the mean test accuracy over seeds (a diverged or failed run counts as 0), the best rate and
+    the accuracy at the common rate (the middle of the grid)."""
+    by_lr: dict[float, list[float]] = {}
+    failed = []
+    for c in cells:
+        acc = c.get("test_acc")
+        ok = "error" not in c and c.get("status") == "finished" and acc is not None and math.isfinite(acc)
+        by_lr.setdefault(c["lr"], []).append(float(acc) if ok else 0.0)
+        if not ok:
+            failed.append({"lr": c["lr"], "seed": c["seed"], "why": c.get("error") or c.get("status")})
+    means = {lr: float(np.mean(v)) for lr, v in by_lr.items()}
+    best = max(means, key=lambda lr: (means[lr], -lr)) if means else None
+    common = config.lrs[len(config.lrs) // 2]
+    return {"accuracy_by_lr": {f"{lr:g}": a for lr, a in means.items()}, "best_lr": best,
+            "best_accuracy": means.get(best) if best is not None else None,
+            "common_lr": common, "common_accuracy": means.get(common), "failed": failed, "cells": cells}
+
+
+def _ranks(values: list[float]) -> np.ndarray:
+    """Average ranks (1 = smallest), ties shared."""
+    order = np.argsort(values, kind="stable")
+    ranks = np.empty(len(values))
+    ranks[order] = np.arange(1, len(values) + 1)
+    for v in set(values):
+        idx = [i for i, x in enumerate(values) if x == v]
+        ranks[idx] = np.mean(ranks[idx])
+    return ranks
+
+
+def spearman(x: list[float], y: list[float]) -> dict[str, Any]:
+    """Spearman's rho of ``x`` and ``y`` and its two-sided permutation p-value (exact for up to 8 points, else
+    20,000 random permutations): the chance that a random pairing correlates at least as strongly."""
+    n = len(x)
+    if n < 3:
+        return {"rho": None, "p_value": None, "n": n}
+    rx, ry = _ranks(x), _ranks(y)
+
+    def rho(a: np.ndarray) -> float:
+        sa, sb = a - a.mean(), ry - ry.mean()
+        denom = math.sqrt(float(sa @ sa) * float(sb @ sb))
+        return float(sa @ sb) / denom if denom else 0.0
+
+    observed = rho(rx)
+    if n <= 8:
+        perms = [np.array(p) for p in itertools.permutations(rx)]
+    else:
+        rng = np.random.default_rng(0)
+        perms = [rng.permutation(rx) for _ in range(20_000)]
+    extreme = sum(abs(rho(p)) >= abs(observed) - 1e-12 for p in perms)
+    return {"rho": observed, "p_value": extreme / len(perms), "n": n}
+
+
+def verdict(stes: dict[str, dict], config: CardConfig) -> dict[str, Any]:
+    """The ranking (rule: LeNet-5's test accuracy at each STE's own best learning rate, ties by the fidelity
+    cosine), the ranking at the common rate, whether the cheap measures predict training, one recommendation."""
+    def acc(label: str, key: str) -> float:
+        value = stes[label]["train"].get(key)
+        return value if value is not None else -1.0
+
+    def cos(label: str) -> float:
+        value = stes[label].get("fidelity", {}).get("cosine")
+        return value if isinstance(value, float) else -2.0
+
+    labels = list(stes)
+    ranking = sorted(labels, key=lambda s: (-acc(s, "best_accuracy"), -cos(s)))
+    common = sorted(labels, key=lambda s: (-acc(s, "common_accuracy"), -cos(s)))
+    outcome = [acc(s, "best_accuracy") for s in labels]
+    predictors = {}
+    for name, get in (("two_layer_min_cosine", lambda s: stes[s].get("two_layer", {}).get("min_cosine")),
+                      ("fidelity_cosine", lambda s: stes[s].get("fidelity", {}).get("cosine"))):
+        pairs = [(get(s), o) for s, o in zip(labels, outcome) if isinstance(get(s), float)]
+        predictors[name] = spearman([p for p, _ in pairs], [o for _, o in pairs])
+    return {"ranking": ranking, "ranking_common_lr": common, "ranking_changes_with_retuning": ranking != common,
+            "rule": "LeNet-5 / MNIST test accuracy after fine-tuning at each STE's best learning rate of "
+                    f"{list(config.lrs)} (mean over {config.seeds} seed(s)); ties by the fidelity cosine",
+            "predictors": predictors, "recommendation": recommendation(stes, ranking, config)}
+
+
+def recommendation(stes: dict[str, dict], ranking: list[str], config: CardConfig) -> str:
+    best = ranking[0]
+    t = stes[best]["train"]
+    graded = [s for s in ranking if s in {*(config.all_stes()[:len(config.stes)])}]
+    text = (f"Use {best}: {100 * (t['best_accuracy'] or 0):.2f} % on LeNet-5 / MNIST at {config.bits} bits "
+            f"(best rate {t['best_lr']:g})")
+    if len(ranking) > 1:
+        runner = stes[ranking[1]]["train"]
+        gap = 100 * ((t["best_accuracy"] or 0) - (runner["best_accuracy"] or 0))
+        text += f", {gap:.2f} points above {ranking[1]}"
+    fid = stes[best].get("fidelity", {}).get("cosine")
+    if isinstance(fid, float):
+        text += f"; its coarse gradient's cosine with the smoothed reference is {fid:.3f}"
+    if graded and graded[0] != best:
+        text += f". The best graded STE, {graded[0]}, ranks {ranking.index(graded[0]) + 1} of {len(ranking)}"
+    return text + f" ({config.tier} tier, {config.seeds} seed(s): a small sample; see the intervals)."
+
+
+__all__ = ["run_card", "spearman", "training_summary", "verdict"]

@@ -1,0 +1,105 @@
+"""``stelab card``: the sections run for built-in, parameterised and user STEs, results are cached per STE and
+section (an added STE measures only itself), a failing user STE is reported while the others finish, and the rank
+statistics are checked against scipy."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from scipy import stats
+
+from stelab import ste as ste_registry
+from stelab.cli import main
+from stelab.experiments.card import CardConfig, run_card, spearman
+from stelab.experiments.card import config as card_config
+from stelab.experiments.card import run as card_run
+
+ROOT = Path(__file__).resolve().parents[2]
+LENET = ROOT / "results" / "lenet5-mnist-float" / "model.pt"
+TINY = {"cosine_points": 4, "starts": 2, "descent_steps": 20, "classify_steps": 20, "fidelity_batches": 2,
+        "lenet_epochs": 1, "resnet_epochs": 0, "symmetry_samples": 300}
+
+
+@pytest.fixture
+def tiny(monkeypatch):
+    monkeypatch.setitem(card_config.TIER_SIZES, "quick", TINY)
+
+
+def config(**changes) -> CardConfig:
+    base = dict(stes=("leaky_relu(slope=0.1)",), against=("relu",), synthetic=96, lrs=(0.05,),
+                lenet_init=str(LENET))
+    return CardConfig(**{**base, **changes})
+
+
+def test_config_refuses_what_it_cannot_run():
+    with pytest.raises(ValueError, match="name at least one STE"):
+        CardConfig()
+    with pytest.raises(ValueError, match="clipped_relu"):  # an unknown name lists the valid ones
+        CardConfig(stes=("clipped_rleu",))
+    with pytest.raises(ValueError, match="valid choices"):
+        CardConfig(stes=("relu",), tier="huge")
+    assert CardConfig(stes=("relu", "identity"), against=("identity",)).all_stes() == ["relu", "identity"]
+
+
+def test_a_card_measures_every_section_and_caches_it(tiny, tmp_path, monkeypatch):
+    out = tmp_path / "card"
+    results = run_card(config(), out, progress=False)
+    assert set(results["stes"]) == {"leaky_relu(slope=0.1)", "relu"}
+    assert sorted(results["ranking"]) == sorted(results["stes"])
+    for label, sections in results["stes"].items():
+        for name in ("what", "two_layer", "symmetry", "classify", "fidelity"):
+            assert "error" not in sections[name], (label, name, sections[name])
+        assert sections["train"]["best_lr"] == 0.05 and 0 <= sections["train"]["best_accuracy"] <= 1
+    assert results["stes"]["relu"]["symmetry"]["keeps_symmetry"]  # scale invariant: exactly the same gradient
+    assert results["stes"]["relu"]["what"]["path"] == "fused"
+    assert (out / "report.md").read_text().startswith("# STE report card: `leaky_relu(slope=0.1)`")
+    assert (out / "card.png").stat().st_size > 0
+    # adding an STE measures it alone: every cached cell of the others is read back, not recomputed
+    calls = []
+
+    def counted(name, fn):
+        def section(label, cfg):
+            calls.append((name, label))
+            return fn(label, cfg)
+        return section
+
+    monkeypatch.setattr(card_run, "SECTIONS", {k: counted(k, f) for k, f in card_run.SECTIONS.items()})
+    monkeypatch.setattr(card_run, "train_cell", lambda label, *a: calls.append(("train", label))
+                        or {"status": "finished", "test_acc": 0.5})
+    again = run_card(config(stes=("leaky_relu(slope=0.1)", "identity")), out, progress=False)
+    assert {label for _, label in calls} == {"identity"}
+    assert again["stes"]["relu"] == results["stes"]["relu"]
+
+
+def test_a_failing_user_ste_is_reported_and_the_others_finish(tiny, tmp_path):
+    ste_registry.register("nan_after_start", lambda x, top: torch.where(x > 2, float("nan"), 1.0) * torch.ones_like(x),
+                          monotone=True, zero_below=False, scale_invariant=False, overwrite=True)
+    try:
+        results = run_card(config(stes=("nan_after_start",)), tmp_path / "c", progress=False)
+    finally:
+        ste_registry.unregister("nan_after_start")
+    bad = results["stes"]["nan_after_start"]
+    assert any("error" in part for part in bad.values() if isinstance(part, dict))
+    assert all("error" not in results["stes"]["relu"][k] for k in ("two_layer", "classify", "fidelity"))
+    assert "## What failed" in (tmp_path / "c" / "report.md").read_text()
+
+
+def test_spearman_against_scipy_and_the_exact_permutation_p_value():
+    x, y = [0.1, 0.5, 0.3, 0.9, 0.7], [1.0, 3.0, 2.5, 4.0, 2.0]
+    assert spearman(x, y)["rho"] == pytest.approx(stats.spearmanr(x, y).statistic, abs=1e-12)
+    # n = 4, a perfect ordering: 2 of the 24 pairings (it and its reverse) have |rho| = 1
+    assert spearman([1, 2, 3, 4], [10, 20, 30, 40])["p_value"] == pytest.approx(2 / 24)
+    assert spearman([1, 2], [1, 2])["rho"] is None
+
+
+def test_cli(tiny, tmp_path, capsys):
+    out = tmp_path / "cli"
+    argv = ["card", "relu", "--against", "identity", "--synthetic", "96", "--lrs", "0.05", "--lenet-init", str(LENET),
+            "--out", str(out), "--no-progress"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "stelab card: Use " in printed and "ranking: " in printed
+    assert main(["card", "relu", "--lenet-init", str(tmp_path / "none.pt"), "--synthetic", "8"]) == 2
+    assert "no float LeNet-5 checkpoint" in capsys.readouterr().err
