@@ -26,8 +26,17 @@ def _cell(sections: dict, name: str, render) -> str:
     return "error (below)" if "error" in part else render(part)
 
 
+def _fidelity(part: dict, clipped: dict | None) -> str:
+    low, high = (part.get("cosine_ci") or [None, None])[:2]
+    text = f"{_num(part.get('cosine'))} [{_num(low)}, {_num(high)}]"
+    if clipped and "error" not in clipped and clipped.get("coarse_norm"):
+        text += f", length {part['coarse_norm'] / clipped['coarse_norm']:.2f}x"
+    return text
+
+
 def summary_rows(results: dict) -> list[list[str]]:
     rows = []
+    clipped = results["stes"].get("clipped_relu", {}).get("fidelity")
     for rank, label in enumerate(results["ranking"], 1):
         s = results["stes"][label]
         t = s["train"]
@@ -40,8 +49,7 @@ def summary_rows(results: dict) -> list[list[str]]:
             _cell(s, "symmetry", lambda p: "keeps" if p["keeps_symmetry"] else
                   f"breaks ({_num(p['relative_change_under_scaling'], '.2g')})"),
             _cell(s, "classify", lambda p: f"{100 * p['accuracy']:.1f} %"),
-            _cell(s, "fidelity", lambda p: f"{_num(p.get('cosine'))} [{_num(p.get('cosine_lo'))}, "
-                                           f"{_num(p.get('cosine_hi'))}]"),
+            _cell(s, "fidelity", lambda p: _fidelity(p, clipped)),
             f"{100 * t['best_accuracy']:.2f} % ({t['best_lr']:g})" if t.get("best_accuracy") is not None else "-",
             f"{100 * t['common_accuracy']:.2f} %" if t.get("common_accuracy") is not None else "-",
         ])
@@ -50,7 +58,8 @@ def summary_rows(results: dict) -> list[list[str]]:
 
 HEADERS = ["rank", "STE", "1. path, op cost vs relu", "2. two-layer min cos (descent everywhere)",
            "2. CGD converged / unstable", "2. E g = 0 at the spurious min", "3. scale symmetry",
-           "4. classifier accuracy", "5. fidelity cosine [95 % CI]", "6. LeNet-5 best (lr)", "6. at common lr"]
+           "4. classifier accuracy", "5. fidelity cosine [95 % CI], length vs clipped relu", "6. LeNet-5 best (lr)",
+           "6. at common lr"]
 
 
 def render_markdown(results: dict) -> str:
@@ -86,7 +95,8 @@ def render_markdown(results: dict) -> str:
              "4. Long, Yin & Xin's two-layer quantized classifier trained by coarse gradient descent on the "
              "synthetic cones and subspaces: training accuracy.",
              "5. The float LeNet-5 quantized at the card's bits: whole-model cosine of the STE's coarse gradient "
-             "with the Gaussian-smoothed reference (`stelab diagnose`).",
+             "with the Gaussian-smoothed reference extrapolated to zero width (`stelab diagnose`), its 95 % interval "
+             "over batches, and the length of the mean coarse gradient relative to clipped relu's.",
              "6. LeNet-5 fine-tuned from the float checkpoint on MNIST (cosine schedule), test accuracy.", ""]
     errors = [(label, name, part["error"]) for label, s in results["stes"].items() for name, part in s.items()
               if isinstance(part, dict) and "error" in part]
@@ -109,12 +119,14 @@ def plot(results: dict, path: Path) -> None:
     x = torch.linspace(-0.6 * top, 1.6 * top, 801, dtype=torch.float64)
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4), gridspec_kw={"width_ratios": [1.3, 1]})
     labels = results["ranking"]
-    for label in labels:
+    styles = ("-", "--", ":", "-.")
+    for i, label in enumerate(labels):
         try:
             d = ste_registry.get(label).derivative(x, top)
         except Exception:  # noqa: BLE001 - a failing user STE is reported in the table, not plotted
             continue
-        left.plot(x.numpy(), d.numpy(), label=label, lw=1.6)
+        # steps overlap (relu and clipped relu agree on (0, top]): thicker lines first, and a style each
+        left.plot(x.numpy(), d.numpy(), label=label, lw=max(1.0, 4.0 - 0.8 * i), ls=styles[i % 4], alpha=0.85)
     left.axvline(0, color="0.7", lw=0.8)
     left.axvline(top, color="0.7", lw=0.8, ls="--")
     left.set(xlabel=f"pre-activation x (dashed: top = L alpha, {bits} bits)", ylabel="mu'(x)",
@@ -130,7 +142,7 @@ def plot(results: dict, path: Path) -> None:
     low = min(best + common)
     right.set_xlim(max(0.0, low - 5), 100)
     right.set(xlabel="LeNet-5 / MNIST test accuracy (%)", title="training (section 6)")
-    right.legend(fontsize=8, loc="lower right")
+    right.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2)
     save_figure(fig, path)
 
 
