@@ -34,10 +34,11 @@ def _reste(x, top, o=3.0, t=1.5, m=0.1):
 
 
 def _dsq(x, top, shape=0.2, levels=3):
-    a = top / levels  # the step; cell i = ceil(x / a) on (0, top], centred at (i - 1/2) a
+    a = top / levels  # the step; the staircase jumps at j a (j = 0..L-1), cell j = (j a - a/2, j a + a/2]
     k, s = np.log(2 / shape - 1) / a, 1 / (1 - shape)
-    centre = (np.clip(np.ceil(x / a), 1, levels) - 0.5) * a
-    return np.where((x > 0) & (x <= top), a / 2 * s * k / np.cosh(k * (x - centre)) ** 2, 0.0)
+    jump = np.clip(np.ceil(x / a - 0.5), 0, levels - 1) * a
+    inside = (x / top * levels > -0.5) & (x / top * levels <= levels - 0.5)
+    return np.where(inside, a / 2 * s * k / np.cosh(k * (x - jump)) ** 2, 0.0)
 
 
 def _gaussian_smoothed(x, top, width=0.25, levels=3):
@@ -66,12 +67,13 @@ DECLARED = {  # (monotone, zero_below, scale_invariant), from the math
     "leaky_relu": (True, False, True), "log_tailed_relu": (True, True, False), "hardtanh": (True, False, False),
     "swish_sign": (False, False, False), "approx_sign": (True, False, False),
     "hat": (False, True, False), "half_hat": (False, True, False),
-    "ede": (True, False, False), "reste": (True, False, False), "dsq": (True, True, False),
+    "ede": (True, False, False), "reste": (True, False, False), "dsq": (True, False, False),
     "gaussian_smoothed": (True, False, False),
 }
 SIGN_STES = {"hardtanh", "swish_sign", "approx_sign", "ede", "reste"}
 # Where a smooth mu' jumps or has a kink, in units of top (the edges below add 0, +-1/2, +-1, +-2 for every STE).
-SMOOTH_KINKS = {"reste": [-1.5, -0.1, 0.1, 1.5], "dsq": [1 / 3, 2 / 3], "log_tailed_relu": [], "approx_sign": []}
+SMOOTH_KINKS = {"reste": [-1.5, -0.1, 0.1, 1.5], "dsq": [-1 / 6, 1 / 6, 1 / 2, 5 / 6], "log_tailed_relu": [],
+                "approx_sign": []}
 BITS, ALPHA = 2, quantizers.grid_alpha(0.6511, 2)
 TOP = 3 * ALPHA
 
@@ -358,12 +360,12 @@ def test_literature_ste_parameters_are_checked(spec, message):
 
 
 def test_dsq_integrates_to_the_step_height_over_each_cell():
-    """mu' is the soft quantizer's derivative: its integral over [0, top] is top, and the proxy ends at top."""
+    """mu' is the soft quantizer's derivative: its integral is top (L cells of a each), and the proxy ends at top."""
     ste = ste_registry.get("dsq(shape=0.3, levels=3)")
-    x = torch.linspace(0, 1.5, 300001, dtype=torch.float64)
+    x = torch.linspace(-1.5, 3.0, 900001, dtype=torch.float64)
     d = ste.derivative(x, 1.5)
-    # The trapezoid rule's error: the jumps at 0 and top (mu' = 0 at 0, and beyond top) cost at most h * max mu' / 2
-    # each; the smooth part's O(h^2) error is far below that.
+    # The trapezoid rule's error: the two jumps at the ends of the support cost at most h * max mu' / 2 each; the
+    # smooth part's O(h^2) error is far below that.
     bound = float((x[1] - x[0]) * d.max())
     assert abs(float(torch.trapezoid(d, x)) - 1.5) <= bound
     assert float(ste.proxy(torch.tensor([1.5], dtype=torch.float64), 1.5)) == pytest.approx(1.5, rel=1e-12)

@@ -230,39 +230,50 @@ def _reste(x: Tensor, top: float | Tensor, o: float = 3.0, t: float = 1.5, m: fl
 
 
 def _dsq_parts(x: Tensor, top: float | Tensor, shape: float, levels: float) -> tuple[Tensor, Tensor, float, float]:
-    """``(v, offset, k, s)``: ``v = x / a`` in steps, ``v - c`` the distance to its cell's centre, and DSQ's k, s."""
+    """``(j, off, k, s)``: the cell ``j`` of ``x`` (centred on the staircase's jump ``j a``), ``off = x/a - j``,
+    and DSQ's ``k`` (per step) and ``s``."""
     if not 0 < shape < 1:
         raise ValueError(f"dsq shape (DSQ's alpha) must be in (0, 1), got {shape}")
     n = _levels("dsq", levels)
     v = x * (n / top)
-    cell = torch.clamp(torch.ceil(v), 1, n)
-    return v, v - (cell - 0.5), math.log(2 / shape - 1), 1 / (1 - shape)
+    cell = torch.clamp(torch.ceil(v - 0.5), 0, n - 1)
+    return cell, v - cell, math.log(2 / shape - 1), 1 / (1 - shape)
+
+
+def _dsq_support(x: Tensor, top: float | Tensor, levels: float) -> tuple[Tensor, Tensor]:
+    r"""``(below, above)``: ``x`` at or below the first cell (:math:`x \le -a/2`), above the last (:math:`x > (L -
+    \tfrac12) a`); decided in float64 (:func:`_ratio64`), as the jumps of ``mu'`` are there."""
+    r = _ratio64(x, top) * torch.sign(x).double() * float(levels)
+    return r <= -0.5, r > float(levels) - 0.5
 
 
 def _dsq_proxy(x: Tensor, top: float | Tensor, shape: float = 0.2, levels: float = 3) -> Tensor:
-    v, off, k, s = _dsq_parts(x, top, shape, levels)
-    cell = torch.clamp(torch.ceil(v), 1, levels)
-    inside = (top / levels) * (cell - 1 + (s * torch.tanh(k * off) + 1) / 2)
-    return torch.where(x <= 0, torch.zeros_like(x), torch.where(x <= top, inside, torch.full_like(x, 1.0) * top))
+    cell, off, k, s = _dsq_parts(x, top, shape, levels)
+    below, above = _dsq_support(x, top, levels)
+    inside = (top / levels) * (cell + (s * torch.tanh(k * off) + 1) / 2)
+    return torch.where(below, torch.zeros_like(x), torch.where(above, torch.full_like(x, 1.0) * top, inside))
 
 
-@_builtin("dsq", monotone=True, zero_below=True, scale_invariant=False, proxy=_dsq_proxy)
+@_builtin("dsq", monotone=True, zero_below=False, scale_invariant=False, proxy=_dsq_proxy)
 def _dsq(x: Tensor, top: float | Tensor, shape: float = 0.2, levels: float = 3) -> Tensor:
-    r"""DSQ's soft quantizer (Gong et al., ICCV 2019) as an STE for the staircase: :math:`[0, \mathrm{top}]` in
-    :math:`L` = ``levels`` cells of width :math:`a = \mathrm{top}/L`, cell :math:`i = \lceil x/a \rceil` centred at
-    :math:`m_i = (i - \tfrac12) a`; within it :math:`\varphi(x) = s \tanh(k (x - m_i))` with
-    :math:`k = \log(2/\alpha - 1)/a`, :math:`s = 1/(1 - \alpha)` (``shape`` is DSQ's :math:`\alpha`, which DSQ
-    learns or anneals toward 0, where the soft quantizer becomes the staircase), and
-    :math:`\mu(x) = a(i - 1 + (\varphi(x) + 1)/2)`, so :math:`\mu'(x) = \tfrac{a}{2} s k (1 - \tanh^2(k(x - m_i)))`
-    on :math:`0 < x \le \mathrm{top}` and 0 outside. The factor :math:`a/2` (the soft quantizer's derivative, not
-    :math:`\varphi'`) makes :math:`\mu'` integrate to the step height over each cell; it and the cells of the
-    staircase forward (not ``round``'s, which sit half a step lower) are ours. :math:`\varphi`, :math:`k` and
-    :math:`s` as implemented in community code (ricky40403/DSQ), used for the formula only."""
+    r"""DSQ's soft quantizer (Gong et al., ICCV 2019) as an STE for the staircase. DSQ splits the range between two
+    levels into a cell whose hard quantizer switches at the cell's centre; the staircase :math:`a\,\mathrm{clamp}
+    (\lceil x/a \rceil, 0, L)` (:math:`a = \mathrm{top}/L`, :math:`L` = ``levels``) switches at :math:`t_j = j a`,
+    :math:`j = 0..L-1`, so cell :math:`j` is :math:`(t_j - a/2, t_j + a/2]`. Within it
+    :math:`\varphi(x) = s \tanh(k (x - t_j))` with :math:`k = \log(2/\alpha - 1)/a`, :math:`s = 1/(1 - \alpha)`
+    (``shape`` is DSQ's :math:`\alpha`, which DSQ learns or anneals toward 0, where the soft quantizer becomes the
+    staircase), :math:`\mu(x) = a(j + (\varphi(x) + 1)/2)`, so :math:`\mu'(x) = \tfrac{a}{2} s k (1 -
+    \tanh^2(k(x - t_j)))` on :math:`-a/2 < x \le (L - \tfrac12) a` and 0 outside. The factor :math:`a/2` (the
+    soft quantizer's derivative, not :math:`\varphi'`) makes :math:`\mu'` integrate to the step height over each
+    cell; it and the placement of the cells on the staircase's jumps (``round``'s jumps sit half a step higher) are
+    ours. :math:`\varphi`, :math:`k` and :math:`s` as implemented in community code (ricky40403/DSQ), used for the
+    formula only."""
     _, off, k, s = _dsq_parts(x, top, shape, levels)
     inside = 0.5 * s * k * (1 - torch.tanh(k * off) ** 2)
-    # The support is decided on x itself (v = x L / top rounds): a cell boundary is a kink, not a jump, so which
-    # cell a rounded v falls in does not matter; the ends 0 and top are jumps.
-    return torch.where((x > 0) & (_ratio64(x, top) <= 1), inside, torch.zeros_like(x))
+    # The support is decided in float64 (a cell boundary inside is a kink, not a jump: which cell a rounded x/a
+    # falls in does not matter there; the two ends are jumps).
+    below, above = _dsq_support(x, top, levels)
+    return torch.where(below | above, torch.zeros_like(x), inside)
 
 
 def _gaussian_steps(top: float | Tensor, width: float, levels: float) -> tuple[list[float], list[float], float]:

@@ -103,3 +103,19 @@ def test_cli(tiny, tmp_path, capsys):
     assert "stelab card: Use " in printed and "ranking: " in printed
     assert main(["card", "relu", "--lenet-init", str(tmp_path / "none.pt"), "--synthetic", "8"]) == 2
     assert "no float LeNet-5 checkpoint" in capsys.readouterr().err
+
+
+def test_a_redefined_ste_is_measured_again_not_read_from_the_cache(tiny, tmp_path):
+    """The cache is keyed by the STE's label and a fingerprint of its mu': a user's edited STE is remeasured."""
+    ste_registry.register("edited", lambda x, top: (x > 0).to(x.dtype), monotone=True, zero_below=True,
+                          scale_invariant=True, overwrite=True)
+    try:
+        first = run_card(config(stes=("edited",), against=()), tmp_path / "c", progress=False)
+        ste_registry.register("edited", lambda x, top: 0.5 * (x > 0).to(x.dtype), monotone=True, zero_below=True,
+                              scale_invariant=True, overwrite=True)
+        second = run_card(config(stes=("edited",), against=()), tmp_path / "c", progress=False)
+    finally:
+        ste_registry.unregister("edited")
+    # halving mu' shrinks the coarse gradient (through every quantized layer): a new measurement, in a new cell
+    assert second["stes"]["edited"]["fidelity"]["coarse_norm"] < first["stes"]["edited"]["fidelity"]["coarse_norm"]
+    assert len(list((tmp_path / "c" / "cache" / "fidelity").glob("edited-*.json"))) == 2

@@ -67,7 +67,8 @@ def render_markdown(results: dict) -> str:
     graded = ", ".join(f"`{s}`" for s in c["stes"])
     lines = [f"# STE report card: {graded}", "",
              f"{c['tier']} tier, {c['bits']} bits, {c['seeds']} seed(s), learning rates {c['lrs']}, references "
-             f"{', '.join(c['against'])}; {results['seconds']:.0f} s.", "",
+             f"{', '.join(c['against'])}; {results['seconds']:.0f} s in the last invocation (cells cached by an "
+             "earlier one are read back).", "",
              f"**Recommendation.** {results['recommendation']}", "", "![card](card.png)", "",
              markdown_table(HEADERS, summary_rows(results)), "",
              "## Verdict", "", f"Ranking rule: {results['rule']}.", "",
@@ -117,7 +118,8 @@ def plot(results: dict, path: Path) -> None:
     bits = results["config"]["bits"]
     top = (2**bits - 1) * lloyd_alpha(bits)
     x = torch.linspace(-0.6 * top, 1.6 * top, 801, dtype=torch.float64)
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4), gridspec_kw={"width_ratios": [1.3, 1]})
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.8), gridspec_kw={"width_ratios": [1.2, 1]},
+                                      constrained_layout=True)
     labels = results["ranking"]
     styles = ("-", "--", ":", "-.")
     for i, label in enumerate(labels):
@@ -131,7 +133,7 @@ def plot(results: dict, path: Path) -> None:
     left.axvline(top, color="0.7", lw=0.8, ls="--")
     left.set(xlabel=f"pre-activation x (dashed: top = L alpha, {bits} bits)", ylabel="mu'(x)",
              title="each STE's backward")
-    left.legend(fontsize=8)
+    left.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2)
     best = [100 * (results["stes"][s]["train"]["best_accuracy"] or 0) for s in labels]
     common = [100 * (results["stes"][s]["train"]["common_accuracy"] or 0) for s in labels]
     pos = range(len(labels))

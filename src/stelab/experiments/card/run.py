@@ -24,7 +24,21 @@ SECTION_ORDER = ("what", "two_layer", "symmetry", "classify", "fidelity", "train
 
 
 def _slug(label: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.=-]+", "_", label).strip("_")
+    """The cache name of an STE: its label and a fingerprint of its ``mu'`` (float64 values on a fixed grid), so a
+    redefined STE under the same name (a user's edited file) is measured again, never read from the cache."""
+    import hashlib
+
+    import torch
+
+    from ... import ste as ste_registry
+
+    x = torch.linspace(-3, 3, 601, dtype=torch.float64)
+    try:
+        values = ste_registry.get(label).derivative(x, 1.0).numpy().tobytes()
+    except Exception as err:  # noqa: BLE001 - a failing mu' is fingerprinted by its error
+        values = repr(err).encode()
+    digest = hashlib.sha256(values).hexdigest()[:8]
+    return re.sub(r"[^A-Za-z0-9_.=-]+", "_", label).strip("_") + "-" + digest
 
 
 def _cached(path: Path, compute: Callable[[], dict]) -> dict:
@@ -170,6 +184,12 @@ def recommendation(stes: dict[str, dict], ranking: list[str], config: CardConfig
         runner = stes[ranking[1]]["train"]
         gap = 100 * ((t["best_accuracy"] or 0) - (runner["best_accuracy"] or 0))
         text += f", {gap:.2f} points above {ranking[1]}"
+        # the binomial standard error of a difference of two accuracies on the same-size test set
+        p, n = t["best_accuracy"] or 0.0, config.synthetic // 4 if config.synthetic else 10_000
+        noise = 100 * 2 * math.sqrt(2 * p * (1 - p) / (n * config.seeds))
+        if gap < noise:
+            text += f" (within two standard errors of a difference on {n} test images, {noise:.2f} points: not " \
+                    "resolved)"
     fid = stes[best].get("fidelity", {}).get("cosine")
     if isinstance(fid, float):
         text += f"; its coarse gradient's cosine with the smoothed reference is {fid:.3f}"
