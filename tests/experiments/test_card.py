@@ -119,3 +119,18 @@ def test_a_redefined_ste_is_measured_again_not_read_from_the_cache(tiny, tmp_pat
     # halving mu' shrinks the coarse gradient (through every quantized layer): a new measurement, in a new cell
     assert second["stes"]["edited"]["fidelity"]["coarse_norm"] < first["stes"]["edited"]["fidelity"]["coarse_norm"]
     assert len(list((tmp_path / "c" / "cache" / "fidelity").glob("edited-*.json"))) == 2
+
+
+def test_the_standard_tier_adds_resnet20_and_ranks_by_it(monkeypatch, tmp_path):
+    sizes = {**TINY, "resnet_epochs": 1}
+    monkeypatch.setitem(card_config.TIER_SIZES, "standard", sizes)
+    resnet = ROOT / "results" / "table1-cifar10-resnet20" / "seed0" / "float" / "model.pt"
+    if not resnet.is_file():
+        pytest.skip("no committed ResNet-20 float checkpoint")
+    results = run_card(config(tier="standard", synthetic=64, resnet_init=str(resnet)), tmp_path / "s",
+                       progress=False)
+    for s in results["stes"].values():
+        assert "error" not in s["fidelity_resnet20"], s["fidelity_resnet20"]
+        assert s["train_resnet20"]["best_lr"] == 0.05
+    assert "ResNet-20 / CIFAR-10" in results["rule"]
+    assert "6. ResNet-20 best (lr)" in (tmp_path / "s" / "report.md").read_text()

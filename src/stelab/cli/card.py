@@ -31,6 +31,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lrs", type=float, nargs="+", default=list(d.lrs), metavar="LR",
                    help="learning-rate grid of the training section")
     p.add_argument("--lenet-init", default=d.lenet_init, help="float LeNet-5 checkpoint to fine-tune and diagnose")
+    p.add_argument("--resnet-init", default=d.resnet_init,
+                   help="float ResNet-20 checkpoint (standard and full tiers)")
     p.add_argument("--data-dir", default=None, help="data folder (default: $STELAB_DATA or ../shared/data)")
     p.add_argument("--synthetic", type=int, default=0, help="random images instead of MNIST (smoke tests)")
     p.add_argument("--out", type=Path, default=None, help="run folder (default runs/card-<stes>-<tier>)")
@@ -42,12 +44,17 @@ def run(args: argparse.Namespace) -> int:
     from ..experiments.card import CardConfig, run_card
 
     config = CardConfig(stes=tuple(args.stes), against=tuple(args.against), tier=args.tier, bits=args.bits,
-                        seeds=args.seeds, lrs=tuple(args.lrs), lenet_init=args.lenet_init, data_dir=args.data_dir,
+                        seeds=args.seeds, lrs=tuple(args.lrs), lenet_init=args.lenet_init,
+                        resnet_init=args.resnet_init, data_dir=args.data_dir,
                         synthetic=args.synthetic)
-    if not Path(config.lenet_init).is_file():
-        raise ValueError(f"no float LeNet-5 checkpoint at {config.lenet_init}; run from the repository root (it "
-                         "holds results/lenet5-mnist-float/model.pt) or give --lenet-init PATH (a float LeNet-5 "
-                         "run folder's checkpoint.pt or model.pt)")
+    checkpoints = [("LeNet-5", config.lenet_init, "--lenet-init")]
+    if config.sizes["resnet_epochs"]:
+        checkpoints.append(("ResNet-20", config.resnet_init, "--resnet-init"))
+    for name, path, flag in checkpoints:
+        if not Path(path).is_file():
+            raise ValueError(f"no float {name} checkpoint at {path}; run from the repository root (it holds the "
+                             f"committed one under results/) or give {flag} PATH (a float {name} run folder's "
+                             "checkpoint.pt or model.pt)")
     out = args.out or config.default_out()
     results = run_card(config, out, progress=not args.no_progress)
     print(f"stelab card: {results['recommendation']}")

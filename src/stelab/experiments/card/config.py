@@ -80,3 +80,10 @@ class CardConfig(JsonConfig):
     def default_out(self) -> Path:
         names = "-".join(s.split("(")[0] for s in self.stes[:3])
         return Path("runs") / f"card-{names}-{self.tier}"
+
+
+def ranked_by(stes: dict[str, dict]) -> tuple[str, str]:
+    """``(section, network)`` the ranking uses: ResNet-20 / CIFAR-10 where the tier trained it, else LeNet-5."""
+    if all("train_resnet20" in s for s in stes.values()):
+        return "train_resnet20", "ResNet-20 / CIFAR-10"
+    return "train", "LeNet-5 / MNIST"

@@ -11,6 +11,7 @@ import torch
 from ... import ste as ste_registry
 from ...io import markdown_table, save_figure, write_json, write_text
 from ...lloyd import lloyd_alpha
+from .config import ranked_by
 
 
 def _num(value: Any, fmt: str = ".3f") -> str:
@@ -34,6 +35,10 @@ def _fidelity(part: dict, clipped: dict | None) -> str:
     return text
 
 
+def _best(t: dict) -> str:
+    return f"{100 * t['best_accuracy']:.2f} % ({t['best_lr']:g})" if t.get("best_accuracy") is not None else "-"
+
+
 def summary_rows(results: dict) -> list[list[str]]:
     rows = []
     clipped = results["stes"].get("clipped_relu", {}).get("fidelity")
@@ -52,7 +57,8 @@ def summary_rows(results: dict) -> list[list[str]]:
             _cell(s, "fidelity", lambda p: _fidelity(p, clipped)),
             f"{100 * t['best_accuracy']:.2f} % ({t['best_lr']:g})" if t.get("best_accuracy") is not None else "-",
             f"{100 * t['common_accuracy']:.2f} %" if t.get("common_accuracy") is not None else "-",
-        ])
+        ] + ([_fidelity(s["fidelity_resnet20"], None) if "error" not in s["fidelity_resnet20"] else "error (below)",
+              _best(s["train_resnet20"])] if "train_resnet20" in s else []))
     return rows
 
 
@@ -60,6 +66,13 @@ HEADERS = ["rank", "STE", "1. path, op cost vs relu", "2. two-layer min cos (des
            "2. CGD converged / unstable", "2. E g = 0 at the spurious min", "3. scale symmetry",
            "4. classifier accuracy", "5. fidelity cosine [95 % CI], length vs clipped relu", "6. LeNet-5 best (lr)",
            "6. at common lr"]
+
+
+RESNET_HEADERS = ["5. ResNet-20 fidelity cosine", "6. ResNet-20 best (lr)"]
+
+
+def _has_resnet(results: dict) -> bool:
+    return all("train_resnet20" in s for s in results["stes"].values())
 
 
 def render_markdown(results: dict) -> str:
@@ -70,7 +83,7 @@ def render_markdown(results: dict) -> str:
              f"{', '.join(c['against'])}; {results['seconds']:.0f} s in the last invocation (cells cached by an "
              "earlier one are read back).", "",
              f"**Recommendation.** {results['recommendation']}", "", "![card](card.png)", "",
-             markdown_table(HEADERS, summary_rows(results)), "",
+             markdown_table(HEADERS + (RESNET_HEADERS if _has_resnet(results) else []), summary_rows(results)), "",
              "## Verdict", "", f"Ranking rule: {results['rule']}.", "",
              f"- ranking at each STE's best rate: {', '.join(results['ranking'])}",
              f"- ranking at the common rate: {', '.join(results['ranking_common_lr'])} "
@@ -98,10 +111,13 @@ def render_markdown(results: dict) -> str:
              "5. The float LeNet-5 quantized at the card's bits: whole-model cosine of the STE's coarse gradient "
              "with the Gaussian-smoothed reference extrapolated to zero width (`stelab diagnose`), its 95 % interval "
              "over batches, and the length of the mean coarse gradient relative to clipped relu's.",
-             "6. LeNet-5 fine-tuned from the float checkpoint on MNIST (cosine schedule), test accuracy.", ""]
+             "6. LeNet-5 fine-tuned from the float checkpoint on MNIST (cosine schedule), test accuracy; in the "
+             "standard and full tiers also ResNet-20 on CIFAR-10 (bf16, cosine, weight decay 5e-4; accuracy on all "
+             "10,000 test images), which then decides the ranking.", ""]
     errors = [(label, name, part["error"]) for label, s in results["stes"].items() for name, part in s.items()
               if isinstance(part, dict) and "error" in part]
-    failed = [(label, f) for label, s in results["stes"].items() for f in s["train"]["failed"]]
+    failed = [(label, f) for label, s in results["stes"].items() for key in ("train", "train_resnet20")
+              for f in s.get(key, {}).get("failed", [])]
     if errors or failed:
         lines += ["## What failed", ""]
         lines += [f"- `{label}`, section {name}: {err}" for label, name, err in errors]
@@ -134,8 +150,9 @@ def plot(results: dict, path: Path) -> None:
     left.set(xlabel=f"pre-activation x (dashed: top = L alpha, {bits} bits)", ylabel="mu'(x)",
              title="each STE's backward")
     left.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2)
-    best = [100 * (results["stes"][s]["train"]["best_accuracy"] or 0) for s in labels]
-    common = [100 * (results["stes"][s]["train"]["common_accuracy"] or 0) for s in labels]
+    section, network = ranked_by(results["stes"])
+    best = [100 * (results["stes"][s][section]["best_accuracy"] or 0) for s in labels]
+    common = [100 * (results["stes"][s][section]["common_accuracy"] or 0) for s in labels]
     pos = range(len(labels))
     right.barh([p + 0.2 for p in pos], best, height=0.4, label="best learning rate")
     right.barh([p - 0.2 for p in pos], common, height=0.4, label="common learning rate", alpha=0.6)
@@ -143,7 +160,7 @@ def plot(results: dict, path: Path) -> None:
     right.invert_yaxis()
     low = min(best + common)
     right.set_xlim(max(0.0, low - 5), 100)
-    right.set(xlabel="LeNet-5 / MNIST test accuracy (%)", title="training (section 6)")
+    right.set(xlabel=f"{network} test accuracy (%)", title="training (section 6)")
     right.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2)
     save_figure(fig, path)
 

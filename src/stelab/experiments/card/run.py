@@ -17,8 +17,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ...io import read_json, write_json
-from .config import CardConfig
-from .sections import SECTIONS, train_cell
+from .config import CardConfig, ranked_by
+from .sections import RESNET_SECTIONS, SECTIONS, train_cell
 
 SECTION_ORDER = ("what", "two_layer", "symmetry", "classify", "fidelity", "train")
 
@@ -72,23 +72,29 @@ def run_card(config: CardConfig, out: str | Path, progress: bool = True) -> dict
 
     out, start = Path(out), time.perf_counter()
     labels = config.all_stes()
-    tasks = [(label, name) for label in labels for name in SECTIONS] + [
-        (label, ("train", lr, seed)) for label in labels for lr in config.lrs for seed in range(config.seeds)]
-    stes: dict[str, dict[str, Any]] = {label: {"train_cells": []} for label in labels}
+    sections = {**SECTIONS, **(RESNET_SECTIONS if config.sizes["resnet_epochs"] else {})}
+    models = ("lenet5", "resnet20") if config.sizes["resnet_epochs"] else ("lenet5",)
+    tasks = [(label, name) for label in labels for name in sections] + [
+        (label, (model, lr, seed)) for model in models for label in labels for lr in config.lrs
+        for seed in range(config.seeds)]
+    stes: dict[str, dict[str, Any]] = {label: {f"cells_{m}": [] for m in models} for label in labels}
     bar = tqdm(tasks, desc="stelab card", disable=not progress, file=sys.stderr)
     for label, task in bar:
-        bar.set_postfix_str(f"{label}: {task if isinstance(task, str) else 'train'}")
+        bar.set_postfix_str(f"{label}: {task if isinstance(task, str) else 'train ' + task[0]}")
         if isinstance(task, str):
             stes[label][task] = _cached(out / "cache" / task / f"{_slug(label)}.json",
-                                        partial(SECTIONS[task], label, config))
+                                        partial(sections[task], label, config))
             continue
-        _, lr, seed = task
+        model, lr, seed = task
         key = f"{_slug(label)}-lr{lr:g}-seed{seed}"
-        cell = _cached(out / "cache" / "train" / f"{key}.json",
-                       partial(train_cell, label, config, lr, seed, out / "train" / key))
-        stes[label]["train_cells"].append({"lr": lr, "seed": seed, **cell})
+        folder = "train" if model == "lenet5" else f"train_{model}"  # LeNet-5's: the quick tier's names
+        cell = _cached(out / "cache" / folder / f"{key}.json",
+                       partial(train_cell, label, config, lr, seed, out / folder / key, model))
+        stes[label][f"cells_{model}"].append({"lr": lr, "seed": seed, **cell})
     for label in labels:
-        stes[label]["train"] = training_summary(stes[label].pop("train_cells"), config)
+        for model in models:
+            name = "train" if model == "lenet5" else f"train_{model}"
+            stes[label][name] = training_summary(stes[label].pop(f"cells_{model}"), config)
     results = {"config": config.to_dict(), "stes": stes, **verdict(stes, config),
                "seconds": time.perf_counter() - start}
     write_report(results, out)
@@ -149,10 +155,13 @@ def spearman(x: list[float], y: list[float]) -> dict[str, Any]:
 
 
 def verdict(stes: dict[str, dict], config: CardConfig) -> dict[str, Any]:
-    """The ranking (rule: LeNet-5's test accuracy at each STE's own best learning rate, ties by the fidelity
-    cosine), the ranking at the common rate, whether the cheap measures predict training, one recommendation."""
+    """The ranking (rule: the test accuracy of the largest network trained, at each STE's own best learning rate,
+    ties by the fidelity cosine), the ranking at the common rate, whether the cheap measures predict training, one
+    recommendation."""
+    section, network = ranked_by(stes)
+
     def acc(label: str, key: str) -> float:
-        value = stes[label]["train"].get(key)
+        value = stes[label][section].get(key)
         return value if value is not None else -1.0
 
     def cos(label: str) -> float:
@@ -162,26 +171,27 @@ def verdict(stes: dict[str, dict], config: CardConfig) -> dict[str, Any]:
     labels = list(stes)
     ranking = sorted(labels, key=lambda s: (-acc(s, "best_accuracy"), -cos(s)))
     common = sorted(labels, key=lambda s: (-acc(s, "common_accuracy"), -cos(s)))
-    outcome = [acc(s, "best_accuracy") for s in labels]
+    outcome = [acc(s, "best_accuracy") for s in labels]  # of the ranked network
     predictors = {}
     for name, get in (("two_layer_min_cosine", lambda s: stes[s].get("two_layer", {}).get("min_cosine")),
                       ("fidelity_cosine", lambda s: stes[s].get("fidelity", {}).get("cosine"))):
         pairs = [(get(s), o) for s, o in zip(labels, outcome) if isinstance(get(s), float)]
         predictors[name] = spearman([p for p, _ in pairs], [o for _, o in pairs])
     return {"ranking": ranking, "ranking_common_lr": common, "ranking_changes_with_retuning": ranking != common,
-            "rule": "LeNet-5 / MNIST test accuracy after fine-tuning at each STE's best learning rate of "
+            "rule": f"{network} test accuracy after fine-tuning at each STE's best learning rate of "
                     f"{list(config.lrs)} (mean over {config.seeds} seed(s)); ties by the fidelity cosine",
             "predictors": predictors, "recommendation": recommendation(stes, ranking, config)}
 
 
 def recommendation(stes: dict[str, dict], ranking: list[str], config: CardConfig) -> str:
+    section, network = ranked_by(stes)
     best = ranking[0]
-    t = stes[best]["train"]
+    t = stes[best][section]
     graded = [s for s in ranking if s in {*(config.all_stes()[:len(config.stes)])}]
-    text = (f"Use {best}: {100 * (t['best_accuracy'] or 0):.2f} % on LeNet-5 / MNIST at {config.bits} bits "
+    text = (f"Use {best}: {100 * (t['best_accuracy'] or 0):.2f} % on {network} at {config.bits} bits "
             f"(best rate {t['best_lr']:g})")
     if len(ranking) > 1:
-        runner = stes[ranking[1]]["train"]
+        runner = stes[ranking[1]][section]
         gap = 100 * ((t["best_accuracy"] or 0) - (runner["best_accuracy"] or 0))
         text += f", {gap:.2f} points above {ranking[1]}"
         # the binomial standard error of a difference of two accuracies on the same-size test set

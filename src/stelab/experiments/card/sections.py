@@ -125,28 +125,40 @@ def classify(label: str, config: CardConfig, seed: int = 0) -> dict[str, Any]:
     return {"accuracy": statistics.fmean(accuracies), "by_kind": dict(zip(settings.kinds, accuracies))}
 
 
-def fidelity(label: str, config: CardConfig, seed: int = 0) -> dict[str, Any]:
+def fidelity(label: str, config: CardConfig, seed: int = 0, model: str = "lenet5") -> dict[str, Any]:
     from ...diagnostics.fidelity import MODEL, gradient_fidelity
     from ..diagnose import DiagnoseConfig, load_batches, load_model
 
     batches = config.sizes["fidelity_batches"]
     batch_size = min(256, max(8, config.synthetic // batches)) if config.synthetic else 256
-    diag = DiagnoseConfig(model="lenet5", checkpoint=config.lenet_init, bits=config.bits, stes=(label,),
+    init = config.lenet_init if model == "lenet5" else config.resnet_init
+    diag = DiagnoseConfig(model=model, checkpoint=init, bits=config.bits, stes=(label,),
                           batches=batches, batch_size=batch_size, synthetic=config.synthetic,
                           data_dir=config.data_dir, seed=seed)
-    model, dataset, _ = load_model(diag)
-    model.train()
-    result = gradient_fidelity(model, load_batches(diag, dataset), [label], seed=seed)
+    net, dataset, _ = load_model(diag)
+    net.train()
+    result = gradient_fidelity(net, load_batches(diag, dataset), [label], seed=seed)
     row = result.get(label, MODEL)
     return {k: (float(v) if isinstance(v, (int, float)) else v) for k, v in row.items()}
 
 
-def train_cell(label: str, config: CardConfig, lr: float, seed: int, out: Path) -> dict[str, Any]:
+def fidelity_resnet(label: str, config: CardConfig, seed: int = 0) -> dict[str, Any]:
+    return fidelity(label, config, seed, model="resnet20")
+
+
+def train_cell(label: str, config: CardConfig, lr: float, seed: int, out: Path,
+               model: str = "lenet5") -> dict[str, Any]:
+    """One fine-tuning run from the float checkpoint: LeNet-5 on MNIST, or ResNet-20 on CIFAR-10 (bf16, channels
+    last: the fast configuration; augmentation on)."""
     from ...train import TrainConfig, train
 
-    run = TrainConfig(model="lenet5", dataset="mnist", init=config.lenet_init, epochs=config.sizes["lenet_epochs"],
+    lenet = model == "lenet5"
+    run = TrainConfig(model=model, dataset="mnist" if lenet else "cifar10",
+                      init=config.lenet_init if lenet else config.resnet_init,
+                      epochs=config.sizes["lenet_epochs" if lenet else "resnet_epochs"],
                       quant=QuantConfig(bits=config.bits, ste=label), lr=lr, lr_schedule="cosine", seed=seed,
-                      synthetic=config.synthetic, data_dir=config.data_dir, out=str(out))
+                      synthetic=config.synthetic, data_dir=config.data_dir, out=str(out),
+                      **({} if lenet else {"precision": "bf16", "weight_decay": 5e-4}))
     resume = (out / "checkpoint.pt").is_file()
     summary = train(run, resume=resume, progress=False)
     return {"lr": lr, "seed": seed, "status": summary.get("status"), "test_acc": summary.get("test_acc"),
@@ -154,5 +166,8 @@ def train_cell(label: str, config: CardConfig, lr: float, seed: int, out: Path) 
 
 
 SECTIONS = {"what": what, "two_layer": two_layer, "symmetry": symmetry, "classify": classify, "fidelity": fidelity}
+#: Sections of the standard and full tiers only (``resnet_epochs`` > 0).
+RESNET_SECTIONS = {"fidelity_resnet20": fidelity_resnet}
 
-__all__ = ["SECTIONS", "classify", "fidelity", "symmetry", "train_cell", "two_layer", "what"]
+__all__ = ["RESNET_SECTIONS", "SECTIONS", "classify", "fidelity", "fidelity_resnet", "symmetry", "train_cell",
+           "two_layer", "what"]
