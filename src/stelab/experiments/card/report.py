@@ -112,7 +112,7 @@ def render_markdown(results: dict) -> str:
              "with the Gaussian-smoothed reference extrapolated to zero width (`stelab diagnose`), its 95 % interval "
              "over batches, and the length of the mean coarse gradient relative to clipped relu's.",
              "6. LeNet-5 fine-tuned from the float checkpoint on MNIST (cosine schedule), test accuracy; in the "
-             "standard and full tiers also ResNet-20 on CIFAR-10 (bf16, cosine, weight decay 5e-4; accuracy on all "
+             "standard and full tiers also ResNet-20 on CIFAR-10 (cosine, weight decay 5e-4, bf16 where native; all "
              "10,000 test images), which then decides the ranking.", ""]
     errors = [(label, name, part["error"]) for label, s in results["stes"].items() for name, part in s.items()
               if isinstance(part, dict) and "error" in part]
