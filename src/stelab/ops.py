@@ -155,6 +155,43 @@ class _QuantizeLearned(torch.autograd.Function):
         return gx, ga, None, None, None, None
 
 
+class _QuantizeLearnedFused(torch.autograd.Function):
+    """Learned resolution, piecewise-constant ``mu'``, a dense CPU tensor: the C++ kernel's one-pass forward, and
+    one backward pass that writes ``dx`` and reduces ``d alpha`` (:func:`stelab.kernels.cpu.learned_backward`, the
+    same rules as :func:`alpha_grad_factor`). It keeps ``x`` for the backward (4 bytes per float32 element, as the
+    unfused path does: ``lsq`` needs ``x/alpha`` itself, and a rule-specific code would not serve ``dx`` and every
+    rule at once) and reads ``alpha`` on the host, which on the CPU is no device synchronisation."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, alpha: Tensor, forward: str, bits: int, ste: STE, rule: str) -> Tensor:
+        ctx.a, ctx.mode, ctx.bits, ctx.ste, ctx.rule = float(alpha.detach()), kernels.MODES[forward], bits, ste, rule
+        y = torch.empty_like(x)
+        kernels.cpu.forward(x, y, None, ctx.a, 2**bits - 1, ctx.mode, [], -1)
+        ctx.save_for_backward(x, alpha)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        x, alpha = ctx.saved_tensors
+        if grad.dtype != x.dtype or grad.stride() != x.stride():
+            grad = torch.empty_like(x).copy_(grad)
+        dx = torch.empty_like(x)
+        levels, table = 2**ctx.bits - 1, ctx.ste.piecewise
+        scale = lsq_grad_scale(x, levels) if ctx.rule == "lsq" else 1.0
+        total = kernels.cpu.learned_backward(x, grad, dx, ctx.a, levels, ctx.bits, ctx.mode, list(table.breaks),
+                                             list(table.values), ctx.rule, scale)
+        ga = torch.tensor(total, dtype=alpha.dtype).reshape(alpha.shape) if ctx.needs_input_grad[1] else None
+        return dx, ga, None, None, None, None
+
+
+def _learned_fused(x: Tensor, ste: STE) -> bool:
+    """Whether the learned-resolution op runs fused (:class:`_QuantizeLearnedFused`) on ``x`` with ``ste``."""
+    table = ste.piecewise
+    return (table is not None and len(table.breaks) <= _MAX_BREAKS and type(x) is Tensor
+            and x.device.type == "cpu" and x.dtype in kernels.cpu.DTYPE_CODES and kernels.dense(x)
+            and not torch.compiler.is_compiling() and kernels.cpu.available())
+
+
 def check_input(x: object, check_nan: bool = True) -> Tensor:
     """Reject non-tensors, non-float dtypes and (when ``check_nan``) NaN, with what was wrong and what is valid.
 
@@ -189,7 +226,8 @@ def quantize_with(x: Tensor, config: QuantConfig, alpha: float | Tensor, ste: ST
             except ValueError as err:  # NaN included: float('nan') fails check_alpha's isfinite
                 raise ResolutionError(f"the learned resolution {err} (learned alphas must stay positive and "
                                       "finite); lower the learning rate (--lr) or try another --alpha-rule") from None
-        y = _QuantizeLearned.apply(x, alpha, config.forward, config.bits, ste, config.alpha_rule)
+        learned = _QuantizeLearnedFused if _learned_fused(x, ste) else _QuantizeLearned
+        y = learned.apply(x, alpha, config.forward, config.bits, ste, config.alpha_rule)
     else:
         check_input(x, check_nan=False)  # NaN is checked by the operator itself, in its pass over x
         y = quantize_fixed(x, config.forward, config.bits, float(alpha), ste, config.check_nan, plan)

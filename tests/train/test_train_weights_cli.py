@@ -53,7 +53,7 @@ def test_weight_flags_build_the_config(tmp_path):
     (["--weight-bits", "2", "--weight-quantizer", "octal"], "unknown weight quantizer 'octal'; valid choices: "
                                                             "binary, ternary, uniform"),
     (["--weight-bits", "2", "--weight-ste", "relu"],
-     "valid choices for weights: approx_sign, ede, gaussian_smoothed, hardtanh, identity"),
+     "valid choices for weights: approx_sign, dsq, ede, gaussian_smoothed, hardtanh, identity"),
     (["--weight-bits", "2", "--weight-granularity", "row"], "unknown granularity 'row'; valid choices: channel, "
                                                             "tensor"),
     (["--weight-bits", "2", "--weight-scale-rule", "mean"], "does not take scale rule 'mean'; valid choices for "

@@ -32,7 +32,7 @@ SOURCE = Path(__file__).with_name("quant_cpu.cpp")
 FLAGS = ("-O3", "-march=native", "-fopenmp", "-fno-math-errno", "-fno-trapping-math", "-ffp-contract=off", "-shared",
          "-fPIC")
 DTYPE_CODES = {torch.float32: 0, torch.float64: 1, torch.bfloat16: 2, torch.float16: 3}
-ABI_VERSION = 2
+ABI_VERSION = 3
 
 
 def cache_dir() -> Path:
@@ -91,6 +91,8 @@ def _load(path: Path) -> ctypes.CDLL:
     lib.stelab_pack_codes.restype = i32
     lib.stelab_unpack_codes.argtypes = [ptr, ptr, i64, ptr, i32, i32, i32]
     lib.stelab_unpack_codes.restype = i32
+    lib.stelab_learned_backward.argtypes = [i32, ptr, ptr, ptr, i64, dbl, i32, i32, i32, ptr, i32, ptr, i32, dbl, i32]
+    lib.stelab_learned_backward.restype = dbl
     return lib
 
 
@@ -165,3 +167,19 @@ def unpack_codes(data: torch.Tensor, out: torch.Tensor, table: torch.Tensor, bit
     if lib.stelab_unpack_codes(data.data_ptr(), out.data_ptr(), n, table.data_ptr(), bits, out.element_size(),
                                threads_for(n)) != 0:
         raise ValueError(f"stelab_unpack_codes: unsupported element size {out.element_size()} or {bits} bits")
+
+
+RULES = {"mean": 0, "ae": 1, "pact": 2, "min": 3, "lsq": 4}
+
+
+def learned_backward(x: torch.Tensor, grad: torch.Tensor, dx: torch.Tensor, alpha: float, levels: int, bits: int,
+                     mode: int, breaks: list[float], values: list[float], rule: str, lsq_scale: float) -> float:
+    """Fill ``dx`` (``grad * mu'(x)``) and return ``d alpha`` (``sum grad * dq/dalpha`` by ``rule``) for dense ``x``,
+    ``grad`` and ``dx`` of one layout, in one pass (``values``: ``mu'`` on each of the ``len(breaks) + 1`` regions)."""
+    lib = library()
+    assert lib is not None
+    n = x.numel()
+    b = (ctypes.c_double * max(len(breaks), 1))(*breaks)
+    v = (ctypes.c_double * len(values))(*values)
+    return lib.stelab_learned_backward(DTYPE_CODES[x.dtype], x.data_ptr(), grad.data_ptr(), dx.data_ptr(), n, alpha,
+                                       levels, bits, mode, b, len(breaks), v, RULES[rule], lsq_scale, threads_for(n))

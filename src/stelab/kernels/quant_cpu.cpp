@@ -162,6 +162,86 @@ void backward_impl(const void* g, const uint8_t* __restrict s, void* dx, int64_t
     for (int64_t i = 0; i < n; ++i) out_[i] = out<T, C>(load(gg[i]) * lut[s[i]]);
 }
 
+// ---- learned resolution: the backward's dx and d alpha in one pass over x and g ----
+// dx = g * values[r] (r the region of mu', as in the forward's state); d alpha = sum g * f(x) with f the rule's
+// dq/dalpha (stelab/ops.py states them): mean 2^(b-1) on (0, top] and L above, ae the level index k (+-1 for sign),
+// pact L above top, min 1 on (0, top], lsq (k - x/a on 0 < x/a < L, L above, 0 below) times LSQ's scale. f and the
+// products are in C, the sum in double (per-thread partial sums, then added).
+enum Rule { MEAN = 0, AE = 1, PACT = 2, MIN = 3, LSQ = 4 };
+
+template <typename C, int MODE> inline C level_of(C v, C a, C L) {
+    if (MODE == SIGN) return v > 0 ? (C)1 : (C)-1;
+    C r = v / a;
+    if (MODE == ROUND) r = r - (C)0.5;
+    C k = std::ceil(r);
+    k = k > 0 ? k : (C)0;  // NaN -> 0, as the reference's where(k > 0, k, 0)
+    return k > L ? L : k;
+}
+
+template <typename T, typename C, int MODE, int RULE>
+double learned_impl(const T* __restrict x, const T* __restrict g, T* __restrict dx, int64_t n, double alpha,
+                    int levels, int bits, const double* breaks, int nb, const double* values, double lsq_scale,
+                    int threads) {
+    const C a = (C)alpha, L = (C)levels, top = MODE == SIGN ? a : L * a, half = (C)(1 << (bits - 1));
+    C t[8], vals[9];
+    for (int j = 0; j < 8; ++j) t[j] = j < nb ? (C)breaks[j] * top : (C)INFINITY;
+    for (int j = 0; j <= 8; ++j) vals[j] = (C)values[j <= nb ? j : nb];
+    const C scale = (C)lsq_scale;
+    double acc = 0.0;
+#pragma omp parallel for num_threads(threads) schedule(static) reduction(+ : acc) if (threads > 1)
+    for (int64_t i = 0; i < n; ++i) {
+        const C v = load(x[i]), gi = load(g[i]);
+        int r = 0;
+        for (int j = 0; j < nb; ++j) r += v > t[j];
+        dx[i] = out<T, C>(gi * vals[r]);
+        C f;
+        if (RULE == AE) {
+            f = level_of<C, MODE>(v, a, L);
+        } else if (RULE == LSQ) {
+            const C u = v / a;
+            f = (u <= 0 ? (C)0 : (u >= L ? L : level_of<C, MODE>(v, a, L) - u)) * scale;
+        } else if (RULE == PACT) {
+            f = v > top ? L : (C)0;
+        } else if (RULE == MEAN) {
+            f = v > top ? L : (v > 0 ? half : (C)0);
+        } else {
+            f = (v > 0 && v <= top) ? (C)1 : (C)0;
+        }
+        acc += (double)(gi * f);
+    }
+    return acc;
+}
+
+template <typename T, typename C, int MODE>
+double learned_rule(const void* x, const void* g, void* dx, int64_t n, double alpha, int levels, int bits,
+                    const double* breaks, int nb, const double* values, int rule, double lsq_scale, int threads) {
+    const T* xx = static_cast<const T*>(x);
+    const T* gg = static_cast<const T*>(g);
+    T* d = static_cast<T*>(dx);
+#define STELAB_RULE(R) learned_impl<T, C, MODE, R>(xx, gg, d, n, alpha, levels, bits, breaks, nb, values, lsq_scale, \
+                                                   threads)
+    switch (rule) {
+        case MEAN: return STELAB_RULE(MEAN);
+        case AE: return STELAB_RULE(AE);
+        case PACT: return STELAB_RULE(PACT);
+        case MIN: return STELAB_RULE(MIN);
+        default: return STELAB_RULE(LSQ);
+    }
+#undef STELAB_RULE
+}
+
+template <typename T, typename C>
+double learned_mode(const void* x, const void* g, void* dx, int64_t n, double alpha, int levels, int bits, int mode,
+                    const double* breaks, int nb, const double* values, int rule, double lsq_scale, int threads) {
+    if (mode == STAIRCASE)
+        return learned_rule<T, C, STAIRCASE>(x, g, dx, n, alpha, levels, bits, breaks, nb, values, rule, lsq_scale,
+                                             threads);
+    if (mode == ROUND)
+        return learned_rule<T, C, ROUND>(x, g, dx, n, alpha, levels, bits, breaks, nb, values, rule, lsq_scale,
+                                         threads);
+    return learned_rule<T, C, SIGN>(x, g, dx, n, alpha, levels, bits, breaks, nb, values, rule, lsq_scale, threads);
+}
+
 // ---- packed codes of saved quantized outputs (stelab/pack/codes.py states the math) ----
 // Pack: code k of a level v is (v * inv + 1/2) truncated, in C (exact within the bound proved there), or v > 0 for
 // sign; a uint8 input (an STE state) is its own code. Groups of G = 8 / gcd(8, B) codes fill G B / 8 bytes of a
@@ -272,6 +352,23 @@ int stelab_quant_backward(int dtype, const void* grad, const uint8_t* state, voi
     }
 }
 
+// The learned-resolution backward: fills dx, returns d alpha (NaN for an unsupported dtype).
+double stelab_learned_backward(int dtype, const void* x, const void* grad, void* dx, int64_t n, double alpha,
+                               int levels, int bits, int mode, const double* breaks, int nb, const double* values,
+                               int rule, double lsq_scale, int threads) {
+    switch (dtype) {
+        case 0: return learned_mode<float, float>(x, grad, dx, n, alpha, levels, bits, mode, breaks, nb, values, rule,
+                                                  lsq_scale, threads);
+        case 1: return learned_mode<double, double>(x, grad, dx, n, alpha, levels, bits, mode, breaks, nb, values,
+                                                    rule, lsq_scale, threads);
+        case 2: return learned_mode<bf16, float>(x, grad, dx, n, alpha, levels, bits, mode, breaks, nb, values, rule,
+                                                 lsq_scale, threads);
+        case 3: return learned_mode<f16, float>(x, grad, dx, n, alpha, levels, bits, mode, breaks, nb, values, rule,
+                                                lsq_scale, threads);
+        default: return NAN;
+    }
+}
+
 // dtype: as above, or 4 for uint8 (an STE state, its own code); sign: v > 0 is the code. Returns -1 if unsupported.
 int stelab_pack_codes(int dtype, const void* x, uint8_t* out, int64_t n, double inv, int bits, int sign,
                       int threads) {
@@ -299,5 +396,5 @@ int stelab_unpack_codes(const uint8_t* in, void* out, int64_t n, const void* tab
     }
 }
 
-int stelab_abi_version(void) { return 2; }
+int stelab_abi_version(void) { return 3; }
 }

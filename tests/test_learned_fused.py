@@ -1,0 +1,74 @@
+"""The fused learned-resolution op (C++ forward, one backward pass for dx and d alpha) against the unfused path it
+replaces (``_QuantizeLearned``), at every rule, forward and kind of STE table, on inputs at every breakpoint and its
+float neighbours: y and dx equal bit for bit, d alpha to the rounding of a sum taken in another order."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import stelab
+from stelab import ops
+from stelab import ste as ste_registry
+from stelab.kernels import cpu
+
+pytestmark = pytest.mark.skipif(not cpu.available(), reason="no C++ compiler: the fused op does not exist here")
+
+STES = ["identity", "relu", "clipped_relu", "leaky_relu(slope=0.1)", "hat", "hardtanh"]
+
+
+def inputs(alpha, levels, breaks, top, dtype, n=4000):
+    edges = [0.0, top, -top] + [k * alpha for k in range(levels + 2)] + [(k + 0.5) * alpha for k in range(levels + 1)]
+    edges += [b * top for b in breaks]
+    e = np.array(edges, dtype=np.float64).astype(dtype)
+    rng = np.random.default_rng(0)
+    x = np.concatenate([e, np.nextafter(e, np.inf), np.nextafter(e, -np.inf),
+                        (rng.standard_normal(n) * top).astype(dtype)])
+    return torch.from_numpy(x)
+
+
+def run(fn, x, alpha, forward, bits, ste, rule, grad):
+    x = x.clone().requires_grad_(True)
+    a = alpha.clone().requires_grad_(True)
+    y = fn.apply(x, a, forward, bits, ste, rule)
+    y.backward(grad)
+    return y.detach(), x.grad, a.grad
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("rule", ["mean", "ae", "pact", "min", "lsq"])
+@pytest.mark.parametrize("forward", ["staircase", "round", "sign"])
+@pytest.mark.parametrize("spec", STES)
+def test_fused_equals_unfused(spec, forward, rule, dtype):
+    if forward == "sign" and rule != "ae":
+        pytest.skip("sign takes the ae rule only")
+    bits = 1 if forward == "sign" else 2
+    ste = ste_registry.get(spec)
+    alpha = torch.tensor(0.6 if forward == "sign" else 0.6511, dtype=torch.float32)
+    levels = 2**bits - 1
+    top = float(alpha) * (1 if forward == "sign" else levels)
+    x = inputs(float(alpha), levels, ste.piecewise.breaks, top, np.float64 if dtype == torch.float64 else np.float32)
+    grad = torch.linspace(-2, 3, x.numel(), dtype=dtype)
+    fused = run(ops._QuantizeLearnedFused, x, alpha, forward, bits, ste, rule, grad)
+    plain = run(ops._QuantizeLearned, x, alpha, forward, bits, ste, rule, grad)
+    assert torch.equal(fused[0], plain[0]) and torch.equal(fused[1], plain[1])
+    # d alpha: one sum over ~4,000 products, taken in double (fused) or in the dtype in another order (unfused)
+    tol = 1e-12 if dtype == torch.float64 else 1e-5
+    torch.testing.assert_close(fused[2], plain[2], rtol=tol, atol=tol * float(grad.abs().sum()))
+
+
+def test_the_layer_takes_the_fused_path_on_the_cpu_and_matches_in_channels_last(monkeypatch):
+    layer = stelab.QuantReLU(bits=2, ste="clipped_relu", learn_alpha=True, alpha_rule="lsq", check_nan=False)
+    x = torch.randn(4, 3, 5, 5).contiguous(memory_format=torch.channels_last).requires_grad_(True)
+    y = layer(x)
+    assert type(y.grad_fn).__name__ == "_QuantizeLearnedFusedBackward"
+    y.backward(torch.ones_like(y))
+    fused = (x.grad.clone(), layer.alpha.grad.clone())
+    x.grad, layer.alpha.grad = None, None
+    monkeypatch.setattr(ops, "_learned_fused", lambda x, ste: False)
+    layer(x).backward(torch.ones_like(y))
+    assert torch.equal(fused[0], x.grad)
+    torch.testing.assert_close(fused[1], layer.alpha.grad, rtol=1e-5, atol=1e-6)
+    smooth = stelab.QuantReLU(bits=2, ste="log_tailed_relu", learn_alpha=True, check_nan=False)
+    assert type(smooth(x).grad_fn).__name__ == "_QuantizeLearnedBackward"  # a smooth mu': the general path
