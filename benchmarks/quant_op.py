@@ -52,6 +52,32 @@ class NaiveQuantize(torch.autograd.Function):
         return grad * ((x > 0) & (x <= 3 * ALPHA))
 
 
+class Unfused(torch.nn.Module):
+    """A learned-resolution layer forced onto the unfused autograd path (``_QuantizeLearned``), for comparison."""
+
+    def __init__(self, rule: str) -> None:
+        super().__init__()
+        self.layer = stelab.QuantReLU(bits=2, ste="clipped_relu", learn_alpha=True, alpha_rule=rule, check_nan=False)
+
+    def forward(self, x):
+        from stelab import ops
+
+        layer = self.layer
+        return ops._QuantizeLearned.apply(x, layer.alpha, "staircase", 2, layer.ste, layer.config.alpha_rule)
+
+
+def learned_methods() -> dict[str, Callable]:
+    """Learned resolution (fused for piecewise STEs on the CPU), the unfused path it replaced, and the general path
+    (a smooth ``mu'``), each beside relu."""
+    out: dict[str, Callable] = {"relu": F.relu}
+    for rule in ("pact", "mean", "lsq"):
+        out[f"learned {rule}"] = stelab.QuantReLU(bits=2, ste="clipped_relu", learn_alpha=True, alpha_rule=rule,
+                                                  check_nan=False)
+    out["learned lsq, unfused"] = Unfused("lsq")
+    out["general path (log_tailed_relu)"] = stelab.QuantReLU(bits=2, ste="log_tailed_relu", check_nan=False)
+    return out
+
+
 def methods() -> dict[str, Callable]:
     out: dict[str, Callable] = {"relu": F.relu}
     for ste in ("clipped_relu", "relu", "identity"):
@@ -122,8 +148,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="wall: elapsed time; cpu: CPU time of this process (user + system, so page faults "
                              "count), which other processes on a shared machine disturb far less")
     parser.add_argument("--out", default=None, help="folder for results.json and results.md (optional)")
+    parser.add_argument("--learned", action="store_true",
+                        help="the learned-resolution and general-path methods instead of the fixed ones")
     args = parser.parse_args(argv)
-    fns = methods()
+    fns = learned_methods() if args.learned else methods()
     load_before = os.getloadavg()[0]
     saved = {name: saved_bytes_per_element(fn) for name, fn in fns.items()}
     cells = run_grid(fns, args.threads, dict(zip(SIZES, args.repeats)), CLOCKS[args.clock])

@@ -178,36 +178,55 @@ template <typename C, int MODE> inline C level_of(C v, C a, C L) {
     return k > L ? L : k;
 }
 
-template <typename T, typename C, int MODE, int RULE>
+template <typename T, typename C, int MODE, int RULE, int NB>
 double learned_impl(const T* __restrict x, const T* __restrict g, T* __restrict dx, int64_t n, double alpha,
                     int levels, int bits, const double* breaks, int nb, const double* values, double lsq_scale,
                     int threads) {
     const C a = (C)alpha, L = (C)levels, top = MODE == SIGN ? a : L * a, half = (C)(1 << (bits - 1));
-    C t[8], vals[9];
-    for (int j = 0; j < 8; ++j) t[j] = j < nb ? (C)breaks[j] * top : (C)INFINITY;
-    for (int j = 0; j <= 8; ++j) vals[j] = (C)values[j <= nb ? j : nb];
+    C t0[8], v0[9];
+    for (int j = 0; j < 8; ++j) t0[j] = j < nb ? (C)breaks[j] * top : (C)INFINITY;
+    for (int j = 0; j <= 8; ++j) v0[j] = (C)values[j <= nb ? j : nb];
     const C scale = (C)lsq_scale;
-    double acc = 0.0;
-#pragma omp parallel for num_threads(threads) schedule(static) reduction(+ : acc) if (threads > 1)
-    for (int64_t i = 0; i < n; ++i) {
-        const C v = load(x[i]), gi = load(g[i]);
-        int r = 0;
-        for (int j = 0; j < nb; ++j) r += v > t[j];
-        dx[i] = out<T, C>(gi * vals[r]);
-        C f;
-        if (RULE == AE) {
-            f = level_of<C, MODE>(v, a, L);
-        } else if (RULE == LSQ) {
-            const C u = v / a;
-            f = (u <= 0 ? (C)0 : (u >= L ? L : level_of<C, MODE>(v, a, L) - u)) * scale;
-        } else if (RULE == PACT) {
-            f = v > top ? L : (C)0;
-        } else if (RULE == MEAN) {
-            f = v > top ? L : (v > 0 ? half : (C)0);
-        } else {
-            f = (v > 0 && v <= top) ? (C)1 : (C)0;
+    double acc = 0.0;  // shared; the loop's reduction adds each thread's partial sum to it
+#pragma omp parallel num_threads(threads) if (threads > 1)
+    {
+        C t[8], vals[9];  // private copies, kept in registers (see forward_impl)
+        for (int j = 0; j < 8; ++j) t[j] = t0[j];
+        for (int j = 0; j <= 8; ++j) vals[j] = v0[j];
+#pragma omp for simd schedule(static) reduction(+ : acc)
+        for (int64_t i = 0; i < n; ++i) {
+            const C v = load(x[i]), gi = load(g[i]);
+            C d;
+            if (NB == 0) {
+                d = vals[0];
+            } else if (NB == 1) {
+                d = v > t[0] ? vals[1] : vals[0];
+            } else if (NB == 2) {
+                d = v > t[1] ? vals[2] : (v > t[0] ? vals[1] : vals[0]);
+            } else {
+                int r = 0;
+                for (int j = 0; j < 8; ++j) r += v > t[j];  // unused breaks are +inf
+                d = vals[r];
+            }
+            dx[i] = out<T, C>(gi * d);
+            C f;
+            if (RULE == AE || RULE == LSQ) {
+                const C k = level_of<C, MODE>(v, a, L);
+                if (RULE == AE) {
+                    f = k;
+                } else {
+                    const C u = v / a;
+                    f = (u <= 0 ? (C)0 : (u >= L ? L : k - u)) * scale;
+                }
+            } else if (RULE == PACT) {
+                f = v > top ? L : (C)0;
+            } else if (RULE == MEAN) {
+                f = v > top ? L : (v > 0 ? half : (C)0);
+            } else {
+                f = (v > 0 && v <= top) ? (C)1 : (C)0;
+            }
+            acc += (double)(gi * f);
         }
-        acc += (double)(gi * f);
     }
     return acc;
 }
@@ -218,15 +237,18 @@ double learned_rule(const void* x, const void* g, void* dx, int64_t n, double al
     const T* xx = static_cast<const T*>(x);
     const T* gg = static_cast<const T*>(g);
     T* d = static_cast<T*>(dx);
-#define STELAB_RULE(R) learned_impl<T, C, MODE, R>(xx, gg, d, n, alpha, levels, bits, breaks, nb, values, lsq_scale, \
-                                                   threads)
+#define STELAB_RULE(R, B) learned_impl<T, C, MODE, R, B>(xx, gg, d, n, alpha, levels, bits, breaks, nb, values, \
+                                                         lsq_scale, threads)
+#define STELAB_NB(R) (nb == 0 ? STELAB_RULE(R, 0) : nb == 1 ? STELAB_RULE(R, 1) : nb == 2 ? STELAB_RULE(R, 2) \
+                                                                                        : STELAB_RULE(R, -1))
     switch (rule) {
-        case MEAN: return STELAB_RULE(MEAN);
-        case AE: return STELAB_RULE(AE);
-        case PACT: return STELAB_RULE(PACT);
-        case MIN: return STELAB_RULE(MIN);
-        default: return STELAB_RULE(LSQ);
+        case MEAN: return STELAB_NB(MEAN);
+        case AE: return STELAB_NB(AE);
+        case PACT: return STELAB_NB(PACT);
+        case MIN: return STELAB_NB(MIN);
+        default: return STELAB_NB(LSQ);
     }
+#undef STELAB_NB
 #undef STELAB_RULE
 }
 
