@@ -125,3 +125,14 @@ def test_a_learned_alpha_that_turns_nan_ends_the_run_as_diverged(tmp_path, monke
     assert summary["status"] == "diverged"
     (record,) = [r for r in read_jsonl(out / "metrics.jsonl") if r["kind"] == "diverged"]
     assert "learned resolution" in record["reason"] and "step 1" in record["reason"] and ".alpha" in record["reason"]
+
+
+def test_a_learned_resolution_starts_from_a_float_or_fixed_run(finished, tmp_path):
+    """A learned alpha is not in a float or fixed-resolution checkpoint: the layer keeps its initial value, and the
+    run starts (before: 'N missing tensors, e.g. ...act.alpha')."""
+    out = tmp_path / "learned"
+    assert main(["train", *TINY, "--bits", "2", "--learn-alpha", "--alpha-rule", "pact", "--init", str(finished),
+                 "--out", str(out)]) == 0
+    assert main(["train", *TINY, "--float", "--out", str(tmp_path / "float")]) == 0
+    assert main(["train", *TINY, "--bits", "2", "--learn-alpha", "--init", str(tmp_path / "float"),
+                 "--out", str(tmp_path / "from-float")]) == 0

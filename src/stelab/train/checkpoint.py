@@ -117,6 +117,15 @@ def load_weights(model: nn.Module, path: str | Path, checkpoint: str = "last") -
     return blob
 
 
+def _learned_resolutions(model: nn.Module) -> set[str]:
+    """The keys of learned activation resolutions: a float checkpoint has none, and the layer keeps its initial
+    value when one is missing (:class:`stelab.QuantReLU`), so a float start of a ``--learn-alpha`` run loads."""
+    from ..modules import QuantReLU
+
+    return {f"{name}.alpha" if name else "alpha" for name, m in model.named_modules()
+            if isinstance(m, QuantReLU) and m.config.learn_alpha}
+
+
 def load_state(model: nn.Module, state: Any, source: str | Path, blob: dict[str, Any] | None = None) -> None:
     """``model.load_state_dict(state)`` (strict); a state of another model raises :class:`CheckpointError` naming
     the model the checkpoint was written for (from its saved config, when it has one) instead of listing keys."""
@@ -125,7 +134,7 @@ def load_state(model: nn.Module, state: Any, source: str | Path, blob: dict[str,
         raise CheckpointError(f"{source} holds a {type(state).__name__}, not model weights; pass a checkpoint.pt or "
                               "run folder written by stelab train")
     own = target.state_dict()
-    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    missing, unexpected = sorted(set(own) - set(state) - _learned_resolutions(target)), sorted(set(state) - set(own))
     shapes = [k for k in set(own) & set(state) if hasattr(state[k], "shape") and own[k].shape != state[k].shape]
     if missing or unexpected or shapes:
         saved = (blob or {}).get("config")
