@@ -45,11 +45,11 @@ def test_config_refuses_what_it_cannot_run():
 
 def test_a_card_measures_every_section_and_caches_it(tiny, tmp_path, monkeypatch):
     out = tmp_path / "card"
-    results = run_card(config(), out, progress=False)
-    assert set(results["stes"]) == {"leaky_relu(slope=0.1)", "relu"}
+    results = run_card(config(against=("relu", "clipped_relu")), out, progress=False)
+    assert set(results["stes"]) == {"leaky_relu(slope=0.1)", "relu", "clipped_relu"}
     assert sorted(results["ranking"]) == sorted(results["stes"])
     for label, sections in results["stes"].items():
-        for name in ("what", "two_layer", "symmetry", "classify", "fidelity"):
+        for name in ("what", "two_layer", "symmetry", "classify", "fidelity", "fidelity_end"):
             assert "error" not in sections[name], (label, name, sections[name])
         assert sections["train"]["best_lr"] == 0.05 and 0 <= sections["train"]["best_accuracy"] <= 1
     assert results["stes"]["relu"]["symmetry"]["keeps_symmetry"]  # scale invariant: exactly the same gradient
@@ -68,7 +68,10 @@ def test_a_card_measures_every_section_and_caches_it(tiny, tmp_path, monkeypatch
     monkeypatch.setattr(card_run, "SECTIONS", {k: counted(k, f) for k, f in card_run.SECTIONS.items()})
     monkeypatch.setattr(card_run, "train_cell", lambda label, *a: calls.append(("train", label))
                         or {"status": "finished", "test_acc": 0.5})
-    again = run_card(config(stes=("leaky_relu(slope=0.1)", "identity")), out, progress=False)
+    monkeypatch.setattr(card_run, "fidelity", lambda label, *a: calls.append(("fidelity_end", label))
+                        or {"cosine": 0.5, "coarse_norm": 1.0})
+    again = run_card(config(stes=("leaky_relu(slope=0.1)", "identity"), against=("relu", "clipped_relu")), out,
+                     progress=False)
     assert {label for _, label in calls} == {"identity"}
     assert again["stes"]["relu"] == results["stes"]["relu"]
 

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from ...io import read_json, write_json
 from .config import CardConfig, ranked_by
-from .sections import RESNET_SECTIONS, SECTIONS, train_cell
+from .sections import RESNET_SECTIONS, SECTIONS, fidelity, train_cell
 
 SECTION_ORDER = ("what", "two_layer", "symmetry", "classify", "fidelity", "train")
 
@@ -95,10 +95,21 @@ def run_card(config: CardConfig, out: str | Path, progress: bool = True) -> dict
         for model in models:
             name = "train" if model == "lenet5" else f"train_{model}"
             stes[label][name] = training_summary(stes[label].pop(f"cells_{model}"), config)
+    end = _end_point(config, out)  # None without clipped relu among the STEs: the report says so
+    for label in labels if end is not None else ():  # section 5 again, at the network clipped relu trained
+        stes[label]["fidelity_end"] = _cached(out / "cache" / "fidelity_end" / f"{_slug(label)}.json",
+                                              partial(fidelity, label, config, 0, "lenet5", end))
     results = {"config": config.to_dict(), "stes": stes, **verdict(stes, config),
                "seconds": time.perf_counter() - start}
     write_report(results, out)
     return results
+
+
+def _end_point(config: CardConfig, out: Path) -> Path | None:
+    """LeNet-5 fine-tuned with clipped relu at the common rate, seed 0: the end point the fidelity is measured at."""
+    common = config.lrs[len(config.lrs) // 2]
+    path = out / "train" / f"{_slug('clipped_relu')}-lr{common:g}-seed0" / "checkpoint.pt"
+    return path if path.is_file() else None
 
 
 def training_summary(cells: list[dict], config: CardConfig) -> dict[str, Any]:
@@ -174,7 +185,8 @@ def verdict(stes: dict[str, dict], config: CardConfig) -> dict[str, Any]:
     outcome = [acc(s, "best_accuracy") for s in labels]  # of the ranked network
     predictors = {}
     for name, get in (("two_layer_min_cosine", lambda s: stes[s].get("two_layer", {}).get("min_cosine")),
-                      ("fidelity_cosine", lambda s: stes[s].get("fidelity", {}).get("cosine"))):
+                      ("fidelity_cosine", lambda s: stes[s].get("fidelity", {}).get("cosine")),
+                      ("fidelity_cosine_at_end_point", lambda s: stes[s].get("fidelity_end", {}).get("cosine"))):
         pairs = [(get(s), o) for s, o in zip(labels, outcome) if isinstance(get(s), float)]
         predictors[name] = spearman([p for p, _ in pairs], [o for _, o in pairs])
     return {"ranking": ranking, "ranking_common_lr": common, "ranking_changes_with_retuning": ranking != common,

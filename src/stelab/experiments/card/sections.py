@@ -125,14 +125,17 @@ def classify(label: str, config: CardConfig, seed: int = 0) -> dict[str, Any]:
     return {"accuracy": statistics.fmean(accuracies), "by_kind": dict(zip(settings.kinds, accuracies))}
 
 
-def fidelity(label: str, config: CardConfig, seed: int = 0, model: str = "lenet5") -> dict[str, Any]:
+def fidelity(label: str, config: CardConfig, seed: int = 0, model: str = "lenet5",
+             checkpoint: str | Path | None = None) -> dict[str, Any]:
+    """Section 5 at the float network quantized at the card's bits, or at ``checkpoint`` (the clipped-relu end
+    point: LeNet-5 fine-tuned with clipped relu at the common rate)."""
     from ...diagnostics.fidelity import MODEL, gradient_fidelity
     from ..diagnose import DiagnoseConfig, load_batches, load_model
 
     batches = config.sizes["fidelity_batches"]
     batch_size = min(256, max(8, config.synthetic // batches)) if config.synthetic else 256
-    init = config.lenet_init if model == "lenet5" else config.resnet_init
-    diag = DiagnoseConfig(model=model, checkpoint=init, bits=config.bits, stes=(label,),
+    init = checkpoint or (config.lenet_init if model == "lenet5" else config.resnet_init)
+    diag = DiagnoseConfig(model=model, checkpoint=str(init), bits=config.bits, stes=(label,),
                           batches=batches, batch_size=batch_size, synthetic=config.synthetic,
                           data_dir=config.data_dir, seed=seed)
     net, dataset, _ = load_model(diag)
