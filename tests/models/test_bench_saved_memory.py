@@ -13,12 +13,15 @@ def test_saved_memory_benchmark_runs_and_packing_saves(tmp_path, capsys):
     spec.loader.exec_module(bench)
     out = tmp_path / "bench"
     assert bench.main(["--models", "lenet5", "--configs", "fp32-nchw", "bf16-cl", "--batch-size", "8", "--steps",
-                       "1", "--rounds", "2", "--out", str(out)]) == 0
+                       "1", "--rounds", "2", "--recompute-limit", "50", "--out", str(out)]) == 0
     rows = json.loads((out / "results.json").read_text())["rows"]
-    assert [(r["config"], r["variant"]) for r in rows] == [(c, v) for c in ("fp32-nchw", "bf16-cl")
-                                                           for v in ("float", "quantized", "packed")]
-    for i in (0, 3):
-        float_, quantized, packed = rows[i:i + 3]
+    variants = ("float", "quantized", "packed", "recomputed", "recomputed-limit")
+    assert [(r["config"], r["variant"]) for r in rows] == [(c, v) for c in ("fp32-nchw", "bf16-cl") for v in variants]
+    for i in (0, len(variants)):
+        float_, quantized, packed, recomputed, limited = rows[i:i + len(variants)]
         assert float_["saved_vs_float"] == 1.0 and quantized["time_vs_quantized"] == 1.0
         assert packed["saved_bytes"] < quantized["saved_bytes"] and packed["max_batch"] > quantized["max_batch"]
+        # recomputing the convolutions' outputs saves more again; a limit of 50 multiply-adds per element takes
+        # LeNet-5's first conv (1 x 5 x 5 = 25) and not its second (6 x 5 x 5 = 150)
+        assert recomputed["saved_bytes"] < limited["saved_bytes"] < packed["saved_bytes"]
     assert "| lenet5 | bf16-cl | packed |" in capsys.readouterr().out

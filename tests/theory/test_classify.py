@@ -78,10 +78,16 @@ def test_bad_data_arguments_are_clear_errors(call, message):
 # --------------------------------------------------------------------------------------------------- monotone STEs
 
 
-def test_is_monotone_agrees_with_the_core_flag_on_every_registered_ste():
+def test_is_monotone_agrees_with_the_core_flag_except_where_mu_prime_vanishes_inside_the_support():
+    """Condition (1) is the core flag; (2) fails only for dsq among the built-ins: its mu' is 0 on the last half
+    step ((L - 1/2) a, top), where the staircase has no jump (the module docstring)."""
     for name in ste_registry.names():
         est = ste_registry.get(name)
-        assert C.is_monotone(est) == est.monotone, name
+        check = C.check_monotone(est)
+        if est.monotone and check.min_on_support <= 0:
+            assert name == "dsq" and not check.monotone, name
+        else:
+            assert check.monotone == est.monotone, name
 
 
 @settings(max_examples=15, deadline=None)

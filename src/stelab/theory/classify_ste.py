@@ -16,8 +16,9 @@ Why (1): a coarse step moves the pre-activation of sample :math:`i` at neuron :m
 is non-decreasing, so that step changes :math:`q` in the direction that lowers the loss exactly when
 :math:`\mu' \ge 0` there. Why (2): every jump of :math:`q` (the thresholds :math:`0, \alpha, \dots, (L-1)\alpha`)
 lies in :math:`[0, \mathrm{top})`: a proxy flat on part of it gives samples sitting there no signal at all (a constant
-proxy is non-decreasing yet never moves :math:`W`). Every registered STE that satisfies (1) satisfies (2), so
-:func:`is_monotone` agrees with the flag on the registry and is stricter only for degenerate user proxies.
+proxy is non-decreasing yet never moves :math:`W`). Every registered STE that satisfies (1) satisfies (2) except
+``dsq``, whose :math:`\mu'` is 0 on the last half step :math:`((L - \tfrac12)\alpha, \mathrm{top})` (its cells
+sit on the staircase's jumps, and there is none there): :func:`is_monotone` is False for it, while the flag is True.
 
 **Monotone is not enough.** identity, hardtanh and approx_sign satisfy the definition, yet with the fixed readout
 they never reached the global minimum in our synthetic experiments (``docs/classify.md``). So the definition as
