@@ -37,7 +37,8 @@ def run(fn, x, alpha, forward, bits, ste, rule, grad):
 
 
 # sign takes the ae rule only (config.check_learned)
-FORWARD_RULES = [(f, r) for f in ("staircase", "round") for r in ("mean", "ae", "pact", "min", "lsq")] + [("sign", "ae")]
+RULES = ("mean", "ae", "pact", "min", "lsq")
+FORWARD_RULES = [(f, r) for f in ("staircase", "round") for r in RULES] + [("sign", "ae")]
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
