@@ -63,3 +63,11 @@ def test_json_config_mixin_for_other_dataclasses():
         name: str = "x"
 
     assert Toy.from_json(Toy(5, "y").to_json()) == Toy(5, "y")
+
+
+def test_an_ste_built_on_the_levels_must_match_the_bits():
+    """dsq and gaussian_smoothed take the staircase's level count; a mismatch with the bits is refused, with the fix."""
+    assert QuantConfig(bits=2, ste="dsq").ste == "dsq"
+    assert QuantConfig(bits=4, ste="gaussian_smoothed(levels=15)").bits == 4
+    with pytest.raises(ValueError, match=r"give levels=15 in the STE \(e.g. 'dsq\(levels=15\)'\)"):
+        QuantConfig(bits=4, ste="dsq")

@@ -92,7 +92,12 @@ class QuantConfig(JsonConfig):
         quantizers.get(self.forward).check_bits(self.bits)
         if not isinstance(self.ste, str):
             raise TypeError(f"ste must be a registered name (str) so the config stays JSON, got {self.ste!r}")
-        ste_registry.get(self.ste)  # raises with the valid names
+        levels = ste_registry.get(self.ste).params.get("levels")  # raises with the valid names
+        if levels is not None and levels != 2**self.bits - 1:
+            # an STE built on the staircase's L levels (dsq, gaussian_smoothed) must see this layer's L
+            raise ValueError(f"STE {self.ste!r} is built for {int(levels)} levels, but {self.bits} bits have "
+                             f"{2**self.bits - 1}; give levels={2**self.bits - 1} in the STE (e.g. "
+                             f"'{self.ste.split('(')[0]}(levels={2**self.bits - 1})')")
         if self.alpha is not None:
             object.__setattr__(self, "alpha", check_alpha(self.alpha))
         check_choice("alpha rule", self.alpha_rule, ALPHA_RULES)

@@ -165,10 +165,8 @@ class _QuantizeLearnedFused(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, alpha: Tensor, forward: str, bits: int, ste: STE, rule: str) -> Tensor:
         ctx.a, ctx.mode, ctx.bits, ctx.ste, ctx.rule = float(alpha.detach()), kernels.MODES[forward], bits, ste, rule
-        y = torch.empty_like(x)
-        kernels.cpu.forward(x, y, None, ctx.a, 2**bits - 1, ctx.mode, [], -1)
         ctx.save_for_backward(x, alpha)
-        return y
+        return quantizers.evaluate(x, forward, bits, ctx.a)  # a float alpha: the fixed op's one forward pass
 
     @staticmethod
     def backward(ctx, grad: Tensor):
@@ -188,8 +186,7 @@ def _learned_fused(x: Tensor, ste: STE) -> bool:
     """Whether the learned-resolution op runs fused (:class:`_QuantizeLearnedFused`) on ``x`` with ``ste``."""
     table = ste.piecewise
     return (table is not None and len(table.breaks) <= _MAX_BREAKS and type(x) is Tensor
-            and x.device.type == "cpu" and x.dtype in kernels.cpu.DTYPE_CODES and kernels.dense(x)
-            and not torch.compiler.is_compiling() and kernels.cpu.available())
+            and not torch.compiler.is_compiling() and kernels.backend(x) == "cpp")
 
 
 def check_input(x: object, check_nan: bool = True) -> Tensor:

@@ -108,9 +108,11 @@ def apply(model: nn.Module, schedules: tuple[SteSchedule, ...], progress: float)
     returns the STE's label (``None`` when there is nothing to schedule)."""
     from .modules import QuantReLU
 
+    if not schedules:
+        return None
     label = None
     for module in model.modules():
-        if isinstance(module, QuantReLU) and schedules:
+        if isinstance(module, QuantReLU):
             module.set_ste(scheduled(module.config.ste, schedules, progress))
             label = module.ste.label
     return label

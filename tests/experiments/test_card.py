@@ -41,6 +41,8 @@ def test_config_refuses_what_it_cannot_run():
     with pytest.raises(ValueError, match="valid choices"):
         CardConfig(stes=("relu",), tier="huge")
     assert CardConfig(stes=("relu", "identity"), against=("identity",)).all_stes() == ["relu", "identity"]
+    with pytest.raises(ValueError, match="levels=15"):  # dsq's cells are the staircase's: 15 at 4 bits, not 3
+        CardConfig(stes=("dsq",), bits=4)
 
 
 def test_a_card_measures_every_section_and_caches_it(tiny, tmp_path, monkeypatch):

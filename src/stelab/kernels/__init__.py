@@ -50,9 +50,6 @@ def _dense(t: Tensor) -> bool:
     return True
 
 
-dense = _dense  # public: whether a tensor's elements fill its memory span (the kernels' precondition)
-
-
 def _state_like(x: Tensor, breaks: list[float]) -> Tensor:
     if not breaks:
         return torch.empty(0, dtype=torch.uint8, device=x.device)

@@ -46,15 +46,10 @@ from torch import Tensor
 
 from ..kernels import STATE_BITS
 from .codes import pack_state, restore_state
-from .saved import CAST, MAX_DEPTH, SAME_GRID
+from .saved import CAST, MAX_DEPTH, SAME_GRID, flat_storage_order
 
 CONV = "ConvolutionBackward0"
 POOL = "MaxPool2DWithIndicesBackward0"
-
-
-def _flat(t: Tensor) -> Tensor:
-    """``t``'s elements in storage order, one dimension (``t`` is dense): no copy, any layout."""
-    return t.detach().as_strided((t.numel(),), (1,), t.storage_offset())
 
 
 class PackedState:
@@ -64,7 +59,7 @@ class PackedState:
 
     def __init__(self, t: Tensor, bits: int) -> None:
         self.n, self.shape, self.stride, self.bits = t.numel(), t.shape, t.stride(), bits
-        self.data = pack_state(_flat(t), bits)
+        self.data = pack_state(flat_storage_order(t), bits)
 
     @property
     def nbytes(self) -> int:

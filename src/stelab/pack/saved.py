@@ -121,6 +121,11 @@ def _dense(t: Tensor) -> bool:
     return True
 
 
+def flat_storage_order(t: Tensor) -> Tensor:
+    """``t``'s elements in storage order, one dimension (``t`` is dense): no copy, any layout."""
+    return t.detach().as_strided((t.numel(),), (1,), t.storage_offset())
+
+
 class Packed:
     """A saved quantized output as packed codes: restores to the same values, shape and strides."""
 
@@ -129,7 +134,7 @@ class Packed:
     def __init__(self, t: Tensor, grid: Grid, dtypes: tuple[torch.dtype, ...]) -> None:
         self.n, self.shape, self.stride, self.dtypes, self.grid = t.numel(), t.shape, t.stride(), dtypes, grid
         self.bits = code_bits(grid.levels, grid.mode)
-        flat = t.detach().as_strided((self.n,), (1,), t.storage_offset())  # storage order: no copy, any layout
+        flat = flat_storage_order(t)
         self.data = pack_levels(flat, grid.alpha, grid.levels, grid.mode, dtypes, self.bits)
 
     @property

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from ...config import JsonConfig
+from ...config import JsonConfig, QuantConfig
 from ...errors import check_choice
 
 TIERS = ("quick", "standard", "full")
@@ -45,22 +45,18 @@ class CardConfig(JsonConfig):
     resnet_init: str = RESNET_FLOAT
 
     def __post_init__(self) -> None:
-        from ... import ste as ste_registry
-
         check_choice("tier", self.tier, TIERS)
         object.__setattr__(self, "stes", tuple(self.stes))
         object.__setattr__(self, "against", tuple(self.against))
         object.__setattr__(self, "lrs", tuple(float(lr) for lr in self.lrs))
         if not self.stes:
             raise ValueError("name at least one STE to grade, e.g. stelab card 'leaky_relu(slope=0.1)'")
-        for spec in self.all_stes():
-            ste_registry.get(spec)  # an unknown name or parameter raises, listing the valid ones
+        for spec in self.all_stes():  # an unknown name or parameter, or levels that are not the bits', raise
+            QuantConfig(bits=self.bits, ste=spec)
         if not self.lrs or any(not lr > 0 for lr in self.lrs):
             raise ValueError(f"lrs must be positive learning rates, got {list(self.lrs)}")
         if self.seeds < 1:
             raise ValueError(f"seeds must be >= 1, got {self.seeds}")
-        if self.bits not in range(1, 9):
-            raise ValueError(f"bits must be 1..8, got {self.bits}")
 
     def all_stes(self) -> list[str]:
         """The graded STEs, then the references not among them, as canonical labels (no duplicates)."""
