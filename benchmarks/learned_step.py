@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 import stelab
-import stelab.ops as ops
+import stelab.activations.ops as ops
 from stelab.models import build
 
 KINDS = ("float", "fixed", "learned fused", "learned unfused")

@@ -60,7 +60,7 @@ class Unfused(torch.nn.Module):
         self.layer = stelab.QuantReLU(bits=2, ste="clipped_relu", learn_alpha=True, alpha_rule=rule, check_nan=False)
 
     def forward(self, x):
-        from stelab import ops
+        from stelab.activations import ops
 
         layer = self.layer
         return ops._QuantizeLearned.apply(x, layer.alpha, "staircase", 2, layer.ste, layer.config.alpha_rule)

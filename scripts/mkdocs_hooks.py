@@ -136,7 +136,8 @@ def _ste_figure(s, bits: int = 2) -> bytes:
     import matplotlib.pyplot as plt
     import torch
 
-    from stelab import lloyd_alpha, quantizers
+    from stelab import lloyd_alpha
+    from stelab.activations import quantizers
 
     alpha = lloyd_alpha(bits)
     top = float(quantizers.get("staircase").top(bits, alpha))
@@ -186,7 +187,7 @@ def _forward_figure(name: str) -> bytes:
     import matplotlib.pyplot as plt
     import torch
 
-    from stelab import quantizers
+    from stelab.activations import quantizers
 
     q = quantizers.get(name)
     fig, ax = plt.subplots(figsize=(4.4, 3.0))
@@ -222,7 +223,8 @@ def _weight_figure(name: str) -> bytes:
 
 def gallery_files() -> list[tuple[str, str | bytes]]:
     """``(site path, content)`` of the gallery pages and their PNGs."""
-    from stelab import quantizers, ste
+    from stelab import ste
+    from stelab.activations import quantizers
     from stelab.weights import quantizers as wq
 
     out: list[tuple[str, str | bytes]] = []
@@ -235,8 +237,9 @@ def gallery_files() -> list[tuple[str, str | bytes]]:
         page.append(_ste_section(s))
         out.append((f"gallery/stes/{s.name}.png", _ste_figure(s)))
     out.append(("gallery/stes.md", "".join(page)))
-    page = ["# Quantizer gallery\n\nThe forward quantizers of activations (`stelab.quantizers.names()`) and the "
-            "weight quantizers (`stelab.weights.quantizers.names()`), drawn from their registries.\n\n"]
+    page = ["# Quantizer gallery\n\nThe forward quantizers of activations "
+            "(`stelab.activations.quantizers.names()`) and the weight quantizers "
+            "(`stelab.weights.quantizers.names()`), drawn from their registries.\n\n"]
     for name in quantizers.names():
         q = quantizers.get(name)
         page.append(f"## Activations: `{name}`\n\n![{name}](quantizers/{name}.png)\n\nUse as `forward=\"{name}\"`, "

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import stelab
-from stelab.ops import lsq_grad_scale
+from stelab.activations.ops import lsq_grad_scale
 
 
 def test_lsq_alpha_gradient_by_hand():

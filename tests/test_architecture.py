@@ -16,31 +16,37 @@ import pytest
 SRC = Path(__file__).resolve().parents[1] / "src"
 PACKAGE = SRC / "stelab"
 
-CORE = {"stelab", "stelab.ste", "stelab.builtin_stes", "stelab.quantizers", "stelab.lloyd", "stelab.kernels",
-        "stelab.ops", "stelab.modules", "stelab.convert", "stelab.config", "stelab.weights", "stelab.optim",
-        "stelab.patterns", "stelab.pack", "stelab.ste_probe", "stelab.ste_plugins", "stelab.piecewise",
-        "stelab.smoothing", "stelab.ste_schedule"}
-BASE = {"stelab.errors", "stelab.io"}
+# Folders are the layers. The modules at the package root (errors, io) are the base; the core's folders, from the
+# bottom: the estimators, the fused op's backends, what both sides share (LSQ, scales, patterns) and the packing of
+# saved tensors, the twin activations and weights packages (which never import each other), the network level.
+CORE_LAYERS = ("ste", "kernels", "quant", "pack", "activations", "weights", "network")
+CORE = set(CORE_LAYERS)
 # layer -> the layers it may import besides itself
 ALLOWED = {
-    "base": {"base"},
-    "core": {"base"},
+    "base": set(),
+    "ste": {"base"},
+    "kernels": {"base"},
+    "quant": {"base", "ste", "kernels"},
+    "pack": {"base", "kernels"},
+    "activations": {"base", "ste", "kernels", "quant", "pack"},
+    "weights": {"base", "ste", "kernels", "quant"},
+    "network": {"base", "ste", "activations", "weights"},
     # theory is math: the STE registry, the op and the quantizers, and errors; no files, data, reports or configs
-    "theory": {"errors", "core-math"},
+    "theory": {"errors", "ste", "kernels", "activations-math"},
     "data": {"base"},
-    "models": {"base", "core"},
-    "train": {"base", "core", "data", "models"},
-    "diagnostics": {"base", "core", "theory", "models", "data"},
+    "models": {"base", *CORE},
+    "train": {"base", *CORE, "data", "models"},
+    "diagnostics": {"base", *CORE, "theory", "models", "data"},
     # executors run any picklable task on a pool, Ray or SLURM: they know no model, data set or training loop
     "executors": {"base"},
-    "experiments": {"base", "core", "theory", "data", "models", "train", "diagnostics", "executors"},
+    "experiments": {"base", *CORE, "theory", "data", "models", "train", "diagnostics", "executors"},
     # export reads a trained module (quantizers, modules, weights) and writes ONNX / runs integer math: no training,
     # data or models; the core never imports it (onnx is an optional extra)
-    "export": {"base", "core"},
-    "cli": {"base", "core", "theory", "data", "models", "train", "diagnostics", "experiments", "executors", "export"},
+    "export": {"base", *CORE},
+    "cli": {"base", *CORE, "theory", "data", "models", "train", "diagnostics", "experiments", "executors", "export"},
 }
-CORE_MATH = {"stelab.ste", "stelab.ste_probe", "stelab.builtin_stes", "stelab.piecewise", "stelab.smoothing",
-             "stelab.quantizers", "stelab.lloyd", "stelab.kernels", "stelab.ops"}
+# what theory may use of the activations: the forward quantizers, Lloyd's resolution and the op (not configs, modules)
+ACTIVATIONS_MATH = {"stelab.activations.quantizers", "stelab.activations.lloyd", "stelab.activations.ops"}
 
 
 def module_name(path: Path) -> str:
@@ -55,14 +61,14 @@ def modules() -> dict[str, Path]:
 
 
 def layer(module: str) -> str:
-    top = ".".join(module.split(".")[:2])
-    if module in CORE or top in CORE:
-        return "core"
-    if module in BASE:
+    """A module's layer: its folder under ``stelab`` (``stelab.activations.ops`` -> ``activations``); the modules at
+    the package root (``stelab.errors``, ``stelab.io`` and the package's lazy ``__init__``) are the base."""
+    parts = module.split(".")
+    if len(parts) == 1 or module in ("stelab.errors", "stelab.io"):
         return "base"
-    if top == "stelab.__main__":
+    if parts[1] == "__main__":
         return "cli"
-    return top.split(".")[1]
+    return parts[1]
 
 
 def allowed(src: str, dst: str) -> bool:
@@ -72,7 +78,7 @@ def allowed(src: str, dst: str) -> bool:
     rules = ALLOWED[a]
     if "errors" in rules and dst == "stelab.errors":
         return True
-    if "core-math" in rules and ".".join(dst.split(".")[:2]) in CORE_MATH:
+    if "activations-math" in rules and dst in ACTIVATIONS_MATH:
         return True
     return b in rules
 
@@ -119,6 +125,12 @@ def test_every_module_is_in_a_known_layer():
     assert not unknown, f"modules outside the layers of the Layout section: {unknown}"
 
 
+def test_the_package_root_holds_only_the_base():
+    """Every module lives in the folder of its layer: the root keeps the base (errors, io) and the entry points."""
+    loose = sorted(p.name for p in PACKAGE.glob("*.py"))
+    assert loose == ["__init__.py", "__main__.py", "errors.py", "io.py"], loose
+
+
 def test_no_upward_or_sideways_import():
     bad = sorted(f"{src} ({layer(src)}) -> {dst} ({layer(dst)})"
                  for src, deps in imports().items() for dst in deps if not allowed(src, dst))
@@ -152,7 +164,16 @@ def test_no_import_cycle(lazy):
 
 
 @pytest.mark.parametrize("src, dst, ok", [
-    ("stelab.ops", "stelab.train.loop", False),
+    ("stelab.activations.ops", "stelab.train.loop", False),
+    ("stelab.activations.ops", "stelab.weights.ops", False),  # the twins never import each other
+    ("stelab.weights.ops", "stelab.activations.ops", False),
+    ("stelab.weights.ops", "stelab.quant.lsq", True),
+    ("stelab.quant.lsq", "stelab.weights.quantizers", False),
+    ("stelab.pack.context", "stelab.activations.modules", False),
+    ("stelab.network.convert", "stelab.activations.convert", True),
+    ("stelab.activations.convert", "stelab.network.convert", False),
+    ("stelab.ste.registry", "stelab.activations.ops", False),
+    ("stelab.theory.symmetry", "stelab.activations.config", False),
     ("stelab.theory.symmetry", "stelab.io", False),
     ("stelab.theory.symmetry", "stelab.ste", True),
     ("stelab.train.loop", "stelab.diagnostics.hook", False),
@@ -163,7 +184,7 @@ def test_no_import_cycle(lazy):
     ("stelab.experiments.reproduce.table1", "stelab.executors.graph", True),
     ("stelab.executors.graph", "stelab.train.loop", False),
     ("stelab.executors.ray_executor", "stelab.experiments.reproduce.table1", False),
-    ("stelab.modules", "stelab.export.graph", False),
+    ("stelab.activations.modules", "stelab.export.graph", False),
     ("stelab.weights.modules", "stelab.export.onnx_export", False),
     ("stelab.export.graph", "stelab.train.runs", False),
     ("stelab.export.graph", "stelab.weights.ops", True),

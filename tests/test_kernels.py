@@ -17,8 +17,8 @@ from hypothesis import strategies as st
 
 import stelab
 from stelab import kernels
+from stelab.activations.ops import fused_plan
 from stelab.kernels import cpu, reference
-from stelab.ops import fused_plan
 
 PIECEWISE = ("identity", "relu", "clipped_relu", "hardtanh", "leaky_relu(slope=0.05)")
 DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
@@ -66,20 +66,14 @@ def edge_inputs(bits: int, alpha: float, c: type, forward: str) -> np.ndarray:
 
 
 def run_backend(name: str, x: torch.Tensor, plan, breaks) -> tuple[torch.Tensor, torch.Tensor]:
-    args = (x, plan.alpha, plan.levels, plan.mode, breaks, plan.mask_bits)
-    if name == "reference":
-        return reference.forward(*args)
-    if name == "cpp":
-        y = torch.empty_like(x)
-        state = torch.empty_like(x, dtype=torch.uint8) if breaks else None
-        cpu.forward(*[t for t in (x, y, state)], *args[1:])
-        return y, state if state is not None else torch.empty(0, dtype=torch.uint8)
-    from stelab.kernels import triton_quant
-
-    return triton_quant.forward(*args)
+    """``(y, state)`` of the backend called ``name``, through the backend protocol alone."""
+    b = next(b for b in kernels.BACKENDS if b.name == name)
+    y, state, _ = b.forward(x, plan.alpha, plan.levels, plan.mode, breaks, plan.mask_bits)
+    return y, state
 
 
-BACKENDS = ["reference", pytest.param("cpp", marks=pytest.mark.skipif(not HAS_CPP, reason="no C++ compiler"))]
+# every backend that runs CPU tensors here (the Triton one only under its interpreter: test_triton_kernel_...)
+BACKENDS = [b.name for b in kernels.BACKENDS if b.available() and (not b.devices or "cpu" in b.devices)]
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -104,10 +98,8 @@ def test_forward_state_and_backward_against_numpy(backend, dtype, forward, bits)
             if plan.breaks:
                 assert state.dtype == torch.uint8 and state.shape == x.shape
                 dx = reference.backward(g, state, list(plan.values))
-                if backend == "cpp":
-                    out = torch.empty_like(g)
-                    cpu.backward(g, state, out, list(plan.values))
-                    assert torch.equal(out, dx)
+                b = next(b for b in kernels.BACKENDS if b.name == backend)
+                assert torch.equal(b.backward(g, state, list(plan.values)), dx)
             else:
                 dx = g * plan.values[0]
             gc = g.to(torch.float64 if c is np.float64 else torch.float32).numpy()
@@ -246,6 +238,7 @@ def triton_check() -> int:
     """Run in a fresh interpreter with TRITON_INTERPRET=1 (triton decides at import whether it interprets)."""
     from stelab.kernels import triton_quant
 
+    assert "cpu" in triton_quant.BACKEND.devices  # the interpreter runs CPU tensors
     checked = 0
     for dtype in DTYPES:
         c = np_dtype(dtype)
@@ -257,14 +250,14 @@ def triton_check() -> int:
             for name in PIECEWISE:
                 plan = fused_plan(forward, bits, alpha, stelab.ste.get(name))
                 args = (plan.alpha, plan.levels, plan.mode, list(plan.breaks), plan.mask_bits)
-                y, state = triton_quant.forward(x, *args)
+                y, state, _ = triton_quant.BACKEND.forward(x, *args)  # through the backend protocol
                 assert torch.equal(y.nan_to_num(0.0), expected.nan_to_num(0.0)), (dtype, forward, name)
                 assert torch.equal(y.isnan(), expected.isnan())
                 _, s_ref = reference.forward(x, *args)
                 assert torch.equal(state, s_ref), (dtype, forward, name)
                 if plan.breaks:
                     g = torch.randn(x.shape, dtype=torch.float64).to(dtype)
-                    assert torch.equal(triton_quant.backward(g, state, list(plan.values)),
+                    assert torch.equal(triton_quant.BACKEND.backward(g, state, list(plan.values)),
                                        reference.backward(g, s_ref, list(plan.values)))
                 checked += 1
     return checked
@@ -300,3 +293,49 @@ def test_empty_inputs_pass_through_both_paths(ste):
         x = torch.zeros(0, 5, requires_grad=True)
         fn(x).sum().backward()
         assert x.grad.shape == (0, 5)
+
+
+def test_every_backend_follows_the_protocol():
+    """Each backend has the protocol's attributes, and selection never falls off the end (the reference takes all)."""
+    from stelab.kernels.backend import Backend
+
+    for b in kernels.BACKENDS:
+        for name in ("name", "devices", "max_breaks", "finds_nan", "needs_state_layout", "learned_backward"):
+            assert hasattr(b, name), (b, name)
+        assert callable(b.available) and callable(b.accepts) and callable(b.forward) and callable(b.backward)
+    assert kernels.BACKENDS[-1] is reference.BACKEND and not reference.BACKEND.devices
+    assert kernels.select("meta", torch.int32, False, 100) is reference.BACKEND
+    assert Backend.__doc__
+
+
+def test_a_new_backend_is_one_object_in_the_list(monkeypatch):
+    """A backend added to BACKENDS runs the op (forward and backward) with nothing else changed."""
+    calls = []
+
+    class Recording:
+        name, devices, max_breaks, finds_nan = "rec", ("cpu",), 8, False
+        needs_state_layout, learned_backward = True, None
+
+        def available(self):
+            return True
+
+        def accepts(self, dtype, dense):
+            return dense and dtype == torch.float64
+
+        def forward(self, x, alpha, levels, mode, breaks, mask_bits):
+            calls.append("forward")
+            return (*reference.forward(x, alpha, levels, mode, breaks, mask_bits), None)
+
+        def backward(self, grad, state, values):
+            calls.append("backward")
+            return reference.backward(grad, state, values)
+
+    x = torch.randn(100, dtype=torch.float64, requires_grad=True)
+    expected = stelab.quantize(x, bits=2, ste="clipped_relu")
+    expected.sum().backward()
+    expected_grad, x.grad = x.grad, None
+    monkeypatch.setattr(kernels, "BACKENDS", [Recording(), *kernels.BACKENDS])
+    y = stelab.quantize(x, bits=2, ste="clipped_relu")
+    y.sum().backward()
+    assert calls == ["forward", "backward"] and kernels.backend(x.detach()) == "rec"
+    assert torch.equal(y, expected) and torch.equal(x.grad, expected_grad)

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 import stelab
-from stelab import ops
 from stelab import ste as ste_registry
+from stelab.activations import ops
 from stelab.kernels import cpu
 
 pytestmark = pytest.mark.skipif(not cpu.available(), reason="no C++ compiler: the fused op does not exist here")

@@ -6,7 +6,7 @@ from scipy import integrate, optimize
 from scipy.stats import norm
 
 import stelab
-from stelab.lloyd import lloyd_update
+from stelab.activations.lloyd import lloyd_update
 
 PUBLISHED = {1: 1.2221, 2: 0.6511, 4: 0.1946}  # HWGQ (Cai et al. 2017), used by Yin et al. 2019
 

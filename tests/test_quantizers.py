@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import stelab
-from stelab import quantizers
+from stelab.activations import quantizers
 
 ALPHAS = (0.6511, 0.1, 1.0 / 3.0, 2.5)
 

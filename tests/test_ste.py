@@ -10,8 +10,9 @@ from hypothesis import strategies as st
 from scipy.special import expit
 
 import stelab
-from stelab import quantizers
 from stelab import ste as ste_registry
+from stelab.activations import quantizers
+from stelab.activations.ops import fused_plan
 
 
 def _swish_sign(x, top, beta=5.0):
@@ -212,7 +213,7 @@ def test_user_ste_by_table_runs_the_fused_op(registry):
              proxy=lambda x, top: x)
     ste = ste_registry.get("step_down")
     assert (ste.monotone, ste.zero_below, ste.scale_invariant) == (True, True, False)
-    assert stelab.ops.fused_plan("staircase", 2, 0.5, ste) is not None
+    assert fused_plan("staircase", 2, 0.5, ste) is not None
     x = torch.tensor([-1.0, 0.0, 0.5, 0.75, 0.76, 3.0], requires_grad=True)
     stelab.quantize(x, bits=2, alpha=0.5, ste="step_down").sum().backward()  # top 1.5: kink at 0.75
     assert x.grad.tolist() == [0.0, 0.0, 2.0, 2.0, 1.0, 1.0]
@@ -369,3 +370,10 @@ def test_dsq_integrates_to_the_step_height_over_each_cell():
     bound = float((x[1] - x[0]) * d.max())
     assert abs(float(torch.trapezoid(d, x)) - 1.5) <= bound
     assert float(ste.proxy(torch.tensor([1.5], dtype=torch.float64), 1.5)) == pytest.approx(1.5, rel=1e-12)
+
+
+def test_equal_parameters_of_another_type_do_not_share_a_cached_ste():
+    """3 and 3.0 are equal and hash alike: the cache keys the types too, so a label never depends on what was asked
+    first (``gaussian_smoothed(levels=3.0)`` once made ``get("gaussian_smoothed")`` say ``levels=3.0``)."""
+    assert ste_registry.get("gaussian_smoothed(levels=3.0)").label == "gaussian_smoothed(levels=3.0, width=0.25)"
+    assert ste_registry.get("gaussian_smoothed").label == "gaussian_smoothed(levels=3, width=0.25)"

@@ -77,7 +77,7 @@ def test_import_makes_a_users_ste_work_in_the_commands(plugin_file, tmp_path, ca
     out = tmp_path / "run"
     assert main(["train", "--model", "lenet5", "--synthetic", "128", "--epochs", "1", "--bits", "2", "--ste",
                  f"{name}(slope=0.3)", "--out", str(out), "--no-progress", "--import", str(path)]) == 0
-    assert json.loads((out / "config.json").read_text())["quant"]["ste"] == f"{name}(slope=0.3)"
+    assert json.loads((out / "config.json").read_text())["activations"]["quant"]["ste"] == f"{name}(slope=0.3)"
     assert str(path.resolve()) in os.environ["STELAB_IMPORT"]  # for the processes a command starts
 
 

@@ -9,10 +9,10 @@ import pytest
 import torch
 
 import stelab
+from stelab.activations.config import QuantConfig
+from stelab.activations.schedule import SteSchedule, apply, parse_all, progress, scheduled
 from stelab.cli import main
-from stelab.config import QuantConfig
 from stelab.io import read_jsonl
-from stelab.ste_schedule import SteSchedule, apply, parse_all, progress, scheduled
 from stelab.train import TrainConfig, load_checkpoint, train
 
 

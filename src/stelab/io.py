@@ -1,4 +1,8 @@
-"""Atomic file output and run folders.
+"""Atomic file output, run folders, and :class:`JsonConfig` (typed configuration dataclasses that round-trip to JSON).
+
+Every config in stelab derives from :class:`JsonConfig`: ``to_dict``/``from_dict`` and ``to_json``/``from_json``
+give back an equal object, and ``from_dict`` rejects unknown keys with the list of valid ones, so a typo in a
+config file is an error rather than a silently ignored setting.
 
 Every result file is written to a temporary file in the same directory and renamed into place, so a run that is
 killed at any moment leaves either the previous version of a file or the new one, never half of one.
@@ -6,15 +10,16 @@ killed at any moment leaves either the previous version of a file or the new one
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
 import tempfile
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -209,3 +214,38 @@ def check_out_dir(path: str | os.PathLike, *, reports: tuple[str, ...] = (), for
         raise ValueError(f"{flag} {path} already holds a report ({', '.join(existing)}); pass --force to overwrite "
                          f"it or choose another {flag}")
     return path
+
+
+T = TypeVar("T", bound="JsonConfig")
+
+
+class JsonConfig:
+    """Mixin for dataclasses: JSON round-trip with strict keys. Validation lives in ``__post_init__``."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)  # type: ignore[call-overload]
+
+    @classmethod
+    def from_dict(cls: type[T], data: dict[str, Any]) -> T:
+        cls.check_fields(data)
+        return cls(**data)
+
+    @classmethod
+    def check_fields(cls, names: Iterable[str]) -> None:
+        """Raise ``ValueError`` listing the valid fields if any of ``names`` is not a field of this config."""
+        # __dataclass_fields__ rather than dataclasses.fields(): torch.compile traces this (stelab.quantize) and
+        # does not handle fields() of a class.
+        valid = list(cls.__dataclass_fields__)  # type: ignore[attr-defined]
+        unknown = set(names) - set(valid)
+        if unknown:
+            raise ValueError(f"unknown {cls.__name__} field(s) {sorted(unknown)}; valid fields: {', '.join(valid)}")
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent, sort_keys=True)
+
+    @classmethod
+    def from_json(cls: type[T], text: str) -> T:
+        return cls.from_dict(json.loads(text))
+
+    def replace(self: T, **changes: Any) -> T:
+        return dataclasses.replace(self, **changes)  # type: ignore[type-var]

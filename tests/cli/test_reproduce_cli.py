@@ -12,6 +12,7 @@ from stelab.cli import main
 from stelab.cli.reproduce import parse_pair
 from stelab.experiments.reproduce import TABLE1, aggregate, instability_markdown, table1_markdown
 from stelab.io import read_json
+from stelab.train.runs import read_config
 
 
 def test_paper_table1_is_encoded_as_in_the_paper():
@@ -52,7 +53,7 @@ def test_table1_sweep_writes_the_table_and_skips_finished_cells(tmp_path, capsys
     assert cells[(2, "identity")]["paper_test_acc"] == 98.49
     table = (out / "report.md").read_text()
     assert "98.49" in table and "99.23" in table and (out / "lenet5-curves.png").is_file()
-    assert read_json(out / "lenet5" / "seed0" / "2bit-clipped_relu" / "config.json")["init"].endswith("float")
+    assert read_config(out / "lenet5" / "seed0" / "2bit-clipped_relu").init.endswith("float")
     stamp = (out / "lenet5" / "seed0" / "float" / "checkpoint.pt").stat().st_mtime_ns
     capsys.readouterr()
     assert main(argv) == 0  # everything is done: nothing is retrained
@@ -73,8 +74,8 @@ def test_instability_runs_from_the_minima_and_plots(tmp_path):
     assert main(argv) == 0
     (pair,) = read_json(out / "results.json")["pairs"]
     assert pair["to_status"] == "finished" and pair["control_status"] == "finished"
-    switched = read_json(out / "2bit-clipped_relu-to-identity" / "config.json")
-    assert switched["lr"] == 1e-5 and switched["quant"]["ste"] == "identity" and switched["lr_milestones"] == []
+    switched = read_config(out / "2bit-clipped_relu-to-identity").flat_dict()
+    assert switched["lr"] == 1e-5 and switched["quant"]["ste"] == "identity" and switched["lr_milestones"] == ()
     assert switched["init"].endswith("2bit-clipped_relu")
     assert (out / "instability.png").is_file() and "clipped_relu -> identity" in (out / "report.md").read_text()
 
@@ -87,7 +88,7 @@ def test_instability_then_continues_with_the_normal_schedule(tmp_path):
     assert main(argv) == 0
     (pair,) = read_json(out / "results.json")["pairs"]
     assert pair["to_then_status"] == "finished" and "control_status" not in pair
-    then = read_json(out / "2bit-clipped_relu-to-identity-then" / "config.json")
+    then = read_config(out / "2bit-clipped_relu-to-identity-then").flat_dict()
     assert then["quant"]["ste"] == "identity" and then["epochs"] == 2 and then["lr"] != 1e-5
     assert then["init"].endswith("2bit-clipped_relu-to-identity")
     assert "then 2 ep." in (out / "report.md").read_text()

@@ -9,7 +9,7 @@ from scipy import integrate
 from torch import nn
 
 import stelab
-from stelab import quantizers
+from stelab.activations import quantizers
 from stelab.diagnostics import smoothed, smoothed_quantizer, smoothed_quantizer_derivative, switchable_ste
 from stelab.diagnostics.smoothing import STESelector
 

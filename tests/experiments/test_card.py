@@ -139,3 +139,20 @@ def test_the_standard_tier_adds_resnet20_and_ranks_by_it(monkeypatch, tmp_path):
         assert s["train_resnet20"]["best_lr"] == 0.05
     assert "ResNet-20 / CIFAR-10" in results["rule"]
     assert "6. ResNet-20 best (lr)" in (tmp_path / "s" / "report.md").read_text()
+
+
+def test_a_folder_answers_only_for_its_own_configuration(tiny, tmp_path, monkeypatch):
+    """The cache of a folder holds one tier, bits, data and checkpoints: a rerun that changes them is refused before
+    anything runs (the card's form of the resume rule), one that adds STEs, seeds or rates is not."""
+    out = tmp_path / "card"
+    monkeypatch.setattr(card_run, "SECTIONS", {k: (lambda label, cfg: {"x": 1.0}) for k in card_run.SECTIONS})
+    monkeypatch.setattr(card_run, "train_cell", lambda *a: {"status": "finished", "test_acc": 0.5})
+    monkeypatch.setattr(card_run, "fidelity", lambda *a: {"cosine": 0.5, "coarse_norm": 1.0})
+    import stelab.experiments.card.report as card_report
+
+    monkeypatch.setattr(card_report, "write_report", lambda *a: None)
+    run_card(config(), out, progress=False)
+    with pytest.raises(ValueError, match=r"another configuration \(bits: 2 -> 4; synthetic: 96 -> 64\)"):
+        run_card(config(bits=4, synthetic=64), out, progress=False)
+    run_card(config(stes=("leaky_relu(slope=0.1)", "identity"), lrs=(0.05, 0.1), seeds=2), out, progress=False)
+    assert card_config.differences({"tier": "quick"}, CardConfig(stes=("relu",))) == []  # absent: the default

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from stelab import ste as ste_registry
-from stelab.lloyd import lloyd_alpha
+from stelab.activations.lloyd import lloyd_alpha
 from stelab.ste import STE
 from stelab.theory import classify as C
 from stelab.theory import classify_data as D

@@ -27,10 +27,12 @@ def _half_slope_below(x, top):
 @pytest.fixture
 def relu_entry():
     """Restores the built-in relu after a test that re-registers the name."""
-    saved = ste_registry._REGISTRY["relu"]
+    from stelab.ste import registry
+
+    saved = registry._REGISTRY["relu"]
     yield
-    ste_registry._REGISTRY["relu"] = saved
-    ste_registry._CACHE.clear()
+    registry._REGISTRY["relu"] = saved
+    registry._CACHE.clear()
 
 
 @pytest.mark.parametrize("how", ["derivative", "table"])

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import pytest
 
+from stelab.activations.config import QuantConfig
 from stelab.cli import main
-from stelab.config import QuantConfig
 from stelab.io import read_json
 from stelab.train import TrainConfig, train
-from stelab.train.runs import SUMMARY
+from stelab.train.runs import SUMMARY, read_config
 
 TINY = ["--synthetic", "64", "--batch-size", "32", "--epochs", "1", "--no-progress"]
 
@@ -49,10 +49,10 @@ def test_resume_reads_the_saved_config(tmp_path, capsys):
             "--seed", "3", "--out", str(out), "--no-progress"]
     assert main(argv) == 0
     (out / SUMMARY).unlink()  # as if the run had been killed: unfinished, resumable
-    config = read_json(out / "config.json")
+    config = read_config(out).flat_dict()
     # Flags optional: only --out (and a runtime flag) given, the run continues with its own settings.
     assert main(["train", "--resume", "--out", str(out), "--device", "cpu", "--no-progress"]) == 0
-    assert read_json(out / "config.json") == {**config, "device": "cpu"}
+    assert read_config(out).flat_dict() == {**config, "device": "cpu"}
     assert read_json(out / SUMMARY)["bits"] == 4
     capsys.readouterr()
     # A flag that is given and differs names itself -- even when its value is the parser's default.

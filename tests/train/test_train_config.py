@@ -7,8 +7,8 @@ import json
 
 import pytest
 
+from stelab.activations.config import QuantConfig
 from stelab.cli import main
-from stelab.config import QuantConfig
 from stelab.io import read_json, read_jsonl, write_json
 from stelab.train import TrainConfig, read_config, train
 
@@ -27,7 +27,7 @@ def test_quant_is_a_nested_quant_config_with_the_nan_check_off():
     config = TrainConfig(quant=QuantConfig(bits=4, ste="relu", alpha=0.3))
     assert config.quant == QuantConfig(bits=4, ste="relu", alpha=0.3, check_nan=False)  # the loop checks the loss
     data = config.to_dict()
-    assert data["quant"] == config.quant.to_dict() and "bits" not in data
+    assert data["activations"]["quant"] == config.quant.to_dict() and "bits" not in data["activations"]
     assert TrainConfig.from_json(config.to_json()) == config
     assert TrainConfig().quant == QuantConfig(check_nan=False)  # the default: QuantConfig's defaults
     assert TrainConfig(quant=None).run_name() == "lenet5-mnist-float-seed0"
@@ -63,7 +63,7 @@ def test_a_legacy_run_folder_reads_and_resumes(tmp_path, capsys):
     assert main(["train", "--resume", "--out", str(out), "--bits", "2", "--ste", "clipped_relu", "--no-progress"]) == 0
     assert read_json(out / "results.json")["epochs_done"] == 2
     assert read_json(out / "results.json")["bits"] == 2 and read_json(out / "results.json")["ste"] == "clipped_relu"
-    assert json.loads((out / "config.json").read_text())["quant"]["bits"] == 2  # rewritten in the nested form
+    assert json.loads((out / "config.json").read_text())["activations"]["quant"]["bits"] == 2  # the sectioned form
     # The CLI built the diagnostics hook from the saved diagnose_every: epoch 2's steps (3 and 4) are diagnosed.
     assert [r["step"] for r in read_jsonl(out / "metrics.jsonl") if r["kind"] == "hook"] == [3, 4]
     capsys.readouterr()
@@ -82,3 +82,23 @@ def test_bf16_on_a_cpu_without_native_bfloat16_gets_a_note(monkeypatch):
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
     assert "2x slower than fp32" in TrainConfig(precision="bf16", device="cpu").precision_note()
     assert TrainConfig(precision="fp32", device="cpu").precision_note() is None
+
+
+def test_the_fields_come_in_sections_and_every_form_of_config_json_loads():
+    """config.json nests the fields by section; the flat form of the files written before the sections loads the same,
+    and a wrong key names its section and the valid fields."""
+    from stelab.train.config import RUNTIME_FIELDS, SECTIONS, may_change, section_fields
+
+    config = TrainConfig(lr=0.05, epochs=3, quant=QuantConfig(bits=4), pack_saved=True, seed=2)
+    data = config.to_dict()
+    assert list(data) == list(SECTIONS)
+    assert data["schedule"]["lr"] == 0.05 and data["model"]["seed"] == 2 and data["runtime"]["pack_saved"] is True
+    assert TrainConfig.from_dict(data) == config == TrainConfig.from_dict(config.flat_dict())
+    assert config.section("schedule")["epochs"] == 3
+    every = [f for s in SECTIONS for f in section_fields(s)]
+    assert sorted(every) == sorted(config.flat_dict()) and len(every) == len(set(every))  # each field in one section
+    with pytest.raises(ValueError, match="in section 'schedule'; valid fields there: epochs, lr"):
+        TrainConfig.from_dict({**data, "schedule": {**data["schedule"], "learning_rate": 0.1}})
+    # the resume rule: the runtime section, except what changes the numbers
+    assert may_change("device") and may_change("pack_saved") and not may_change("precision")
+    assert not may_change("lr") and not may_change("channels_last") and "out" in RUNTIME_FIELDS

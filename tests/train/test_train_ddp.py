@@ -14,8 +14,8 @@ import torch
 from torch import nn
 
 from stelab import data
+from stelab.activations.config import QuantConfig
 from stelab.cli import main
-from stelab.config import QuantConfig
 from stelab.io import read_json
 from stelab.train import TrainConfig, load_checkpoint
 from stelab.train.runs import build_model

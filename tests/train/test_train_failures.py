@@ -109,7 +109,7 @@ def test_a_killed_write_leaves_no_temporary_behind_on_the_next_start(tmp_path, c
 
 
 def test_a_learned_alpha_that_turns_nan_ends_the_run_as_diverged(tmp_path, monkeypatch):
-    from stelab.modules import QuantReLU
+    from stelab.activations.modules import QuantReLU
 
     real = QuantReLU.forward
 

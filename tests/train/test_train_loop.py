@@ -10,10 +10,11 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from stelab.activations.config import QuantConfig
 from stelab.cli import main
-from stelab.config import QuantConfig
 from stelab.io import read_json, read_jsonl
 from stelab.train import TrainConfig, load_checkpoint, load_model_from_run, train
+from stelab.train.runs import read_config
 
 Q2 = QuantConfig(bits=2)  # the default quantization, spelled out
 # 256 synthetic MNIST-shaped images, batch 128: one epoch is exactly 2 optimizer steps.
@@ -155,8 +156,8 @@ def test_cli_trains_and_prints_the_summary(tmp_path, capsys):
                  "--lr-milestones"])
     assert code == 0
     assert "status=finished" in capsys.readouterr().out
-    config = json.loads((out / "config.json").read_text())
-    assert config["quant"] is None and config["lr_milestones"] == [] and config["batch_size"] == 128
+    config = read_config(out).flat_dict()
+    assert config["quant"] is None and config["lr_milestones"] == () and config["batch_size"] == 128
 
 
 def test_diagnose_every_adds_the_diagnostics_hook_from_the_cli(tmp_path):
@@ -166,7 +167,7 @@ def test_diagnose_every_adds_the_diagnostics_hook_from_the_cli(tmp_path):
                  "--diagnose-every", "2", "--out", str(out), "--no-progress"]) == 0
     (record,) = [r for r in read_jsonl(out / "metrics.jsonl") if r["kind"] == "hook"]
     assert record["step"] == 2 and "diagnostics" in record
-    assert read_json(out / "config.json")["diagnose_every"] == 2  # recorded: --resume keeps diagnosing
+    assert read_config(out).diagnose_every == 2  # recorded: --resume keeps diagnosing
 
 
 def test_train_takes_hooks_from_its_caller_only(tmp_path):

@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from stelab.activations.config import QuantConfig
 from stelab.cli import main
-from stelab.config import QuantConfig
 from stelab.train import TrainConfig, load_checkpoint, train
 
 BASE = TrainConfig(model="lenet5", dataset="mnist", synthetic=192, batch_size=64, epochs=2,
@@ -26,7 +26,7 @@ def assert_same_weights(a_dir, b_dir):
 
 def test_config_default_off_old_files_load_and_bad_combinations_are_refused():
     assert TrainConfig().pack_saved is False
-    old = {k: v for k, v in BASE.to_dict().items() if k != "pack_saved"}  # a config.json from before the field
+    old = {k: v for k, v in BASE.flat_dict().items() if k != "pack_saved"}  # a config.json from before the field
     assert TrainConfig.from_dict(old) == BASE
     assert TrainConfig.from_json(BASE.replace(pack_saved=True).to_json()).pack_saved is True
     with pytest.raises(ValueError, match="activations are float"):
@@ -69,7 +69,7 @@ def test_cli_flag_and_resume(tmp_path, capsys):
     argv = ["train", "--model", "lenet5", "--synthetic", "64", "--batch-size", "32", "--epochs", "1", "--bits", "2",
             "--out", str(out), "--no-progress"]
     assert main(argv + ["--pack-saved"]) == 0
-    assert load_checkpoint(out / "checkpoint.pt")["config"]["pack_saved"] is True
+    assert TrainConfig.from_dict(load_checkpoint(out / "checkpoint.pt")["config"]).pack_saved is True
     assert main(["train", "--resume", "--out", str(out), "--no-pack-saved", "--no-progress"]) == 0  # allowed
     assert main(["train", "--resume", "--out", str(out), "--recompute", "--no-progress"]) == 0  # packing as saved
     assert main(argv[:-3] + ["--float", "--pack-saved", "--out", str(tmp_path / "f")]) == 2

@@ -12,7 +12,7 @@ import time
 import pytest
 import torch
 
-from stelab.config import QuantConfig
+from stelab.activations.config import QuantConfig
 from stelab.io import read_jsonl
 from stelab.train import TrainConfig, load_checkpoint, train
 

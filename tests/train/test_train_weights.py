@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from stelab.config import QuantConfig
+from stelab.activations.config import QuantConfig
 from stelab.io import read_jsonl
 from stelab.models import build
 from stelab.train import TrainConfig, load_checkpoint, load_model_from_run, train
@@ -26,9 +26,9 @@ def test_weights_nest_in_json_and_legacy_files_load():
     config = TrainConfig(weights=WeightQuantConfig(quantizer="ternary", ste="hardtanh"), optimizer="bcgd",
                          bcgd_rho=1e-3, weight_first_last=True)
     data = config.to_dict()
-    assert data["weights"] == config.weights.to_dict() and data["optimizer"] == "bcgd"
+    assert data["weights"]["weights"] == config.weights.to_dict() and data["optimizer"]["optimizer"] == "bcgd"
     assert TrainConfig.from_json(config.to_json()) == config
-    old = {k: v for k, v in TrainConfig().to_dict().items()
+    old = {k: v for k, v in TrainConfig().flat_dict().items()
            if k not in ("weights", "weight_first_last", "optimizer", "bcgd_rho", "relax_lam", "relax_growth",
                         "relax_hard_at")}
     legacy = TrainConfig.from_dict(old)  # a config.json written before the weights existed

@@ -7,7 +7,7 @@ import pytest
 
 from stelab.cli import main
 from stelab.io import read_json
-from stelab.train.runs import SUMMARY
+from stelab.train.runs import SUMMARY, read_config
 from stelab.weights import WeightQuantConfig
 
 TINY = ["--synthetic", "256", "--epochs", "1", "--no-progress"]
@@ -19,7 +19,7 @@ def test_tiny_weight_quantized_runs_finish(optimizer, tmp_path, capsys):
     assert main(["train", *TINY, "--weight-bits", "2", "--optimizer", optimizer, "--out", str(out)]) == 0
     summary = read_json(out / SUMMARY)
     assert summary["status"] == "finished" and summary["optimizer"] == optimizer and summary["weight_bits"] == 2
-    config = read_json(out / "config.json")
+    config = read_config(out).flat_dict()
     assert config["weights"] == WeightQuantConfig(bits=2).to_dict() and config["optimizer"] == optimizer
     assert "status=finished" in capsys.readouterr().out
 
@@ -109,9 +109,9 @@ def test_reproduce_table1_with_weight_bits_names_its_cells_and_keeps_a_float_sta
                  "--out", str(out), "--no-progress"]) == 0
     seed = out / "lenet5" / "seed0"
     assert sorted(p.name for p in seed.iterdir()) == ["float", "w2a2-clipped_relu-bcgd"]
-    float_config = read_json(seed / "float" / "config.json")
+    float_config = read_config(seed / "float").flat_dict()
     assert float_config["weights"] is None and float_config["quant"] is None and float_config["optimizer"] == "sgd"
-    cell = read_json(seed / "w2a2-clipped_relu-bcgd" / "config.json")
+    cell = read_config(seed / "w2a2-clipped_relu-bcgd").flat_dict()
     assert cell["weights"]["bits"] == 2 and cell["optimizer"] == "bcgd" and cell["init"].endswith("float")
     results = read_json(out / "results.json")
     assert results["weights"] == "w2" and all(c["paper_test_acc"] is None for c in results["cells"])

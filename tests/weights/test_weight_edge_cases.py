@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from stelab.errors import ResolutionError
+from stelab.quant.lsq import check_step
 from stelab.weights import QuantLinear, WeightQuantConfig, quantize_weight, quantize_weights
 from stelab.weights import quantizers as wq
-from stelab.weights.lsq import check_step
 
 
 @pytest.mark.parametrize("name", ["binary", "ternary", "uniform"])

@@ -7,8 +7,8 @@ import torch
 from torch import nn
 
 import stelab
-from stelab.optim import BCGD, BinaryRelax
 from stelab.weights import QuantLinear, quantize_weights
+from stelab.weights.optim import BCGD, BinaryRelax
 
 LR = 0.05
 

@@ -106,7 +106,7 @@ def take_imports(argv: list[str]) -> tuple[list[str], list[str]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ..ste_plugins import import_sources
+    from ..ste.plugins import import_sources
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["--version"]:  # what argparse would print, without building every command's parser (and torch)

@@ -10,48 +10,34 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..config import ALPHA_RULES, QuantConfig
-from ..ste import PAPER_STES
-from ..train.config import DEVICES, OPTIMIZERS, PRECISIONS, SCHEDULES, TrainConfig
+from ..activations.config import QuantConfig
+from ..train.config import TrainConfig
 from ..weights import WeightQuantConfig, quantizers
-from ..weights.quantizers import GRANULARITIES, SCALE_RULES
 from . import SUMMARY
+from .fields import add_flags, values
 
-
-def _bool_flag(p: argparse.ArgumentParser, name: str, help: str) -> None:
-    p.add_argument(f"--{name}", action=argparse.BooleanOptionalAction, default=None, help=help)
+# Which TrainConfig fields each group of flags sets; each flag's type, default and help come from the field
+# (stelab.cli.fields). The model choice and the run's identity (init, epochs, seed, out, ...) are train's own; the
+# rest is shared with `stelab reproduce`.
+SHARED_FIELDS = ("lr", "lr_milestones", "lr_gamma", "lr_schedule", "warmup_epochs", "batch_size", "momentum",
+                 "weight_decay", "nesterov", "augment", "data_dir", "device", "compile", "channels_last", "precision",
+                 "limit_train", "limit_test", "synthetic", "eval_batch_size")
+TRAIN_FIELDS = ("model", "dataset", "ste_schedule", "init", "epochs", "seed", "out", "save_best", "pack_saved",
+                "recompute", "recompute_limit", "diagnose_every")
+OPTIMIZER_FIELDS = ("weight_first_last", "optimizer", "bcgd_rho", "relax_lam", "relax_growth", "relax_hard_at")
+# Flags that set a field of TrainConfig.quant (a QuantConfig), and --float, which makes it None.
+QUANT_FLAGS = ("bits", "ste", "forward", "alpha", "learn_alpha", "alpha_rule")
+# --weight-* flags -> WeightQuantConfig fields
+WEIGHT_FIELDS = ("bits", "quantizer", "ste", "granularity", "scale_rule", "scale")
+WEIGHT_FLAGS = {f"weight_{f}": f for f in WEIGHT_FIELDS}
+# The optimizer wrappers' flags and the optimizer that reads each
+WRAPPER_FLAGS = {"bcgd_rho": "bcgd", "relax_lam": "binaryrelax", "relax_growth": "binaryrelax",
+                 "relax_hard_at": "binaryrelax"}
 
 
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
     """Flags shared with ``stelab reproduce`` (model choice excluded)."""
-    d = TrainConfig()
-    p.add_argument("--lr", type=float, default=None,
-                   help="initial rate (default 0.1 from scratch, 0.01 when fine-tuning from --init)")
-    p.add_argument("--lr-milestones", type=float, nargs="*", default=list(d.lr_milestones), metavar="F",
-                   help="fractions of the run where the rate is cut by --lr-gamma (default 0.5 0.75; none: constant)")
-    p.add_argument("--lr-gamma", type=float, default=d.lr_gamma)
-    p.add_argument("--lr-schedule", choices=SCHEDULES, default=d.lr_schedule,
-                   help="step: multiply by --lr-gamma at --lr-milestones (default); cosine: cosine to 0 over the run")
-    p.add_argument("--warmup-epochs", type=float, default=d.warmup_epochs, metavar="W",
-                   help="linear warm-up of the rate over the first W epochs, per step (default 0: none; "
-                        "reproduce table1: the float runs only)")
-    p.add_argument("--batch-size", type=int, default=d.batch_size, help="global batch size over all processes")
-    p.add_argument("--momentum", type=float, default=d.momentum)
-    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
-    p.add_argument("--nesterov", action="store_true")
-    _bool_flag(p, "augment", "crop+flip augmentation (default: on for cifar10)")
-    p.add_argument("--data-dir", default=None, help="folder holding MNIST/ and cifar-10-batches-py/")
-    p.add_argument("--device", choices=DEVICES, default=d.device)
-    p.add_argument("--compile", action="store_true", help="torch.compile the model")
-    _bool_flag(p, "channels-last", "channels_last memory format (default: the faster one measured for the model "
-                                   "and device, see BENCHMARKS.md)")
-    p.add_argument("--precision", choices=PRECISIONS, default=d.precision,
-                   help="fp32, or bf16 mixed precision (autocast; fastest on CPUs with AVX-512 bf16/AMX and on "
-                        "GPUs; default fp32)")
-    p.add_argument("--limit-train", type=int, default=0, metavar="N", help="use the first N training images")
-    p.add_argument("--limit-test", type=int, default=0, metavar="N", help="use the first N test images")
-    p.add_argument("--synthetic", type=int, default=0, metavar="N", help="N random images instead of the data set")
-    p.add_argument("--eval-batch-size", type=int, default=d.eval_batch_size)
+    add_flags(p, TrainConfig, SHARED_FIELDS)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_weight_arguments(p)
 
@@ -62,37 +48,9 @@ def add_weight_arguments(p: argparse.ArgumentParser) -> None:
     The ``--weight-*`` defaults are None ("not given"): the config's defaults apply, and a ``--weight-*`` flag
     without ``--weight-bits`` is an error rather than silently ignored.
     """
-    d, w = TrainConfig(), WeightQuantConfig()
     g = p.add_argument_group("quantized weights (default: float weights)")
-    g.add_argument("--weight-bits", type=int, default=None, metavar="B",
-                   help="quantize the Linear/Conv2d weights to B bits; turns weight quantization on (uniform: "
-                        "2..16; 1 picks binary; ternary: 2 with --weight-quantizer ternary)")
-    g.add_argument("--weight-quantizer", default=None,
-                   help=f"{' | '.join(quantizers.names())} (default {w.quantizer})")
-    g.add_argument("--weight-ste", default=None,
-                   help=f"STE of the weights, one not zero below 0 (default {w.ste}; e.g. hardtanh)")
-    g.add_argument("--weight-granularity", default=None,
-                   help=f"{' | '.join(GRANULARITIES)}: one scale per tensor or per output channel "
-                        f"(default {w.granularity})")
-    g.add_argument("--weight-scale-rule", default=None,
-                   help=f"{' | '.join(SCALE_RULES)} (default: mean for binary/ternary, max for uniform; lsq learns "
-                        "the scale, and is the one to use for uniform at 2-3 bits: docs/weights.md)")
-    g.add_argument("--weight-scale", type=float, default=None, help="the scale of --weight-scale-rule fixed, or "
-                                                                      "lsq's initial step")
-    g.add_argument("--weight-first-last", action="store_true",
-                   help="quantize the weights of the first conv and the last linear layer too (default: they stay "
-                        "float, the common practice)")
-    g.add_argument("--optimizer", default=d.optimizer,
-                   help=f"{' | '.join(OPTIMIZERS)}: SGD, or SGD wrapped by BCGD or BinaryRelax (these need "
-                        f"--weight-bits; default {d.optimizer})")
-    g.add_argument("--bcgd-rho", type=float, default=d.bcgd_rho, help=f"BCGD's blend rho (default {d.bcgd_rho:g})")
-    g.add_argument("--relax-lam", type=float, default=d.relax_lam,
-                   help=f"BinaryRelax's initial lambda (default {d.relax_lam:g})")
-    g.add_argument("--relax-growth", type=float, default=d.relax_growth,
-                   help=f"factor BinaryRelax's lambda grows by over its relaxed phase (default {d.relax_growth:g})")
-    g.add_argument("--relax-hard-at", type=float, default=d.relax_hard_at,
-                   help=f"fraction of the run's steps after which BinaryRelax trains the exactly quantized weights "
-                        f"(default {d.relax_hard_at:g}; 1: never)")
+    add_flags(g, WeightQuantConfig, WEIGHT_FIELDS, prefix="weight_", all_not_given=True)
+    add_flags(g, TrainConfig, OPTIMIZER_FIELDS)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -100,44 +58,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        description="Train a float or quantized model: activations (--bits, --ste) and, with "
                                    "--weight-bits, weights (SGD with momentum, or BCGD/BinaryRelax around it; "
                                    "step-decayed rate).")
-    p.add_argument("--model", default="lenet5",
-                   help="lenet5, lenet5-caffe (mnist) | vgg11, resnet20 (cifar10); default lenet5")
-    p.add_argument("--dataset", default="mnist", help="mnist | cifar10 (default mnist)")
-    q = QuantConfig()  # the flags' defaults are QuantConfig's
-    p.add_argument("--bits", type=int, default=q.bits, help=f"activation bits (default {q.bits}; ignored with --float)")
-    p.add_argument("--ste", default=q.ste,
-                   help=f"STE name, e.g. {', '.join(PAPER_STES)} (default {q.ste}; see `stelab info`)")
-    p.add_argument("--ste-schedule", action="append", default=None, metavar="PARAM=START:END[:SHAPE]",
-                   help="schedule a parameter of --ste over the run, once per epoch; SHAPE linear (default), "
-                        "geometric or cosine; repeatable (e.g. --ste ede --ste-schedule t=0.1:10:geometric)")
-    p.add_argument("--forward", default=q.forward, help=f"forward quantizer (default {q.forward})")
-    p.add_argument("--alpha", type=float, default=q.alpha,
-                   help="resolution (default: Lloyd's for the bits); with --learn-alpha its initial value")
-    p.add_argument("--learn-alpha", action="store_true",
-                   help="train the activations' resolution with the --alpha-rule gradient (one per activation)")
-    p.add_argument("--alpha-rule", default=None,  # None: not given (an error without --learn-alpha)
-                   help=f"gradient of a learned resolution: {' | '.join(ALPHA_RULES)} (default {q.alpha_rule}; "
-                        "with --learn-alpha only; docs/quantizers.md)")
+    add_flags(p, TrainConfig, TRAIN_FIELDS[:2])
+    add_flags(p, QuantConfig, QUANT_FLAGS[:2])
+    add_flags(p, TrainConfig, TRAIN_FIELDS[2:3])
+    add_flags(p, QuantConfig, QUANT_FLAGS[2:5])
+    add_flags(p, QuantConfig, QUANT_FLAGS[5:], all_not_given=True)  # None: not given (an error without --learn-alpha)
     p.add_argument("--float", dest="float_model", action="store_true",
                    help="float (ReLU) activations (with --weight-bits only the weights are quantized)")
-    p.add_argument("--init", default=None, help="checkpoint file or run folder to start from (float model)")
-    p.add_argument("--epochs", type=int, default=None,
-                   help="default: the paper's, 50 for the LeNets, 200 for vgg11/resnet20")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default=None, help="run folder (default runs/<model>-<dataset>-<kind>-seed<seed>)")
+    add_flags(p, TrainConfig, TRAIN_FIELDS[3:7])
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its last checkpoint with the settings in its config.json "
                         "(other flags optional; one that differs from the saved value is an error)")
-    p.add_argument("--save-best", action="store_true", help="also keep best.pt (highest test accuracy)")
-    _bool_flag(p, "pack-saved", "keep the quantized activations' outputs saved for backward as packed n-bit codes, "
-                                "restored exactly: the same run in less memory (not with --compile; docs/training.md)")
-    _bool_flag(p, "recompute", "with --pack-saved: recompute each convolution's output in the backward instead of "
-                               "keeping it (bit for bit; less memory again for one more convolution forward)")
-    p.add_argument("--recompute-limit", type=int, default=None, metavar="MACS",
-                   help="with --recompute: only the convolutions costing at most MACS multiply-adds per output "
-                        "element (C_in/groups * kh * kw; e.g. 300: the cheap early layers, most of the memory)")
-    p.add_argument("--diagnose-every", type=int, default=0, metavar="N",
-                   help="run stelab.diagnostics.DiagnosticsHook every N steps (0 = off)")
+    add_flags(p, TrainConfig, TRAIN_FIELDS[7:])
     p.add_argument("--nproc", type=int, default=1, help="data-parallel processes launched here (like torchrun)")
     p.add_argument("--force", action="store_true",
                    help="write into an --out folder that holds another command's report.md/results.json")
@@ -157,24 +89,9 @@ def _fields_from_args(args: argparse.Namespace, **overrides) -> dict:
         from ..errors import unknown_name
 
         raise unknown_name("model", model, models.names())
-    fields = dict(
-        model=model, dataset=getattr(args, "dataset", "mnist"), quant=_quant_from_args(args),
-        weights=_weights_from_args(args), **_optimizer_from_args(args),
-        init=getattr(args, "init", None), epochs=getattr(args, "epochs", None),
-        lr=args.lr, lr_milestones=tuple(args.lr_milestones), lr_gamma=args.lr_gamma, lr_schedule=args.lr_schedule,
-        warmup_epochs=args.warmup_epochs,
-        batch_size=args.batch_size, momentum=args.momentum, weight_decay=args.weight_decay, nesterov=args.nesterov,
-        augment=args.augment,
-        seed=getattr(args, "seed", 0), data_dir=args.data_dir, out=getattr(args, "out", None), device=args.device,
-        compile=args.compile, channels_last=args.channels_last, precision=args.precision,
-        limit_train=args.limit_train,
-        limit_test=args.limit_test, synthetic=args.synthetic, eval_batch_size=args.eval_batch_size,
-        diagnose_every=getattr(args, "diagnose_every", 0), save_best=getattr(args, "save_best", False),
-    )
-    fields["pack_saved"] = bool(getattr(args, "pack_saved", None))  # None: not given
-    fields["recompute"] = bool(getattr(args, "recompute", None))
-    fields["recompute_limit"] = getattr(args, "recompute_limit", None)
-    fields["ste_schedule"] = tuple(getattr(args, "ste_schedule", None) or ())
+    fields = values(args, TrainConfig, SHARED_FIELDS + TRAIN_FIELDS)
+    fields.update(model=model, quant=_quant_from_args(args), weights=_weights_from_args(args),
+                  **_optimizer_from_args(args))
     fields.update(overrides)
     return fields
 
@@ -184,34 +101,24 @@ def _quant_from_args(args: argparse.Namespace) -> QuantConfig | None:
     (absent flags: its defaults)."""
     if getattr(args, "float_model", False):
         return None
-    fields = {f: getattr(args, f) for f in QUANT_FLAGS if hasattr(args, f)}
-    if fields.get("alpha_rule") is None:
-        fields.pop("alpha_rule", None)  # not given: QuantConfig's default
-    elif not fields.get("learn_alpha"):
+    fields = values(args, QuantConfig, QUANT_FLAGS, given_only=True)  # absent: QuantConfig's defaults
+    if "alpha_rule" in fields and not fields.get("learn_alpha"):
         raise ValueError("--alpha-rule sets the gradient of a learned resolution, but the resolution is fixed; give "
                          "--learn-alpha too, or drop --alpha-rule")
     return QuantConfig.merged(**fields)
 
 
-# --weight-* flags -> WeightQuantConfig fields
-WEIGHT_FLAGS = {"weight_bits": "bits", "weight_quantizer": "quantizer", "weight_ste": "ste",
-                "weight_granularity": "granularity", "weight_scale_rule": "scale_rule", "weight_scale": "scale"}
-# The optimizer wrappers' flags and the optimizer that reads each
-WRAPPER_FLAGS = {"bcgd_rho": "bcgd", "relax_lam": "binaryrelax", "relax_growth": "binaryrelax",
-                 "relax_hard_at": "binaryrelax"}
-
-
 def _weights_from_args(args: argparse.Namespace) -> WeightQuantConfig | None:
     """None (float weights) without ``--weight-bits``; else the WeightQuantConfig of the ``--weight-*`` flags."""
-    given = {f: getattr(args, dest) for dest, f in WEIGHT_FLAGS.items() if getattr(args, dest, None) is not None}
+    given = values(args, WeightQuantConfig, WEIGHT_FIELDS, prefix="weight_", given_only=True)
     if "bits" not in given:
         if given:
             flags = ", ".join("--" + d.replace("_", "-") for d, f in WEIGHT_FLAGS.items() if f in given)
             raise ValueError(f"{flags} set(s) how weights are quantized, but weight quantization is off; give "
                              "--weight-bits B to turn it on")
         return None
-    if given["bits"] == 1 and "quantizer" not in given:
-        given["quantizer"] = "binary"  # the only 1-bit weight quantizer
+    if "quantizer" not in given and len(takers := quantizers.accepting(given["bits"])) == 1:
+        given["quantizer"] = takers[0]  # e.g. --weight-bits 1: binary, the only 1-bit weight quantizer
     return WeightQuantConfig(**given)  # a bad name or value raises listing the valid choices
 
 
@@ -286,8 +193,6 @@ def hook_specs(config: TrainConfig) -> list:
     return [HookSpec(DIAGNOSTICS_HOOK, {"every": config.diagnose_every})] if config.diagnose_every else []
 
 
-# Flags that set a field of TrainConfig.quant (a QuantConfig), and --float, which makes it None.
-QUANT_FLAGS = ("bits", "ste", "forward", "alpha", "learn_alpha", "alpha_rule")
 _QUANT_FIELD_OF = {**{f: f for f in QUANT_FLAGS}, "float_model": "bits"}
 
 
@@ -302,7 +207,7 @@ def _resume_config(args: argparse.Namespace) -> TrainConfig:
     if not run_dir.is_dir():
         raise FileNotFoundError(f"--resume: run folder {run_dir} does not exist; check --out, or start a new run "
                                 "without --resume")
-    saved = read_config(run_dir).to_dict()  # a legacy flat config.json converts
+    saved = read_config(run_dir).flat_dict()  # a legacy flat config.json converts
     changes = {"out": str(run_dir)}
     for dest, flag in sorted(given.items()):
         if dest in _QUANT_FIELD_OF:  # compared field by field: --ste alone must not compare the default --bits

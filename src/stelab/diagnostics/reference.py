@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from ..modules import QuantReLU
+from ..activations.modules import QuantReLU
 from .smoothing import require_quantized, smoothed
 
 LossFn = Callable[[Tensor, Tensor], Tensor]

@@ -22,10 +22,10 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor, nn
 
-from ..convert import quantized_modules
-from ..modules import QuantReLU
-from ..smoothing import smoothed_step, smoothed_step_derivative
+from ..activations.convert import quantized_modules
+from ..activations.modules import QuantReLU
 from ..ste import STE
+from ..ste.smoothing import smoothed_step, smoothed_step_derivative
 
 
 def _steps(thresholds: Tensor, levels: Tensor) -> tuple[list[float], list[float], float]:

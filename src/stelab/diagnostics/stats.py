@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from ..modules import QuantReLU
+from ..activations.modules import QuantReLU
 from .reference import preserved_state
 from .smoothing import module_tables, require_quantized
 

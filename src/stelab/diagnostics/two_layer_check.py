@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..modules import QuantReLU
+from ..activations.modules import QuantReLU
 from ..ste import DEFAULT_STE
 from ..theory import two_layer
 from .fidelity import DEFAULT_STES, EXTRAPOLATED, gradient_fidelity, reference_key

@@ -16,8 +16,13 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from ..config import JsonConfig  # noqa: E402
-from ..io import markdown_table, save_figure, write_json, write_text  # noqa: E402
+from ..io import (  # noqa: E402
+    JsonConfig,  # noqa: E402
+    markdown_table,
+    save_figure,
+    write_json,
+    write_text,
+)
 from ..theory.classify import ONE_SIDED_STES, CoarseGDConfig, check_monotone, ste_choices, train_coarse  # noqa: E402
 from ..theory.classify_data import KINDS, make, min_cross_class_angle  # noqa: E402
 

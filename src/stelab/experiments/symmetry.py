@@ -16,8 +16,7 @@ import torch
 from tqdm import tqdm
 
 from .. import ste as ste_registry
-from ..config import JsonConfig
-from ..io import markdown_table, save_figure, write_json, write_text
+from ..io import JsonConfig, markdown_table, save_figure, write_json, write_text
 from ..ste import PAPER_STES
 from ..theory.symmetry import DATASETS, WeightedData, coarse_descent, misspecified_labels, sample_inputs
 from ..theory.symmetry_exact import AngularModel, crelu_scaling, exact_descent, loglog_slope

@@ -28,7 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from ..modules import QuantReLU
+from ..activations import quantizers
+from ..activations.modules import QuantReLU
 from ..weights.modules import QuantConv2d, QuantLinear
 from ..weights.ops import resolve_scale
 
@@ -61,15 +62,21 @@ class WeightSpec:
 
 @dataclass(frozen=True)
 class ActSpec:
-    """A quantized activation: ``forward``, ``bits``, ``levels`` :math:`L` (1 for sign) and ``alpha`` (float32)."""
+    """A quantized activation: ``forward``, ``bits``, ``levels`` :math:`L` (1 for sign) and ``alpha`` (float32).
+    The export writes the kernels' ``formula`` the forward quantizer evaluates (staircase, round or sign), so a
+    registered forward is exported like the built-in of its formula."""
 
     forward: str
     bits: int
     alpha: float
 
     @property
+    def formula(self) -> str:
+        return quantizers.get(self.forward).formula
+
+    @property
     def levels(self) -> int:
-        return 1 if self.forward == "sign" else 2**self.bits - 1
+        return 1 if self.formula == "sign" else 2**self.bits - 1
 
 
 @dataclass

@@ -142,10 +142,10 @@ def _bn(v, op: Op, arith: dict[str, str]):
 def thresholds(act: ActSpec) -> np.ndarray:
     """The real thresholds :math:`\\theta_j` of an activation (float64)."""
     alpha = float(np.float32(act.alpha))
-    if act.forward == "sign":
+    if act.formula == "sign":
         return np.zeros(1)
     j = np.arange(act.levels, dtype=np.float64)
-    return (j + 0.5) * alpha if act.forward == "round" else j * alpha
+    return (j + 0.5) * alpha if act.formula == "round" else j * alpha
 
 
 def integer_thresholds(tau: np.ndarray, sgn: np.ndarray, high: int) -> np.ndarray:
@@ -180,7 +180,7 @@ def _activation(v, op: Op, arith: dict[str, str]) -> Codes:
         x = real(v)
         count = sum((x > t).astype(np.int64) for t in thresholds(act))
         arith[op.attrs["module"]] = "float64 thresholds (float input)"
-    if act.forward == "sign":
+    if act.formula == "sign":
         return Codes(2 * count - 1, act.alpha, 1)
     return Codes(count, act.alpha, act.levels)
 

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..weights import quantizers as weight_quantizers
 from .builder import QONNX_DOMAIN, Builder
 from .graph import ActSpec, WeightSpec
 from .storage import IntType, as_array, choose
@@ -51,12 +52,12 @@ def activation(b: Builder, x: str, a: ActSpec, fmt: str, hint: str, int_bits: in
     t = choose(0, a.levels, False, b.opset, max(8, int_bits or 8))  # 8-bit activation codes: see the docstring
     types[hint] = t.name
     alpha = b.const(a.alpha, f"{hint}.alpha")
-    if a.forward == "sign":
+    if a.formula == "sign":
         code = b.op("Relu", [b.op("Sign", [x], f"{hint}.sign")], f"{hint}.b")
         y = _qdq(b, code, b.const(2 * np.float32(a.alpha), f"{hint}.2alpha"), t, 1, hint)
         return b.op("Add", [y, b.const(-a.alpha, f"{hint}.neg_alpha")], f"{hint}.out")
     u = b.op("Div", [x, alpha], f"{hint}.t")
-    if a.forward == "staircase":
+    if a.formula == "staircase":
         u = b.op("Add", [u, b.const(0.5, f"{hint}.half")], f"{hint}.t_half")
     return _qdq(b, u, alpha, t, a.levels, hint)
 
@@ -71,11 +72,11 @@ def _qdq(b: Builder, u: str, scale: str, t: IntType, levels: int, hint: str) -> 
 
 def _float_act(b: Builder, x: str, a: ActSpec, hint: str) -> str:
     alpha = b.const(a.alpha, f"{hint}.alpha")
-    if a.forward == "sign":
+    if a.formula == "sign":
         positive = b.op("Greater", [x, b.const(0.0, f"{hint}.zero")], f"{hint}.positive")
         return b.op("Where", [positive, alpha, b.const(-a.alpha, f"{hint}.neg_alpha")], f"{hint}.out")
     t = b.op("Div", [x, alpha], f"{hint}.t")
-    if a.forward == "round":
+    if a.formula == "round":
         t = b.op("Sub", [t, b.const(0.5, f"{hint}.half")], f"{hint}.t_half")
     k = b.op("Ceil", [t], f"{hint}.ceil")
     k = b.op("Clip", [k, b.const(0.0, f"{hint}.low"), b.const(float(a.levels), f"{hint}.top")], f"{hint}.codes")
@@ -84,11 +85,11 @@ def _float_act(b: Builder, x: str, a: ActSpec, hint: str) -> str:
 
 def _qonnx_act(b: Builder, x: str, a: ActSpec, hint: str) -> str:
     alpha = b.const(a.alpha, f"{hint}.alpha")
-    if a.forward == "sign":
+    if a.formula == "sign":
         neg = b.op("Neg", [x], f"{hint}.neg")
         q = b.op("BipolarQuant", [neg, alpha], f"{hint}.bipolar", domain=QONNX_DOMAIN)
         return b.op("Neg", [q], f"{hint}.out")
-    mode = "CEIL" if a.forward == "staircase" else "HALF_DOWN"
+    mode = "CEIL" if a.formula == "staircase" else "HALF_DOWN"
     return b.op("Quant", [x, alpha, b.const(0.0, f"{hint}.zero"), b.const(float(a.bits), f"{hint}.bits")],
                 f"{hint}.out", domain=QONNX_DOMAIN, signed=0, narrow=0, rounding_mode=mode)
 
@@ -102,9 +103,11 @@ def weight(b: Builder, w: WeightSpec, fmt: str, hint: str, int_bits: int | None,
         shaped = scale.reshape(-1, *([1] * (w.weight.ndim - 1))) if scale.ndim else scale
         s = b.const(shaped.astype(np.float32), f"{hint}.scale")
         values = b.const(w.weight, f"{hint}.weight")
-        if w.quantizer == "binary":
+        # the values are s * k already, so a QONNX quantizer at scale s gives k back: a two-code (+-1) quantizer is
+        # bipolar, any other a narrow signed integer range at its storage width (ternary's -1, 0, 1 in 2 bits)
+        if tuple(weight_quantizers.get(w.quantizer).code_values(w.bits)) == (-1, 1):
             return b.op("BipolarQuant", [values, s], f"{hint}.wq", domain=QONNX_DOMAIN)
-        bits = 2 if w.quantizer == "ternary" else w.bits
+        bits = weight_quantizers.storage_bits(w.quantizer, w.bits)
         return b.op("Quant", [values, s, b.const(0.0, f"{hint}.zero"), b.const(float(bits), f"{hint}.bits")],
                     f"{hint}.wq", domain=QONNX_DOMAIN, signed=1, narrow=1, rounding_mode="ROUND")
     t = choose(-w.q_max, w.q_max, True, b.opset, int_bits)

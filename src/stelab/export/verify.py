@@ -1,8 +1,8 @@
 r"""Run an export (onnxruntime, the qonnx executor, the integer reference) beside PyTorch and compare.
 
 Each runner returns :class:`Outputs`: logits and, per quantized activation, its integer codes (from PyTorch:
-:func:`stelab.quantizers.level_index` of the activation's input, the module's own formula; from ONNX: the exported
-activation output divided by :math:`\alpha` and rounded, exact since it is :math:`\mathrm{fl}(k\alpha)`).
+:func:`stelab.activations.quantizers.level_index` of the activation's input, the module's own formula; from ONNX:
+the exported activation output divided by :math:`\alpha` and rounded, exact since it is :math:`\mathrm{fl}(k\alpha)`).
 
 :func:`compare` counts differing codes per layer and samples whose codes all agree; on those the logits must agree
 within a bound computed from the last layer, not chosen: a float32 dot product of length :math:`n` is within
@@ -20,8 +20,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .. import quantizers
-from ..modules import QuantReLU
+from ..activations import quantizers
+from ..activations.modules import QuantReLU
 from .graph import Op, act_ops, lower
 from .ties import documented_ties, quotient
 
@@ -221,10 +221,10 @@ def compare(ref: Outputs, other: Outputs, ops: list[Op], factor: float = 2.0, qd
         if first.any():
             a = acts[name]
             t = quotient(ref.pre[name][first], a.alpha).astype(np.float32)
-            tie = documented_ties(t, a.forward, a.levels) if qdq and a.forward != "sign" else np.zeros(len(t), bool)
+            tie = documented_ties(t, a.formula, a.levels) if qdq and a.formula != "sign" else np.zeros(len(t), bool)
             first_count += int(first.sum())
             ties += int(tie.sum())
-            shift = 0.5 if a.forward == "round" else 0.0
+            shift = 0.5 if a.formula == "round" else 0.0
             rest = t[~tie].astype(np.float64) - shift
             near = max(near, float(np.abs(rest - np.round(rest)).max()) if rest.size else 0.0)
     bound = logit_bound(ops, ref, pooled, factor)

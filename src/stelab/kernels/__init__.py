@@ -6,14 +6,15 @@ traffic of ``relu``'s forward and backward, the floor for an elementwise op.
 
 Registered with :mod:`torch.library` (``custom_op`` with a fake implementation and an autograd formula), so the op
 runs in eager mode, under ``torch.compile`` without a graph break, under ``torch.autocast`` (it computes in the
-dtype it is given, as ``relu`` does) and under DDP. Kernels, by device:
+dtype it is given, as ``relu`` does) and under DDP. Each call runs the first of :data:`BACKENDS` that supports its
+tensor (:mod:`stelab.kernels.backend`, the protocol a backend follows):
 
-* CPU: the C++ kernel of :mod:`stelab.kernels.cpu` (vectorized, OpenMP over ``torch.get_num_threads()``) for dense
-  tensors (contiguous, channels_last, any dense layout) of float32/float64/bfloat16/float16; the output keeps the
-  input's memory format, and nothing is copied.
-* CUDA: the Triton kernel of :mod:`stelab.kernels.triton_quant` (where ``triton`` is installed).
-* Anything else (no compiler, no triton, other devices, non-dense views): the pure-PyTorch reference, with
-  identical results.
+* ``cpp``, CPU: the C++ kernel of :mod:`stelab.kernels.cpu` (vectorized, OpenMP over ``torch.get_num_threads()``)
+  for dense tensors (contiguous, channels_last, any dense layout) of float32/float64/bfloat16/float16; the output
+  keeps the input's memory format, and nothing is copied.
+* ``triton``, CUDA: the Triton kernel of :mod:`stelab.kernels.triton_quant` (where ``triton`` is installed).
+* ``reference``, anything else (no compiler, no triton, other devices, non-dense views): the pure-PyTorch math of
+  :mod:`stelab.kernels.reference`, with identical results.
 """
 
 from __future__ import annotations
@@ -21,10 +22,17 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from . import cpu, reference
+from . import cpu, reference, triton_quant
+from .backend import Backend, dense
 from .reference import MODES, ROUND, SIGN, STAIRCASE
 
-__all__ = ["quantize", "quantize_fwd", "ste_backward", "MODES", "STAIRCASE", "ROUND", "SIGN", "STATE_BITS", "backend"]
+__all__ = ["quantize", "quantize_fwd", "ste_backward", "MODES", "STAIRCASE", "ROUND", "SIGN", "STATE_BITS", "backend",
+           "BACKENDS", "MAX_BREAKS", "select"]
+
+#: The backends, in order of preference; the reference (last) supports every tensor.
+BACKENDS: list[Backend] = [cpu.BACKEND, triton_quant.BACKEND, reference.BACKEND]
+#: The most breakpoints of ``mu'`` a fused plan may have (more regions take the general path of the op).
+MAX_BREAKS = reference.BACKEND.max_breaks
 
 #: The attribute the op sets on the state it saves for backward: how many bits its values need (1 for a mask, else
 #: those of the region count), so that ``stelab.PackSaved`` can keep it bit-packed (:mod:`stelab.pack.recompute`).
@@ -37,76 +45,54 @@ def _mark_state(state: Tensor, breaks: list[float], mask_bits: int) -> Tensor:
     return state
 
 
-def _dense(t: Tensor) -> bool:
-    """Whether ``t``'s elements fill its memory span exactly in some order of its dimensions (contiguous,
-    channels_last, any permutation), so a flat loop covers them and ``empty_like`` repeats the layout."""
-    if t.is_contiguous():
-        return True
-    expected = 1
-    for size, stride in sorted(((n, st) for n, st in zip(t.shape, t.stride()) if n != 1), key=lambda p: p[1]):
-        if stride != expected:
-            return False
-        expected *= size
-    return True
+_dense = dense  # the name stelab.pack and the tests used
 
 
-def _state_like(x: Tensor, breaks: list[float]) -> Tensor:
-    if not breaks:
-        return torch.empty(0, dtype=torch.uint8, device=x.device)
-    return torch.empty_like(x, dtype=torch.uint8)
+def select(device: str, dtype: torch.dtype, is_dense: bool, n_breaks: int = 0) -> Backend:
+    """The first backend that runs on ``device`` with ``dtype``, the layout, and ``n_breaks`` breakpoints."""
+    for b in BACKENDS:
+        if ((not b.devices or device in b.devices) and n_breaks <= b.max_breaks and b.available()
+                and b.accepts(dtype, is_dense)):
+            return b
+    return reference.BACKEND
+
+
+def backend_for(x: Tensor, n_breaks: int = 0) -> Backend:
+    """The backend :func:`quantize_fwd` uses for ``x`` (with ``n_breaks`` breakpoints)."""
+    return select(x.device.type, x.dtype, dense(x), n_breaks)
+
+
+def backend(x: Tensor) -> str:
+    """The name of the backend :func:`quantize_fwd` uses for ``x``: ``"cpp"``, ``"triton"`` or ``"reference"``."""
+    return backend_for(x).name
 
 
 def _nan_error() -> ValueError:
     return ValueError("x contains NaN; a quantizer cannot place NaN on a level (a diverged run upstream?)")
 
 
-def backend(x: Tensor) -> str:
-    """Which implementation :func:`quantize_fwd` uses for ``x``: ``"cpp"``, ``"triton"`` or ``"reference"``."""
-    if x.device.type == "cpu" and x.dtype in cpu.DTYPE_CODES and _dense(x) and cpu.available():
-        return "cpp"
-    if x.device.type == "cuda" and _dense(x):
-        from . import triton_quant
-
-        if triton_quant.available():
-            return "triton"
-    return "reference"
+def _forward(x: Tensor, alpha: float, levels: int, mode: int, breaks: list[float], mask_bits: int,
+             check_nan: bool) -> tuple[Tensor, Tensor]:
+    b = backend_for(x, len(breaks))
+    if check_nan and not b.finds_nan and bool(x.isnan().any()):
+        raise _nan_error()
+    y, state, nan = b.forward(x, alpha, levels, mode, breaks, mask_bits)
+    if check_nan and nan:
+        raise _nan_error()
+    return y, state
 
 
 @torch.library.custom_op("stelab::quantize", mutates_args=())
 def quantize_fwd(x: Tensor, alpha: float, levels: int, mode: int, breaks: list[float], mask_bits: int,
                  values: list[float], check_nan: bool) -> tuple[Tensor, Tensor]:
     """``(y, state)`` for a fixed resolution; ``values`` is used by the backward only (see module docstring)."""
-    return _reference_forward(x, alpha, levels, mode, breaks, mask_bits, check_nan)
+    return _forward(x, alpha, levels, mode, breaks, mask_bits, check_nan)
 
 
-def _reference_forward(x, alpha, levels, mode, breaks, mask_bits, check_nan):
-    if check_nan and bool(x.isnan().any()):
-        raise _nan_error()
-    return reference.forward(x, alpha, levels, mode, breaks, mask_bits)
-
-
-# register_kernel returns the function itself, so the eager path below calls these same functions directly.
-@quantize_fwd.register_kernel("cpu")
-def _quantize_cpu(x, alpha, levels, mode, breaks, mask_bits, values, check_nan):
-    if backend(x) != "cpp":
-        return _reference_forward(x, alpha, levels, mode, breaks, mask_bits, check_nan)
-    y = torch.empty_like(x)
-    state = _state_like(x, breaks)
-    has_nan = cpu.forward(x, y, state if breaks else None, alpha, levels, mode, breaks, mask_bits)
-    if check_nan and has_nan:
-        raise _nan_error()
-    return y, state
-
-
-@quantize_fwd.register_kernel("cuda")
-def _quantize_cuda(x, alpha, levels, mode, breaks, mask_bits, values, check_nan):
-    if backend(x) != "triton":
-        return _reference_forward(x, alpha, levels, mode, breaks, mask_bits, check_nan)
-    if check_nan and bool(x.isnan().any()):
-        raise _nan_error()
-    from . import triton_quant
-
-    return triton_quant.forward(x, alpha, levels, mode, breaks, mask_bits)
+def _state_like(x: Tensor, breaks: list[float]) -> Tensor:
+    if not breaks:
+        return torch.empty(0, dtype=torch.uint8, device=x.device)
+    return torch.empty_like(x, dtype=torch.uint8)
 
 
 @quantize_fwd.register_fake
@@ -120,7 +106,7 @@ def ste_backward(grad: Tensor, state: Tensor, values: list[float]) -> Tensor:
 
     ``dx`` always has the state's (that is, the input's) layout, whatever layout ``grad`` arrives in: every kernel
     and the fake implementation agree on it, as ``torch.compile`` requires."""
-    return _in_state_layout(reference.backward(grad, state, values), state)
+    return _backward_kernel(grad, state, values)
 
 
 def _dx_like(grad: Tensor, state: Tensor) -> Tensor:
@@ -138,23 +124,11 @@ def _grad_in_state_layout(grad: Tensor, state: Tensor) -> Tensor:
     return grad if grad.stride() == state.stride() else _dx_like(grad, state).copy_(grad)
 
 
-@ste_backward.register_kernel("cpu")
-def _ste_backward_cpu(grad, state, values):
-    if grad.dtype not in cpu.DTYPE_CODES or not _dense(state) or not cpu.available():
-        return _in_state_layout(reference.backward(grad, state, values), state)
-    grad = _grad_in_state_layout(grad, state)
-    out = torch.empty_like(grad)
-    cpu.backward(grad, state, out, values)
-    return out
-
-
-@ste_backward.register_kernel("cuda")
-def _ste_backward_cuda(grad, state, values):
-    from . import triton_quant
-
-    if not (_dense(state) and triton_quant.available()):
-        return _in_state_layout(reference.backward(grad, state, values), state)
-    return triton_quant.backward(_grad_in_state_layout(grad, state), state, values)
+def _backward_kernel(grad: Tensor, state: Tensor, values: list[float]) -> Tensor:
+    b = select(state.device.type, grad.dtype, dense(state), len(values) - 1)
+    if b.needs_state_layout:
+        grad = _grad_in_state_layout(grad, state)
+    return _in_state_layout(b.backward(grad, state, values), state)
 
 
 @ste_backward.register_fake
@@ -186,12 +160,10 @@ quantize_fwd.register_autograd(_backward, setup_context=_setup_context)
 # activation; so eager calls on plain CPU/CUDA tensors run the same registered kernels through a thin autograd
 # Function instead (about 20 us), and everything else (torch.compile, tensor subclasses, other devices) goes through
 # ``torch.ops.stelab.quantize``. Tests check that both give identical results and gradients.
-_FORWARD = {"cpu": _quantize_cpu, "cuda": _quantize_cuda}
-_BACKWARD = {"cpu": _ste_backward_cpu, "cuda": _ste_backward_cuda}
 
 
 def _constant_backward(grad: Tensor, values: list[float], layout: tuple | None) -> Tensor:
-    """``grad * values[0]`` in the input's layout ``(shape, stride)`` (see :func:`_ste_backward_cpu` for why)."""
+    """``grad * values[0]`` in the input's layout ``(shape, stride)`` (see :func:`_grad_in_state_layout` for why)."""
     if layout is not None and grad.stride() != layout[1] and grad.shape == layout[0]:
         return torch.empty_strided(*layout, dtype=grad.dtype, device=grad.device).copy_(grad).mul_(values[0])
     return grad if values[0] == 1.0 else grad * values[0]
@@ -204,7 +176,7 @@ def _layout(x: Tensor) -> tuple | None:
 class _Eager(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, alpha, levels, mode, breaks, mask_bits, values, check_nan):
-        y, state = _FORWARD[x.device.type](x, alpha, levels, mode, breaks, mask_bits, values, check_nan)
+        y, state = _forward(x, alpha, levels, mode, breaks, mask_bits, check_nan)
         ctx.values, ctx.constant = values, not breaks
         ctx.layout = _layout(x) if ctx.constant else None
         ctx.save_for_backward(_mark_state(state, breaks, mask_bits))
@@ -216,15 +188,15 @@ class _Eager(torch.autograd.Function):
         if ctx.constant:
             gx = _constant_backward(grad, ctx.values, ctx.layout)
         else:
-            gx = _BACKWARD[grad.device.type](grad, state, ctx.values)
+            gx = _backward_kernel(grad, state, ctx.values)
         return gx, None, None, None, None, None, None, None
 
 
 def quantize(x: Tensor, alpha: float, levels: int, mode: int, breaks: list[float], mask_bits: int,
              values: list[float], check_nan: bool) -> Tensor:
     """``y`` of ``stelab::quantize`` with its STE backward; the state is made only when a gradient will need it."""
-    if torch.compiler.is_compiling() or type(x) is not torch.Tensor or x.device.type not in _FORWARD:
+    if torch.compiler.is_compiling() or type(x) is not torch.Tensor:
         return quantize_fwd(x, alpha, levels, mode, breaks, mask_bits, values, check_nan)[0]
     if not (x.requires_grad and torch.is_grad_enabled()):
-        return _FORWARD[x.device.type](x, alpha, levels, mode, [], -1, values, check_nan)[0]
+        return _forward(x, alpha, levels, mode, [], -1, check_nan)[0]
     return _Eager.apply(x, alpha, levels, mode, breaks, mask_bits, values, check_nan)

@@ -183,3 +183,35 @@ def learned_backward(x: torch.Tensor, grad: torch.Tensor, dx: torch.Tensor, alph
     v = (ctypes.c_double * len(values))(*values)
     return lib.stelab_learned_backward(DTYPE_CODES[x.dtype], x.data_ptr(), grad.data_ptr(), dx.data_ptr(), n, alpha,
                                        levels, bits, mode, b, len(breaks), v, RULES[rule], lsq_scale, threads_for(n))
+
+
+class _Cpp:
+    """This kernel as a backend (:mod:`stelab.kernels.backend`): dense CPU tensors of the four float types."""
+
+    name = "cpp"
+    devices = ("cpu",)
+    max_breaks = 8  # the kernel's region table
+    finds_nan = True  # the forward pass counts NaN inputs as it goes
+    needs_state_layout = True
+    learned_backward = staticmethod(learned_backward)
+
+    def available(self) -> bool:
+        return available()
+
+    def accepts(self, dtype: torch.dtype, dense: bool) -> bool:
+        return dense and dtype in DTYPE_CODES
+
+    def forward(self, x: torch.Tensor, alpha: float, levels: int, mode: int, breaks: list[float],
+                mask_bits: int) -> tuple[torch.Tensor, torch.Tensor, bool | None]:
+        y = torch.empty_like(x)
+        state = torch.empty_like(x, dtype=torch.uint8) if breaks else torch.empty(0, dtype=torch.uint8)
+        nan = forward(x, y, state if breaks else None, alpha, levels, mode, breaks, mask_bits)
+        return y, state, nan
+
+    def backward(self, grad: torch.Tensor, state: torch.Tensor, values: list[float]) -> torch.Tensor:
+        out = torch.empty_like(grad)
+        backward(grad, state, out, values)
+        return out
+
+
+BACKEND = _Cpp()

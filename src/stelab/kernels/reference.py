@@ -89,3 +89,30 @@ def backward(grad: Tensor, state: Tensor, values: list[float]) -> Tensor:
     c = compute_dtype(grad.dtype)
     lut = torch.tensor(values, dtype=c, device=grad.device)
     return (grad.to(c) * lut[state.long()]).to(grad.dtype)
+
+
+class _Reference:
+    """The reference as a backend (:mod:`stelab.kernels.backend`): every device, dtype and layout."""
+
+    name = "reference"
+    devices: tuple[str, ...] = ()  # every device
+    max_breaks = 8  # the op's limit (the C++ kernel's): a fused plan has at most this many breakpoints
+    finds_nan = False
+    needs_state_layout = False
+    learned_backward = None
+
+    def available(self) -> bool:
+        return True
+
+    def accepts(self, dtype: torch.dtype, dense: bool) -> bool:
+        return True
+
+    def forward(self, x: Tensor, alpha: float, levels: int, mode: int, breaks: list[float],
+                mask_bits: int) -> tuple[Tensor, Tensor, bool | None]:
+        return (*forward(x, alpha, levels, mode, breaks, mask_bits), None)
+
+    def backward(self, grad: Tensor, state: Tensor, values: list[float]) -> Tensor:
+        return backward(grad, state, values)
+
+
+BACKEND = _Reference()

@@ -83,3 +83,34 @@ def backward(grad: Tensor, state: Tensor, values: list[float]) -> Tensor:
 
 def triton_cdiv(n: int, block: int) -> int:
     return (n + block - 1) // block
+
+
+class _Triton:
+    """This kernel as a backend (:mod:`stelab.kernels.backend`): dense CUDA tensors (CPU ones too under the
+    interpreter, which the tests use)."""
+
+    name = "triton"
+    max_breaks = MAX_BREAKS
+    finds_nan = False
+    needs_state_layout = True
+    learned_backward = None
+
+    @property
+    def devices(self) -> tuple[str, ...]:
+        return ("cuda", "cpu") if interpreted() else ("cuda",)
+
+    def available(self) -> bool:
+        return available()
+
+    def accepts(self, dtype: torch.dtype, dense: bool) -> bool:
+        return dense and dtype in (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+
+    def forward(self, x: Tensor, alpha: float, levels: int, mode: int, breaks: list[float],
+                mask_bits: int) -> tuple[Tensor, Tensor, bool | None]:
+        return (*forward(x, alpha, levels, mode, breaks, mask_bits), None)
+
+    def backward(self, grad: Tensor, state: Tensor, values: list[float]) -> Tensor:
+        return backward(grad, state, values)
+
+
+BACKEND = _Triton()

@@ -12,18 +12,39 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from ..config import QuantConfig
+from ..activations.config import QuantConfig
 from ..errors import unknown_name
 from .lenet5 import LeNet5, lenet5_caffe
 from .resnet import BasicBlock, CifarResNet, resnet20
 from .vgg import VGG, vgg11
 
-_BUILDERS: dict[str, Callable[..., nn.Module]] = {"lenet5": LeNet5, "lenet5-caffe": lenet5_caffe, "vgg11": vgg11,
-                                                  "resnet20": resnet20}
+_BUILDERS: dict[str, Callable[..., nn.Module]] = {}
 #: The data set each model is made for (its input shape).
-DEFAULT_DATASET = {"lenet5": "mnist", "lenet5-caffe": "mnist", "vgg11": "cifar10", "resnet20": "cifar10"}
+DEFAULT_DATASET: dict[str, str] = {}
 #: Epochs of the paper's protocol for each model (Yin et al. 2019: 50 for LeNet-5 on MNIST, 200 on CIFAR-10).
-PAPER_EPOCHS = {"lenet5": 50, "lenet5-caffe": 50, "vgg11": 200, "resnet20": 200}
+PAPER_EPOCHS: dict[str, int] = {}
+
+
+def register(name: str, builder: Callable[..., nn.Module], *, dataset: str, epochs: int,
+             overwrite: bool = False) -> None:
+    """Register a model: ``builder(quant=..., num_classes=..., **kwargs)`` returns it with float (``quant=None``) or
+    quantized activations; ``dataset`` is the data set it is made for, ``epochs`` its full schedule. It is then a
+    valid ``--model`` of every command (``train``, ``reproduce``, ``diagnose``, ``card``) and ``TrainConfig.model``."""
+    if name in _BUILDERS and not overwrite:
+        raise ValueError(f"model {name!r} is already registered; pass overwrite=True to replace it")
+    _BUILDERS[name], DEFAULT_DATASET[name], PAPER_EPOCHS[name] = builder, dataset, epochs
+
+
+register("lenet5", LeNet5, dataset="mnist", epochs=50)
+register("lenet5-caffe", lenet5_caffe, dataset="mnist", epochs=50)
+register("vgg11", vgg11, dataset="cifar10", epochs=200)
+register("resnet20", resnet20, dataset="cifar10", epochs=200)
+
+
+def describe() -> str:
+    """The registered models by data set, e.g. ``lenet5, lenet5-caffe (mnist) | vgg11, resnet20 (cifar10)``."""
+    datasets = dict.fromkeys(DEFAULT_DATASET.values())
+    return " | ".join(f"{', '.join(m for m, d in DEFAULT_DATASET.items() if d == ds)} ({ds})" for ds in datasets)
 
 
 def names() -> list[str]:
@@ -63,5 +84,5 @@ def build(name: str, quant: QuantConfig | None = None, num_classes: int = 10, *,
 
 __all__ = [
     "DEFAULT_DATASET", "PAPER_EPOCHS", "VGG", "BasicBlock", "CifarResNet", "LeNet5", "build", "check_dataset",
-    "lenet5_caffe", "names", "resnet20", "vgg11",
+    "describe", "lenet5_caffe", "names", "register", "resnet20", "vgg11",
 ]

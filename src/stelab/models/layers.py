@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from torch import nn
 
-from ..config import QuantConfig
-from ..modules import QuantReLU
+from ..activations.config import QuantConfig
+from ..activations.modules import QuantReLU
 
 
 def activation(quant: QuantConfig | None) -> nn.Module:

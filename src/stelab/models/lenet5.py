@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from ..config import QuantConfig
+from ..activations.config import QuantConfig
 from .layers import activation, conv_bn_act, init_weights
 
 

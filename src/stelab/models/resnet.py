@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..config import QuantConfig
+from ..activations.config import QuantConfig
 from .layers import activation, conv_bn_act, init_weights
 
 

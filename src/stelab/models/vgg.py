@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from ..config import QuantConfig
+from ..activations.config import QuantConfig
 from .layers import conv_bn_act, init_weights
 
 VGG11 = (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M")

@@ -64,9 +64,9 @@ class PackSaved:
         if model is not None:
             if _is_compiled(model):
                 raise ValueError(COMPILE_MESSAGE)
-            from ..modules import QuantReLU
-
-            if not any(isinstance(m, QuantReLU) for m in model.modules()):
+            # a quantized activation says so with a class attribute (stelab.QuantReLU.packs_saved_output): the packing
+            # sits below the activations and does not import them
+            if not any(getattr(m, "packs_saved_output", False) for m in model.modules()):
                 self._warn("the model has no quantized activation (stelab.QuantReLU), so no saved tensor can be "
                            "packed; quantize its activations (stelab.quantize_activations) or drop pack_saved")
 

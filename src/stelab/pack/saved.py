@@ -1,8 +1,8 @@
 r"""Which saved tensors are quantized outputs, and the saved-tensor hooks that keep them as packed codes.
 
 **Recognition without a scan.** While a :class:`PackSaved` context is active, every quantized activation
-(:func:`stelab.ops.quantize_with`, so :class:`stelab.QuantReLU` and :func:`stelab.quantize`) records its grid
-(mode, levels, ``alpha`` in the compute type, output dtype) on its output's autograd node, ``y.grad_fn`` (or, for
+(:func:`stelab.activations.ops.quantize_with`, so :class:`stelab.QuantReLU` and :func:`stelab.quantize`) records its
+grid (mode, levels, ``alpha`` in the compute type, output dtype) on its output's autograd node, ``y.grad_fn`` (or, for
 an output that needs no gradient, on the tensor with its version counter). When autograd saves a tensor ``t``, the
 pack hook follows ``t.grad_fn`` back through at most :data:`MAX_DEPTH` nodes that keep values on the grid:
 
@@ -72,8 +72,9 @@ def _fixed_alpha(value: float, dtype: torch.dtype) -> Tensor:
     return torch.tensor(value, dtype=dtype)
 
 
-def mark(y: Tensor, forward: str, bits: int, alpha: float | Tensor) -> None:
-    """Record that ``y`` is the output of a quantizer ``forward`` at ``bits`` bits and resolution ``alpha``."""
+def mark(y: Tensor, formula: str, bits: int, alpha: float | Tensor) -> None:
+    """Record that ``y`` is the output of a quantizer of the kernels' ``formula`` (staircase, round, sign) at ``bits``
+    bits and resolution ``alpha``."""
     if torch.compiler.is_compiling() or not isinstance(y, Tensor):
         return
     c = compute_dtype(y.dtype)
@@ -81,7 +82,7 @@ def mark(y: Tensor, forward: str, bits: int, alpha: float | Tensor) -> None:
         a = alpha.detach().reshape(()).to(device=y.device, dtype=c, copy=True)
     else:
         a = _fixed_alpha(float(alpha), c)
-    grid = Grid(MODES[forward], 2**bits - 1, a, y.dtype)
+    grid = Grid(MODES[formula], 2**bits - 1, a, y.dtype)
     if y.grad_fn is not None:
         setattr(y.grad_fn, MARK, grid)
     else:

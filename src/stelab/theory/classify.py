@@ -43,9 +43,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .. import quantizers
+from ..activations import quantizers
+from ..activations.ops import quantize
 from ..errors import check_alpha, check_bits, check_choice
-from ..ops import quantize
 from ..ste import DEFAULT_STE, STE
 from .classify_ste import (
     ONE_SIDED_STES,

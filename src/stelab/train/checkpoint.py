@@ -120,7 +120,7 @@ def load_weights(model: nn.Module, path: str | Path, checkpoint: str = "last") -
 def _learned_resolutions(model: nn.Module) -> set[str]:
     """The keys of learned activation resolutions: a float checkpoint has none, and the layer keeps its initial
     value when one is missing (:class:`stelab.QuantReLU`), so a float start of a ``--learn-alpha`` run loads."""
-    from ..modules import QuantReLU
+    from ..activations.modules import QuantReLU
 
     return {f"{name}.alpha" if name else "alpha" for name, m in model.named_modules()
             if isinstance(m, QuantReLU) and m.config.learn_alpha}
@@ -139,6 +139,7 @@ def load_state(model: nn.Module, state: Any, source: str | Path, blob: dict[str,
     if missing or unexpected or shapes:
         saved = (blob or {}).get("config")
         name = saved.get("model") if isinstance(saved, dict) else None
+        name = name.get("model") if isinstance(name, dict) else name  # the sectioned config: model.model
         detail = (f"{len(missing)} missing, {len(unexpected)} unexpected, {len(shapes)} mis-shaped tensors, e.g. "
                   f"{(missing or unexpected or sorted(shapes))[0]!r}")
         fix = f", or use --model {name} to start from this one" if name else ""

@@ -17,7 +17,7 @@ a random start needs the large steps), ``0.01`` when fine-tuning from a trained 
 minimum a quantized model starts from in Yin et al. 2019), which the from-scratch rate would throw out of its basin.
 
 Quantized weights (``weights``, a :class:`~stelab.weights.WeightQuantConfig`) and the optimizer wrappers of
-:mod:`stelab.optim`. BinaryRelax's schedule is given as fractions of the run (like the milestones), so that a
+:mod:`stelab.weights.optim`. BinaryRelax's schedule is given as fractions of the run (like the milestones), so that a
 shortened run keeps its shape: with :math:`T` the run's optimizer steps and :math:`T_h = \max(1,
 \mathrm{round}(h T))` (``h = relax_hard_at``), :math:`\lambda_t = \lambda_0 G^{t / T_h}` for :math:`t < T_h`
 (``G = relax_growth``: per-step rate :math:`G^{1/T_h}`), then the hard phase (:math:`Q(w_f)`) for the rest.
@@ -25,33 +25,28 @@ shortened run keeps its shape: with :math:`T` the run's optimizer steps and :mat
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from ..config import JsonConfig, QuantConfig
+from .. import models
+from ..activations.config import QuantConfig
 from ..errors import check_choice
-from ..models import PAPER_EPOCHS
+from ..io import JsonConfig
 from ..weights import WeightQuantConfig
-
-MODEL_EPOCHS = PAPER_EPOCHS  # the paper's protocol, defined with the models
-DATASETS = ("mnist", "cifar10")
-DEVICES = ("auto", "cpu", "cuda")
-PRECISIONS = ("fp32", "bf16")
-SCHEDULES = ("step", "cosine")
-#: ``sgd``: plain SGD with momentum on the latent weights (the STE's coarse gradient); ``bcgd``/``binaryrelax``: that
-#: SGD wrapped by :class:`stelab.optim.BCGD` / :class:`~stelab.optim.BinaryRelax` (they need quantized weights).
-OPTIMIZERS = ("sgd", "bcgd", "binaryrelax")
-# --channels-last when not given: the faster memory format per (device type, model), measured with
-# benchmarks/train_step.py (BENCHMARKS.md). On CUDA, channels_last is what cuDNN's tensor-core kernels want.
-# lenet5-caffe is not measured on CPU: NCHW (False, the default of the lookup) as for the other LeNet.
-CHANNELS_LAST_DEFAULT = {("cpu", "lenet5"): False, ("cpu", "vgg11"): True, ("cpu", "resnet20"): True,
-                         ("cuda", "lenet5"): True, ("cuda", "lenet5-caffe"): True, ("cuda", "vgg11"): True,
-                         ("cuda", "resnet20"): True}
-
-
-# The flat fields config.json files had before the quantization moved into ``quant`` (a QuantConfig); read files
-# with them convert (:meth:`TrainConfig.from_dict`), "bits": null meaning the float model.
-LEGACY_QUANT_FIELDS = ("bits", "ste", "forward", "alpha")
+from ..weights import quantizers as weight_quantizers
+from .sections import (  # noqa: F401  (the vocabulary, importable from here as before)
+    CHANNELS_LAST_DEFAULT,
+    DATASETS,
+    DEVICES,
+    LEGACY_QUANT_FIELDS,
+    MODEL_EPOCHS,
+    OPTIMIZERS,
+    PRECISIONS,
+    SCHEDULES,
+    SECTIONS,
+    _f,
+)
 
 
 def _training_quant(quant: QuantConfig) -> QuantConfig:
@@ -83,7 +78,7 @@ class TrainConfig(JsonConfig):
     ``recompute_limit`` recomputes only the convolutions costing at most that many multiply-adds per output element
     (``C_in/groups * kh * kw``; ``None``: all).
     ``ste_schedule`` schedules parameters of the activations' STE over the run, once per epoch
-    (``("t=0.1:10:geometric",)``; :mod:`stelab.ste_schedule`).
+    (``("t=0.1:10:geometric",)``; :mod:`stelab.activations.schedule`).
     ``limit_train``/``limit_test`` keep the first N images (0 = all); ``synthetic`` > 0 replaces the data set by
     that many random images of the data set's shape (tests, benchmarks). ``augment=None`` means on for CIFAR-10.
 
@@ -101,45 +96,74 @@ class TrainConfig(JsonConfig):
     the default schedule). The two wrappers need ``weights``.
     """
 
-    model: str = "lenet5"
-    dataset: str = "mnist"
-    quant: QuantConfig | None = _training_quant(QuantConfig())
-    weights: WeightQuantConfig | None = None
-    weight_first_last: bool = False
-    init: str | None = None
-    epochs: int | None = None
-    lr: float | None = None
-    lr_milestones: tuple[float, ...] = (0.5, 0.75)
-    lr_gamma: float = 0.1
-    lr_schedule: str = "step"
-    warmup_epochs: float = 0.0
-    batch_size: int = 128
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    nesterov: bool = False
-    optimizer: str = "sgd"
-    bcgd_rho: float = 1e-5
-    relax_lam: float = 1.0
-    relax_growth: float = 1e4
-    relax_hard_at: float = 0.8
-    augment: bool | None = None
-    seed: int = 0
-    data_dir: str | None = None
-    out: str | None = None
-    device: str = "auto"
-    compile: bool = False
-    channels_last: bool | None = None
-    precision: str = "fp32"
-    limit_train: int = 0
-    limit_test: int = 0
-    synthetic: int = 0
-    eval_batch_size: int = 1000
-    diagnose_every: int = 0
-    save_best: bool = False
-    pack_saved: bool = False
-    recompute: bool = False
-    recompute_limit: int | None = None
-    ste_schedule: tuple[str, ...] = ()
+    # Each field's section, command-line help and flag live here, once: `stelab train` derives its flags from them
+    # (stelab.cli.fields), config.json nests the fields by section, and the runtime section is what a resume may
+    # change (may_change).
+    # -- model and data
+    model: str = _f("model", "lenet5", lambda: f"{models.describe()}; default lenet5")
+    dataset: str = _f("model", "mnist", "mnist | cifar10 (default mnist)")
+    init: str | None = _f("model", None, "checkpoint file or run folder to start from (float model)")
+    augment: bool | None = _f("model", None, "crop+flip augmentation (default: on for cifar10)", negatable=True)
+    seed: int = _f("model", 0, "seed of the weights, the data order and the augmentation (default 0)")
+    limit_train: int = _f("model", 0, "use the first N training images (0: all)", metavar="N")
+    limit_test: int = _f("model", 0, "use the first N test images (0: all)", metavar="N")
+    synthetic: int = _f("model", 0, "N random images instead of the data set", metavar="N")
+    # -- schedule
+    epochs: int | None = _f("schedule", None, "default: the paper's, 50 for the LeNets, 200 for vgg11/resnet20")
+    lr: float | None = _f("schedule", None, "initial rate (default 0.1 from scratch, 0.01 when fine-tuning from "
+                                            "--init)")
+    lr_milestones: tuple[float, ...] = _f("schedule", (0.5, 0.75), "fractions of the run where the rate is cut by "
+                                          "--lr-gamma (default 0.5 0.75; none: constant)", metavar="F")
+    lr_gamma: float = _f("schedule", 0.1, "factor of each step-schedule cut (default 0.1)")
+    lr_schedule: str = _f("schedule", "step", "step: multiply by --lr-gamma at --lr-milestones (default); cosine: "
+                                              "cosine to 0 over the run", choices=SCHEDULES)
+    warmup_epochs: float = _f("schedule", 0.0, "linear warm-up of the rate over the first W epochs, per step "
+                                               "(default 0: none; reproduce table1: the float runs only)", metavar="W")
+    batch_size: int = _f("schedule", 128, "global batch size over all processes (default 128)")
+    # -- activations
+    quant: QuantConfig | None = _f("activations", _training_quant(QuantConfig()), "")
+    ste_schedule: tuple[str, ...] = _f(
+        "activations", (), "schedule a parameter of --ste over the run, once per epoch; SHAPE linear (default), "
+        "geometric or cosine; repeatable (e.g. --ste ede --ste-schedule t=0.1:10:geometric)",
+        metavar="PARAM=START:END[:SHAPE]")
+    # -- weights
+    weights: WeightQuantConfig | None = _f("weights", None, "")
+    weight_first_last: bool = _f("weights", False, "quantize the weights of the first conv and the last linear layer "
+                                                   "too (default: they stay float, the common practice)")
+    # -- optimizer
+    optimizer: str = _f("optimizer", "sgd", "sgd | bcgd | binaryrelax: SGD, or SGD wrapped by BCGD or BinaryRelax "
+                                            "(these need --weight-bits; default sgd)")
+    momentum: float = _f("optimizer", 0.9, "SGD's momentum (default 0.9)")
+    weight_decay: float = _f("optimizer", 1e-4, "L2 weight decay (default 1e-4)")
+    nesterov: bool = _f("optimizer", False, "Nesterov momentum")
+    bcgd_rho: float = _f("optimizer", 1e-5, "BCGD's blend rho (default 1e-05)")
+    relax_lam: float = _f("optimizer", 1.0, "BinaryRelax's initial lambda (default 1)")
+    relax_growth: float = _f("optimizer", 1e4, "factor BinaryRelax's lambda grows by over its relaxed phase "
+                                               "(default 10000)")
+    relax_hard_at: float = _f("optimizer", 0.8, "fraction of the run's steps after which BinaryRelax trains the "
+                                                "exactly quantized weights (default 0.8; 1: never)")
+    # -- runtime: speed, memory, logging and places; a resume may change these (except where they change numbers)
+    out: str | None = _f("runtime", None, "run folder (default runs/<model>-<dataset>-<kind>-seed<seed>)")
+    data_dir: str | None = _f("runtime", None, "folder holding MNIST/ and cifar-10-batches-py/")
+    device: str = _f("runtime", "auto", "auto | cpu | cuda (default auto)", choices=DEVICES)
+    compile: bool = _f("runtime", False, "torch.compile the model")
+    channels_last: bool | None = _f("runtime", None, "channels_last memory format (default: the faster one measured "
+                                    "for the model and device, see BENCHMARKS.md)", negatable=True, numbers=True)
+    precision: str = _f("runtime", "fp32", "fp32, or bf16 mixed precision (autocast; fastest on CPUs with AVX-512 "
+                        "bf16/AMX and on GPUs; default fp32)", choices=PRECISIONS, numbers=True)
+    eval_batch_size: int = _f("runtime", 1000, "batch size of the test pass (default 1000)")
+    diagnose_every: int = _f("runtime", 0, "run stelab.diagnostics.DiagnosticsHook every N steps (0 = off)",
+                             metavar="N")
+    save_best: bool = _f("runtime", False, "also keep best.pt (highest test accuracy)")
+    pack_saved: bool = _f("runtime", False, "keep the quantized activations' outputs saved for backward as packed "
+                          "n-bit codes, restored exactly: the same run in less memory (not with --compile; "
+                          "docs/training.md)", negatable=True)
+    recompute: bool = _f("runtime", False, "with --pack-saved: recompute each convolution's output in the backward "
+                         "instead of keeping it (bit for bit; less memory again for one more convolution forward)",
+                         negatable=True)
+    recompute_limit: int | None = _f("runtime", None, "with --recompute: only the convolutions costing at most MACS "
+                                     "multiply-adds per output element (C_in/groups * kh * kw; e.g. 300: the cheap "
+                                     "early layers, most of the memory)", metavar="MACS")
 
     def __post_init__(self) -> None:
         check_choice("dataset", self.dataset, DATASETS)
@@ -183,13 +207,14 @@ class TrainConfig(JsonConfig):
             raise ValueError(f"lr_gamma must be > 0, got {self.lr_gamma}" + _flag("lr_gamma"))
 
     def _check_ste_schedule(self) -> None:
-        """Each ``PARAM=START:END[:SHAPE]`` names a parameter of the activations' STE (:mod:`stelab.ste_schedule`)."""
+        """Each ``PARAM=START:END[:SHAPE]`` names a parameter of the activations' STE
+        (:mod:`stelab.activations.schedule`)."""
         if isinstance(self.ste_schedule, str):
             raise TypeError(f"ste_schedule is a list of PARAM=START:END[:SHAPE], got the string {self.ste_schedule!r}")
         object.__setattr__(self, "ste_schedule", tuple(str(s) for s in self.ste_schedule))
         if not self.ste_schedule:
             return
-        from .. import ste_schedule
+        from ..activations import schedule as ste_schedule
 
         if self.quant is None:
             raise ValueError("ste_schedule (--ste-schedule) schedules a parameter of the activations' STE, but the "
@@ -243,10 +268,34 @@ class TrainConfig(JsonConfig):
             raise ValueError(f"relax_hard_at is the fraction of the run where BinaryRelax turns hard, in (0, 1] "
                              f"(1: never during the run), got {self.relax_hard_at}" + _flag("relax_hard_at"))
 
+    def to_dict(self) -> dict[str, Any]:
+        """config.json's form: the fields nested by section (:data:`SECTIONS`), ``quant`` and ``weights`` as dicts."""
+        flat = self.flat_dict()
+        return {s: {name: flat[name] for name in section_fields(s)} for s in SECTIONS}
+
+    def flat_dict(self) -> dict[str, Any]:
+        """Every field by name, without the sections (``quant`` and ``weights`` as dicts)."""
+        return dataclasses.asdict(self)
+
+    def section(self, name: str) -> dict[str, Any]:
+        """The fields of one section (:data:`SECTIONS`) and their values, e.g. ``config.section("schedule")``."""
+        check_choice("section", name, SECTIONS)
+        return {f: getattr(self, f) for f in section_fields(name)}
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        """The config of ``data``: ``to_dict``'s nested form, or the flat form of config.json files written before
-        ``quant`` existed (``bits``, ``ste``, ``forward``, ``alpha`` at the top; ``"bits": null`` for float)."""
+        """The config of ``data``: ``to_dict``'s form (nested by section), the flat form of config.json files
+        written before the sections, or the older flat form from before ``quant`` existed (``bits``, ``ste``,
+        ``forward``, ``alpha`` at the top; ``"bits": null`` for float)."""
+        if data and set(data) <= set(SECTIONS) and all(isinstance(v, dict) for v in data.values()):
+            flat: dict[str, Any] = {}
+            for name, values in data.items():
+                unknown = sorted(set(values) - set(section_fields(name)))
+                if unknown:
+                    raise ValueError(f"unknown TrainConfig field(s) {unknown} in section {name!r}; valid fields "
+                                     f"there: {', '.join(section_fields(name))}")
+                flat.update(values)
+            data = flat
         legacy = [k for k in LEGACY_QUANT_FIELDS if k in data]
         if legacy:
             if "quant" in data:
@@ -321,14 +370,31 @@ class TrainConfig(JsonConfig):
         return kind + ("" if self.optimizer == "sgd" else f"-{self.optimizer}")
 
     def weight_tag(self) -> str:
-        """The weight part of :meth:`run_kind`: ``""`` for float weights, ``w1`` binary, ``w2t`` ternary, ``w<b>``
-        uniform."""
+        """The weight part of :meth:`run_kind`: ``""`` for float weights, else the quantizer's tag (``w1`` binary,
+        ``w2t`` ternary, ``w<b>`` uniform)."""
         w = self.weights
         if w is None:
             return ""
-        return {"binary": "w1", "ternary": "w2t"}.get(w.quantizer, f"w{w.effective_bits}")
+        return weight_quantizers.get(w.quantizer).tag(w.effective_bits)
 
     def run_name(self) -> str:
         """``<model>-<dataset>-<kind>-seed<s>`` (:meth:`run_kind`)."""
         kind = self.run_kind()
         return f"{self.model}-{self.dataset}-{kind}-seed{self.seed}"
+
+
+def section_fields(name: str) -> tuple[str, ...]:
+    """The names of the fields of section ``name``, in declaration order."""
+    return tuple(f.name for f in dataclasses.fields(TrainConfig) if f.metadata["section"] == name)
+
+
+def may_change(name: str) -> bool:
+    """The one rule for what a resume (``train --resume``) or a rerun of a finished run (``reproduce``, ``card``)
+    may change: a field of the runtime section that does not change the numbers (so not ``precision`` or
+    ``channels_last``)."""
+    meta = {f.name: f.metadata for f in dataclasses.fields(TrainConfig)}[name]
+    return meta["section"] == "runtime" and not meta["numbers"]
+
+
+#: The fields :func:`may_change` allows to differ between a run and its resumption.
+RUNTIME_FIELDS = tuple(f.name for f in dataclasses.fields(TrainConfig) if may_change(f.name))

@@ -20,17 +20,20 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .. import ste_schedule
+from ..activations import schedule as ste_schedule
 from ..errors import ResolutionError
 from ..io import append_jsonl, read_jsonl, remove_stale_temporaries, write_json, write_text
 from ..pack import PackSaved
 from . import distributed, runs
 from .checkpoint import BEST, CHECKPOINT, load_checkpoint, save_checkpoint, set_rng_state, unwrap
-from .config import TrainConfig
+from .config import (
+    RUNTIME_FIELDS,  # noqa: F401  (stelab.train.loop.RUNTIME_FIELDS)
+    TrainConfig,
+)
 from .hooks import TrainHook, check_hooks, run_hooks
 from .progress import progress_bar, update_bar
 from .quant_weights import deployed_weights, wrap_optimizer
-from .rules import RUNTIME_FIELDS, _check_resume_config, config_differences  # noqa: F401
+from .rules import _check_resume_config, config_differences  # noqa: F401
 from .runs import CONFIG, METRICS, SUMMARY, build_model, is_done, plot_curves, read_summary, run_summary, write_summary
 
 
@@ -117,7 +120,7 @@ class _Run:
     model: nn.Module = field(init=False)
     net: nn.Module = field(init=False)  # what the steps call: the model, wrapped by DDP and/or torch.compile
     channels_last: bool = False
-    optimizer: Any = field(init=False)  # torch SGD, or a stelab.optim wrapper around it
+    optimizer: Any = field(init=False)  # torch SGD, or a stelab.weights.optim wrapper around it
     scheduler: torch.optim.lr_scheduler.LRScheduler = field(init=False)
     loader: Any = None
     test: tuple[Tensor, Tensor] = field(init=False)

@@ -2,9 +2,9 @@ r"""Quantized weights in a training run: which layers, the optimizer wrapper, an
 
 * Layers: every ``nn.Linear``/``nn.Conv2d`` gets ``config.weights``, except the first and the last in module order
   (the first conv and the classifier of LeNet-5, VGG-11 and ResNet-20) unless ``config.weight_first_last``.
-* Optimizer: SGD as for activation-only runs, wrapped by :class:`stelab.optim.BCGD` or
-  :class:`~stelab.optim.BinaryRelax` (``config.optimizer``). BinaryRelax's schedule comes from fractions of the run
-  (:func:`binaryrelax_schedule`), so a shortened run keeps its shape.
+* Optimizer: SGD as for activation-only runs, wrapped by :class:`stelab.weights.optim.BCGD` or
+  :class:`~stelab.weights.optim.BinaryRelax` (``config.optimizer``). BinaryRelax's schedule comes from fractions of the
+  run (:func:`binaryrelax_schedule`), so a shortened run keeps its shape.
 * Evaluation: in BinaryRelax's relaxed phase the forward uses the pseudo-quantized weights
   :math:`(w_f + \lambda Q(w_f))/(1 + \lambda)`; the test accuracy is measured with :math:`Q(w_f)`, the weights
   that are deployed (:func:`deployed_weights`), so it is the quantized model's accuracy in every phase.
@@ -19,8 +19,8 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-from ..optim import BCGD, BinaryRelax
 from ..weights import quantize_weights, weight_layer_names, weight_quantized_modules
+from ..weights.optim import BCGD, BinaryRelax
 from .config import TrainConfig
 
 

@@ -1,5 +1,6 @@
-"""The one rule for what a resume (``train --resume``) or a rerun of a finished run (``reproduce``) may change: only
-the runtime fields, which change speed, memory or logging, never the numbers."""
+"""Applying the one rule for what a resume (``train --resume``) or a rerun of a finished run (``reproduce``, ``card``)
+may change: only the runtime fields, which change speed, memory or logging, never the numbers
+(:func:`stelab.train.config.may_change`, declared with the fields)."""
 
 from __future__ import annotations
 
@@ -7,14 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from ..io import read_json
-from .config import TrainConfig
+from .config import TrainConfig, may_change
 from .runs import CONFIG
-
-# Fields that may differ between a run and its resumption: they change speed or logging, not the result.
-RUNTIME_FIELDS = ("out", "device", "compile", "data_dir", "diagnose_every", "eval_batch_size", "save_best")
-# pack_saved and recompute too: they restore the saved tensors bit for bit, so they change memory only (stelab.pack).
-RUNTIME_FIELDS += ("pack_saved", "recompute", "recompute_limit")
-
 
 # Nested config sections and the prefix of their command-line flags (quant.bits -> --bits, weights.bits ->
 # --weight-bits).
@@ -26,10 +21,10 @@ def config_differences(run_dir: Path, config: TrainConfig) -> list[str]:
     ``"lr (--lr): 0.01 -> 0.05"`` (nested fields by their flags). The one rule for what a resume (``train
     --resume``) or a rerun of a finished run (``reproduce``) may change: only :data:`RUNTIME_FIELDS`."""
     # Through TrainConfig, so that a config.json in the legacy flat form compares by meaning.
-    saved = TrainConfig.from_dict(read_json(run_dir / CONFIG)).to_dict()
-    new = config.to_dict()
+    saved = TrainConfig.from_dict(read_json(run_dir / CONFIG)).flat_dict()
+    new = config.flat_dict()
     out = []
-    for key in sorted(k for k in new if k not in RUNTIME_FIELDS):
+    for key in sorted(k for k in new if not may_change(k)):
         old_v, new_v = saved.get(key), new[key]
         if key in _SECTION_FLAGS and isinstance(old_v, dict) and isinstance(new_v, dict):
             for sub in sorted(set(old_v) | set(new_v)):

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from .. import ste as ste_registry
-from ..config import JsonConfig
 from ..errors import check_alpha, check_choice
+from ..io import JsonConfig
 from ..ste import STE
 from . import quantizers
-from .quantizers import GRANULARITIES
+from .quantizers import GRANULARITIES, SCALE_RULES
 
 #: The default weight STE: the identity (BinaryConnect's gradient on the latent weights, without its clip).
 DEFAULT_WEIGHT_STE = "identity"
@@ -38,6 +39,11 @@ def check_weight_ste(name: str | STE) -> STE:
     return estimator
 
 
+def _field(default: Any, help: str | Callable[[], str], metavar: str | None = None) -> Any:
+    # help: a text, or a function giving it when the flag is made (registries that users extend)
+    return dataclasses.field(default=default, metadata={"help": help, "metavar": metavar})
+
+
 @dataclass(frozen=True)
 class WeightQuantConfig(JsonConfig):
     """How a layer's weights are quantized; every field is checked and a bad one raises listing the valid choices.
@@ -48,16 +54,23 @@ class WeightQuantConfig(JsonConfig):
       ``top`` is the largest level, ``Q_P * s``.
     * ``granularity``: ``"tensor"`` (one scale) or ``"channel"`` (one per output channel, dim 0).
     * ``scale_rule``: ``None`` is the quantizer's default (``mean`` for binary/ternary, ``max`` for uniform);
-      ``fixed`` uses ``scale``; ``lsq`` learns the scale (:mod:`stelab.weights.lsq`), starting at ``scale`` when
+      ``fixed`` uses ``scale``; ``lsq`` learns the scale (:mod:`stelab.quant.lsq`), starting at ``scale`` when
       given, else at the data rule's value. A ``scale`` with ``scale_rule=None`` means ``fixed``.
     """
 
-    quantizer: str = "uniform"
-    bits: int | None = None
-    ste: str = DEFAULT_WEIGHT_STE
-    granularity: str = "channel"
-    scale_rule: str | None = None
-    scale: float | None = None
+    # metadata["help"]: the one description of each field, shown by `stelab train --help` for its --weight-* flag
+    quantizer: str = _field("uniform", lambda: f"{' | '.join(quantizers.names())} (default uniform)")
+    bits: int | None = _field(None, "quantize the Linear/Conv2d weights to B bits; turns weight quantization on "
+                                    "(uniform: 2..16; 1 picks binary; ternary: 2 with --weight-quantizer ternary)",
+                              metavar="B")
+    ste: str = _field(DEFAULT_WEIGHT_STE, f"STE of the weights, one not zero below 0 (default {DEFAULT_WEIGHT_STE}; "
+                                          "e.g. hardtanh)")
+    granularity: str = _field("channel", f"{' | '.join(GRANULARITIES)}: one scale per tensor or per output channel "
+                                         "(default channel)")
+    scale_rule: str | None = _field(None, f"{' | '.join(SCALE_RULES)} (default: mean for binary/ternary, max for "
+                                          "uniform; lsq learns the scale, and is the one to use for uniform at 2-3 "
+                                          "bits: docs/weights.md)")
+    scale: float | None = _field(None, "the scale of --weight-scale-rule fixed, or lsq's initial step")
 
     def __post_init__(self) -> None:
         q = quantizers.get(self.quantizer)

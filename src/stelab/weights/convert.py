@@ -11,7 +11,7 @@ from typing import Any
 from torch import nn
 
 from ..io import markdown_table
-from ..patterns import apply_overrides, as_list, check_overrides, check_patterns, matches
+from ..quant.patterns import apply_overrides, as_list, check_overrides, check_patterns, matches
 from .config import WeightQuantConfig
 from .modules import WEIGHT_QUANT_TYPES, QuantConv2d, QuantLinear
 from .quantizers import storage_bits

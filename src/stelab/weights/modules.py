@@ -63,7 +63,8 @@ class _QuantWeights:
 
     @property
     def relax(self) -> float | None:
-        """BinaryRelax's :math:`\\lambda` (:class:`stelab.optim.BinaryRelax` sets it); None: the hard :math:`Q(w)`."""
+        """BinaryRelax's :math:`\\lambda` (:class:`stelab.weights.optim.BinaryRelax` sets it); None: the hard
+        :math:`Q(w)`."""
         return self._relax
 
     @relax.setter

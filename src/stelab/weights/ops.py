@@ -8,7 +8,7 @@ r"""Quantized weights as an autograd op: a weight quantizer forward, an STE back
 ``mu'`` any registered STE that is not zero below 0 (:func:`stelab.weights.config.check_weight_ste`). A scale
 computed from the weights (rules ``mean``, ``max``) is treated as a constant in the backward pass: the gradient
 reaches ``w`` only through the STE, as in the formula. A learned scale (rule ``lsq``) gets LSQ's gradient
-(:mod:`stelab.weights.lsq`).
+(:mod:`stelab.quant.lsq`).
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..quant.lsq import ScaledCodes, check_step, grad_scale
 from ..ste import STE
 from .config import WeightQuantConfig, check_weight_ste
-from .lsq import ScaledCodes, check_step, grad_scale
 from .quantizers import channel_view, get
 
 
@@ -61,7 +61,7 @@ def quantize_weight_with(w: Tensor, config: WeightQuantConfig, ste: STE, step: T
     scale = resolve_scale(w, config, step, where)
     codes = q.codes(w, scale, bits, config.granularity)
     g = grad_scale(max(1, w.numel() // max(1, scale.numel())), q_p)
-    return ScaledCodes.apply(w, scale, codes, ste, q.name == "uniform", q_p, q_p, g)
+    return ScaledCodes.apply(w, scale, codes, ste, q.codes_follow_step, q_p, q_p, g)
 
 
 class _PassThrough(torch.autograd.Function):
@@ -79,7 +79,7 @@ class _PassThrough(torch.autograd.Function):
 def relaxed_weight(w: Tensor, quantized: Tensor, lam: float | Tensor, denominator: Tensor | None = None) -> Tensor:
     """BinaryRelax's pseudo-quantized weights :math:`(w + \\lambda Q(w)) / (1 + \\lambda)`, whose gradient is passed
     to ``w`` unchanged (the gradient is evaluated at the relaxed weights and applied to the float ones;
-    :mod:`stelab.optim`). ``lam`` is a number, or a 0-d tensor given with ``denominator`` :math:`= 1 + \\lambda`
+    :mod:`stelab.weights.optim`). ``lam`` is a number, or a 0-d tensor given with ``denominator`` :math:`= 1 + \\lambda`
     (a layer's buffers; not checked here, which would sync with the device)."""
     if isinstance(lam, Tensor):
         if denominator is None:

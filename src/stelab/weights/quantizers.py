@@ -22,7 +22,7 @@ quantizers (``names()``):
   and one clip level :math:`\mathrm{top} = Q_P s` serves both signs (what a symmetric STE such as hardtanh needs).
   The cost is one of the :math:`2^b` codes; at :math:`b = 2` the levels are the ternary ones with threshold
   :math:`s/2`. Data scales: rule ``max``, :math:`s = \max|w| / Q_P` (no weight is clipped); rule ``lsq``'s
-  initial step :math:`s_0 = 2\,\mathrm{mean}|w| / \sqrt{Q_P}` (:mod:`stelab.weights.lsq`).
+  initial step :math:`s_0 = 2\,\mathrm{mean}|w| / \sqrt{Q_P}` (:mod:`stelab.quant.lsq`).
 
 Codes are computed in float32 for float16/bfloat16 weights (in the weight's dtype otherwise), with the scale
 rounded to the weight's dtype: ``w / s`` in bfloat16 would itself round (8 significant bits), and 10 % of 8-bit
@@ -46,6 +46,14 @@ import torch
 from torch import Tensor
 
 from ..errors import check_bits, check_choice, unknown_name
+from ..quant.scales import (  # noqa: F401  (compute_dtype, channel_view, abs_max: stelab.weights.quantizers.*)
+    abs_max,
+    abs_mean,
+    channel_view,
+    compute_dtype,
+    init_step,
+    uniform_codes,
+)
 
 GRANULARITIES = ("tensor", "channel")
 #: Every scale rule a weight quantizer may accept: ``mean``/``max`` are statistics of the weights recomputed every
@@ -55,71 +63,51 @@ MIN_SCALE = 2.0**-100  # the smallest resolution stelab.errors.check_alpha accep
 TWN_DELTA = 0.7  # TWN's threshold factor: Delta = 0.7 * mean|w|
 
 
-def compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The dtype codes and step gradients are computed in: float32 for the 16-bit float types, else ``dtype``."""
-    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
-
-
-def channel_view(t: Tensor, like: Tensor) -> Tensor:
-    """A per-channel vector (shape ``(C,)``) reshaped to broadcast against ``like`` along dim 0."""
-    return t.reshape(-1, *([1] * (like.dim() - 1))) if like.dim() > 0 else t.reshape(())
-
-
-def _per(w: Tensor, granularity: str, reduce: Callable[[Tensor], Tensor]) -> Tensor:
-    """``reduce`` of ``|w|`` over the whole tensor (0-d) or over each output channel (broadcastable to ``w``)."""
-    a = w.detach().abs()
-    if granularity == "tensor" or w.dim() == 0:
-        return reduce(a.reshape(1, -1)).reshape(())
-    return channel_view(reduce(a.reshape(a.shape[0], -1)), w)
-
-
-def abs_mean(w: Tensor, granularity: str) -> Tensor:
-    """:math:`\\mathrm{mean}|w|` per tensor or per output channel."""
-    return _per(w, granularity, lambda a: a.mean(dim=1))
-
-
-def abs_max(w: Tensor, granularity: str) -> Tensor:
-    """:math:`\\max|w|` per tensor or per output channel."""
-    return _per(w, granularity, lambda a: a.amax(dim=1))
-
-
-def init_step(v: Tensor, q_p: int, granularity: str = "tensor") -> Tensor:
-    """LSQ's initial step :math:`2\\,\\mathrm{mean}|v| / \\sqrt{Q_P}` (per tensor, or per output channel)."""
-    return abs_mean(v, granularity) * (2.0 / math.sqrt(q_p))
-
-
 def ternary_threshold(w: Tensor, granularity: str) -> Tensor:
     """TWN's threshold :math:`\\Delta = 0.7\\,\\mathrm{mean}|w|` (per tensor or channel)."""
     return abs_mean(w, granularity) * TWN_DELTA
 
 
-def round_half_to_zero(u: Tensor) -> Tensor:
-    """:math:`\\mathrm{sign}(u)\\lceil |u| - 1/2 \\rceil`: nearest integer, ties toward zero (odd)."""
-    return torch.sign(u) * torch.ceil(u.abs() - 0.5) + 0.0  # + 0.0 turns -0 (sign -1 times 0) into +0
+def floored(s: Tensor, dtype: torch.dtype) -> Tensor:
+    """A data scale floored at :data:`MIN_SCALE` (or ``dtype``'s smallest normal number: MIN_SCALE is 0 in float16)."""
+    return s.clamp_min(max(MIN_SCALE, torch.finfo(dtype).tiny))
 
 
-def uniform_codes(u: Tensor, q_n: int, q_p: int) -> Tensor:
-    """:math:`\\mathrm{clamp}(\\mathrm{rnd}(u), -Q_N, Q_P)` for ``u = v / s`` (the LSQ/uniform code)."""
-    return torch.clamp(round_half_to_zero(u), -q_n, q_p)
+CodesFn = Callable[[Tensor, Tensor, int, str], Tensor]
+ScaleFn = Callable[[Tensor, int, str, str], Tensor]
 
 
 @dataclass(frozen=True)
 class WeightQuantizer:
-    """One registered weight quantizer: its bit-widths, scale rules (the first is the default) and the math."""
+    """One registered weight quantizer, as data: its bit-widths, scale rules (the first is the default) and the math.
+
+    ``codes_fn(c, s, bits, granularity)`` gives the integer codes of ``c`` (the weights in :func:`compute_dtype`) for
+    the scale ``s`` (same dtype, broadcastable); ``scale_fn(w, bits, granularity, rule)`` the scale a data rule gives
+    (floored by the function itself where it divides: :func:`floored`); ``code_values(bits)`` the codes in use, lowest
+    first (they give the levels, :math:`Q_P` and the storage width); ``codes_follow_step``: the codes move with a
+    learned step (uniform: LSQ's :math:`\\partial k/\\partial s` term), else they depend on the signs or a threshold
+    only; ``tag(bits)`` names runs (``w1``, ``w2t``, ``w4``).
+    """
 
     name: str
     min_bits: int
     max_bits: int
     rules: tuple[str, ...]
     doc: str
-
-    @property
-    def default_bits(self) -> int:
-        return 4 if self.name == "uniform" else self.min_bits
+    codes_fn: CodesFn
+    scale_fn: ScaleFn
+    code_values: Callable[[int], tuple[int, ...]]
+    default_bits: int
+    codes_follow_step: bool = False
+    tag: Callable[[int], str] = staticmethod(lambda bits: f"w{bits}")  # type: ignore[assignment]
 
     @property
     def default_rule(self) -> str:
         return self.rules[0]
+
+    def __reduce__(self):
+        # copies and pickles (deepcopy of a model, torch.save) go by name: the functions may be lambdas
+        return get, (self.name,)
 
     def check_bits(self, bits: int) -> int:
         check_bits(bits)
@@ -137,43 +125,27 @@ class WeightQuantizer:
 
     def q_max(self, bits: int) -> int:
         """:math:`Q_P`, the largest code (so the top level is ``q_max * s``): 1, 1, :math:`2^{b-1}-1`."""
-        return 2 ** (bits - 1) - 1 if self.name == "uniform" else 1
+        return max(self.code_values(bits))
 
     def codes(self, w: Tensor, scale: Tensor | float, bits: int, granularity: str) -> Tensor:
         """The integer codes :math:`k(w)` for a scale broadcastable to ``w``, in :func:`compute_dtype` of ``w``'s
         dtype (float32 for 16-bit weights: exact for every code; the scale is first rounded to ``w``'s dtype)."""
         w = w.detach()
         c = w.to(compute_dtype(w.dtype))
-        if self.name == "binary":
-            return torch.where(c > 0, 1.0, -1.0).to(c.dtype)
-        if self.name == "ternary":
-            delta = ternary_threshold(c, granularity)
-            # + 0 * delta: NaN codes for a channel whose threshold is not finite (NaN/inf weights), 0 otherwise
-            return torch.sign(c) * (c.abs() > delta).to(c.dtype) + 0.0 * delta + 0.0  # + 0.0: no -0
-        q = self.q_max(bits)
         s = torch.as_tensor(scale, dtype=w.dtype, device=w.device).detach().to(c.dtype)
-        return uniform_codes(c / s, q, q)
+        return self.codes_fn(c, s, bits, granularity)
 
     def data_scale(self, w: Tensor, bits: int, granularity: str, rule: str) -> Tensor:
-        """The scale a data rule gives (``mean``, ``max``; ``lsq``: the initial step: LSQ's for uniform, the ``mean``
-        rule's for binary and ternary), floored at ``MIN_SCALE`` (or the dtype's smallest normal number)."""
+        """The scale a data rule gives (``mean``, ``max``; ``lsq``: the initial step)."""
         self.check_rule(rule)
         if rule == "fixed":
             raise ValueError("the 'fixed' scale rule takes its scale from the config, not from the weights")
-        # A learned binary/ternary scale starts where the data rule puts it (least squares for binary, TWN's mean for
-        # ternary); only uniform codes move with the step, and LSQ's initialization is for them.
-        if rule == "lsq" and self.name == "uniform":
-            s = init_step(w, self.q_max(bits), granularity)
-        elif self.name == "ternary":
-            s = _ternary_scale(w, granularity)
-        elif self.name == "binary":
-            s = abs_mean(w, granularity)
-        else:
-            s = abs_max(w, granularity) / self.q_max(bits)
-        if self.name == "binary" and rule == "mean":
-            return s  # no division by s: an all-zero channel keeps scale 0 and outputs 0, as documented
-        # MIN_SCALE is 0 in float16; its smallest normal number is the floor there.
-        return s.clamp_min(max(MIN_SCALE, torch.finfo(w.dtype).tiny))
+        return self.scale_fn(w, bits, granularity, rule)
+
+    def levels(self, bits: int, scale: float = 1.0) -> list[float]:
+        """The output levels, lowest first: ``scale`` times each code."""
+        self.check_bits(bits)
+        return [scale * k for k in self.code_values(bits)]
 
     def __call__(self, w: Tensor, scale: Tensor | float, bits: int, granularity: str = "tensor") -> Tensor:
         """:math:`Q(w) = s\\,k(w)` for a given scale (no gradient; see :func:`stelab.weights.quantize_weight`)."""
@@ -198,15 +170,81 @@ def _ternary_scale(w: Tensor, granularity: str) -> Tensor:
     return torch.where(count > 0, total / count.clamp_min(1), torch.ones_like(total)) + 0.0 * threshold
 
 
-_QUANTIZERS: dict[str, WeightQuantizer] = {
-    "binary": WeightQuantizer("binary", 1, 1, ("mean", "fixed", "lsq"),
-                              "Q(w) = s * (+1 if w > 0 else -1); s = mean|w| (rule mean)"),
-    "ternary": WeightQuantizer("ternary", 2, 2, ("mean", "fixed", "lsq"),
-                               "Q(w) = s * sign(w) * 1{|w| > 0.7 mean|w|}; s = mean of the kept |w| (rule mean)"),
-    "uniform": WeightQuantizer("uniform", 2, 16, ("max", "fixed", "lsq"),
-                               "Q(w) = s * clamp(rnd(w/s), -Q_P, Q_P), Q_P = 2^(b-1)-1, ties toward 0; "
-                               "s = max|w|/Q_P (rule max)"),
-}
+def _binary_codes(c: Tensor, s: Tensor, bits: int, granularity: str) -> Tensor:
+    return torch.where(c > 0, 1.0, -1.0).to(c.dtype)
+
+
+def _binary_scale(w: Tensor, bits: int, granularity: str, rule: str) -> Tensor:
+    # mean|w| is the least-squares scale of fixed signs; a learned (lsq) binary scale starts there. No division by s,
+    # so the mean rule needs no floor: an all-zero channel keeps scale 0 and outputs 0, as documented.
+    s = abs_mean(w, granularity)
+    return s if rule == "mean" else floored(s, w.dtype)
+
+
+def _ternary_codes(c: Tensor, s: Tensor, bits: int, granularity: str) -> Tensor:
+    delta = ternary_threshold(c, granularity)
+    # + 0 * delta: NaN codes for a channel whose threshold is not finite (NaN/inf weights), 0 otherwise
+    return torch.sign(c) * (c.abs() > delta).to(c.dtype) + 0.0 * delta + 0.0  # + 0.0: no -0
+
+
+def _ternary_scale_rule(w: Tensor, bits: int, granularity: str, rule: str) -> Tensor:
+    return floored(_ternary_scale(w, granularity), w.dtype)  # a learned ternary scale starts at TWN's mean
+
+
+def _uniform_codes(c: Tensor, s: Tensor, bits: int, granularity: str) -> Tensor:
+    q = 2 ** (bits - 1) - 1
+    return uniform_codes(c / s, q, q)
+
+
+def _uniform_scale(w: Tensor, bits: int, granularity: str, rule: str) -> Tensor:
+    q = 2 ** (bits - 1) - 1
+    s = init_step(w, q, granularity) if rule == "lsq" else abs_max(w, granularity) / q
+    return floored(s, w.dtype)
+
+
+_QUANTIZERS: dict[str, WeightQuantizer] = {}
+
+
+def register(name: str, *, codes: CodesFn, scale: ScaleFn, code_values: Callable[[int], tuple[int, ...]],
+             bits: tuple[int, int], rules: tuple[str, ...], doc: str, default_bits: int | None = None,
+             codes_follow_step: bool = False, tag: Callable[[int], str] | None = None,
+             overwrite: bool = False) -> WeightQuantizer:
+    """Register a weight quantizer under ``name`` (see :class:`WeightQuantizer` for the functions); it is then a valid
+    ``WeightQuantConfig.quantizer`` and ``--weight-quantizer`` in every command, and appears in ``stelab info`` and
+    the docs gallery. ``bits`` is the (min, max) bit-width range; ``rules`` the scale rules it takes (the first is the
+    default, each one of :data:`SCALE_RULES`). A name already taken is an error unless ``overwrite``."""
+    if not isinstance(name, str) or not name.isidentifier():
+        raise ValueError(f"a weight quantizer's name must be an identifier, got {name!r}")
+    if name in _QUANTIZERS and not overwrite:
+        raise ValueError(f"weight quantizer {name!r} is already registered; pass overwrite=True to replace it")
+    lo, hi = bits
+    check_bits(lo), check_bits(hi)
+    for rule in rules:
+        check_choice("scale rule", rule, SCALE_RULES)
+    q = WeightQuantizer(name, lo, hi, tuple(rules), doc, codes, scale, code_values,
+                        lo if default_bits is None else default_bits, codes_follow_step,
+                        tag or (lambda b: f"w{b}"))
+    q.check_bits(q.default_bits)
+    _QUANTIZERS[name] = q
+    return q
+
+
+def unregister(name: str) -> None:
+    """Remove a registered weight quantizer (built-ins included; for tests and overrides)."""
+    get(name)
+    del _QUANTIZERS[name]
+
+
+register("binary", codes=_binary_codes, scale=_binary_scale, code_values=lambda b: (-1, 1), bits=(1, 1),
+         rules=("mean", "fixed", "lsq"), tag=lambda b: "w1",
+         doc="Q(w) = s * (+1 if w > 0 else -1); s = mean|w| (rule mean)")
+register("ternary", codes=_ternary_codes, scale=_ternary_scale_rule, code_values=lambda b: (-1, 0, 1), bits=(2, 2),
+         rules=("mean", "fixed", "lsq"), tag=lambda b: "w2t",
+         doc="Q(w) = s * sign(w) * 1{|w| > 0.7 mean|w|}; s = mean of the kept |w| (rule mean)")
+register("uniform", codes=_uniform_codes, scale=_uniform_scale,
+         code_values=lambda b: tuple(range(-(2 ** (b - 1) - 1), 2 ** (b - 1))), bits=(2, 16),
+         rules=("max", "fixed", "lsq"), default_bits=4, codes_follow_step=True,
+         doc="Q(w) = s * clamp(rnd(w/s), -Q_P, Q_P), Q_P = 2^(b-1)-1, ties toward 0; s = max|w|/Q_P (rule max)")
 
 
 def names() -> list[str]:
@@ -225,12 +263,12 @@ def get(name: str | WeightQuantizer) -> WeightQuantizer:
 
 def levels(name: str, bits: int, scale: float = 1.0) -> list[float]:
     """The output levels of a quantizer, lowest first: ``[-s, s]``, ``[-s, 0, s]``, ``s * (-Q_P..Q_P)``."""
-    q = get(name)
-    q.check_bits(bits)
-    if q.name == "binary":
-        return [-scale, scale]
-    top = q.q_max(bits)
-    return [scale * k for k in range(-top, top + 1)]
+    return get(name).levels(bits, scale)
+
+
+def accepting(bits: int) -> list[str]:
+    """The registered quantizers that take ``bits`` (``stelab train --weight-bits 1`` picks the only one)."""
+    return [n for n in names() if get(n).min_bits <= bits <= get(n).max_bits]
 
 
 def storage_bits(name: str, bits: int) -> int:

@@ -5,8 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from ...config import JsonConfig, QuantConfig
+from ...activations.config import QuantConfig
 from ...errors import check_choice
+from ...io import JsonConfig
 
 TIERS = ("quick", "standard", "full")
 REFERENCES = ("identity", "relu", "clipped_relu")
@@ -76,6 +77,19 @@ class CardConfig(JsonConfig):
     def default_out(self) -> Path:
         names = "-".join(s.split("(")[0] for s in self.stes[:3])
         return Path("runs") / f"card-{names}-{self.tier}"
+
+
+#: What a rerun of a card in the same folder may change: more STEs, references, seeds or rates add cells and leave the
+#: cached ones valid, and the data folder is a place; every other field (tier, bits, synthetic, the float
+#: checkpoints) changes cached numbers, so it must agree (the card's form of stelab.train.config.may_change).
+MAY_CHANGE = ("stes", "against", "seeds", "lrs", "data_dir")
+
+
+def differences(saved: dict, new: CardConfig) -> list[str]:
+    """``["tier: 'quick' -> 'standard'", ...]``: what ``new`` changes of a saved config (its JSON, as it may name STEs
+    not registered now) beyond :data:`MAY_CHANGE`; a field the saved one lacks takes its default."""
+    b, d = new.to_dict(), CardConfig(stes=("identity",)).to_dict()
+    return [f"{k}: {saved.get(k, d[k])!r} -> {b[k]!r}" for k in b if k not in MAY_CHANGE and saved.get(k, d[k]) != b[k]]
 
 
 def ranked_by(stes: dict[str, dict]) -> tuple[str, str]:

@@ -9,8 +9,8 @@ from typing import Any
 import torch
 
 from ... import ste as ste_registry
+from ...activations.lloyd import lloyd_alpha
 from ...io import markdown_table, save_figure, write_json, write_text
-from ...lloyd import lloyd_alpha
 from .config import ranked_by
 
 

@@ -17,7 +17,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ...io import read_json, write_json
-from .config import CardConfig, ranked_by
+from .config import CardConfig, differences, ranked_by
 from .sections import RESNET_SECTIONS, SECTIONS, fidelity, train_cell
 
 SECTION_ORDER = ("what", "two_layer", "symmetry", "classify", "fidelity", "train")
@@ -57,6 +57,18 @@ def _cached(path: Path, compute: Callable[[], dict]) -> dict:
     return result
 
 
+def _check_cache(config: CardConfig, out: Path) -> None:
+    """A folder's cache answers only for its own tier, bits, data and checkpoints (:func:`.config.differences`):
+    another configuration is refused before anything is computed; the first run records its own."""
+    path = out / "cache" / "config.json"
+    if path.is_file():
+        diff = differences(read_json(path), config)
+        if diff:
+            raise ValueError(f"{out} holds a card of another configuration ({'; '.join(diff)}); rerun with the "
+                             "settings it was made with (more STEs, seeds or rates are fine), or choose another --out")
+    write_json(path, config.to_dict())
+
+
 def _finite(obj: Any) -> bool:
     if isinstance(obj, dict):
         return all(_finite(v) for v in obj.values())
@@ -71,6 +83,7 @@ def run_card(config: CardConfig, out: str | Path, progress: bool = True) -> dict
     from .report import write_report
 
     out, start = Path(out), time.perf_counter()
+    _check_cache(config, out)
     labels = config.all_stes()
     sections = {**SECTIONS, **(RESNET_SECTIONS if config.sizes["resnet_epochs"] else {})}
     models = ("lenet5", "resnet20") if config.sizes["resnet_epochs"] else ("lenet5",)

@@ -28,9 +28,9 @@ import numpy as np
 import torch
 
 from ... import ste as ste_registry
-from ...config import QuantConfig
-from ...lloyd import lloyd_alpha
-from ...ops import fused_plan, quantize
+from ...activations.config import QuantConfig
+from ...activations.lloyd import lloyd_alpha
+from ...activations.ops import fused_plan, quantize
 from ...theory import two_layer as tl
 from .config import CardConfig
 

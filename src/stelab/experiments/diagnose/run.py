@@ -9,11 +9,11 @@ from typing import Any
 
 import torch
 
-from ...config import JsonConfig
 from ...diagnostics import DEFAULT_STES, DEFAULT_WIDTHS, activation_statistics, gradient_fidelity
 from ...diagnostics.fidelity import zeroth_order_comparison
 from ...diagnostics.two_layer_check import cross_check, default_problem
 from ...errors import check_bits, check_choice
+from ...io import JsonConfig
 from ...ste import DEFAULT_STE
 from .report import hook_records, write_report
 
@@ -63,7 +63,7 @@ def load_model(config: DiagnoseConfig):
     """The model with the checkpoint's weights, quantized (a float checkpoint loads into its quantized twin), its
     data set and the report's description of it."""
     from ... import models
-    from ...config import QuantConfig
+    from ...activations.config import QuantConfig
     from ...train import load_weights, read_config
     from ...train.runs import build_model
 

@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ...config import JsonConfig, QuantConfig
+from ...activations.config import QuantConfig
 from ...executors import Executor, Task, dedupe, local_executor, run_graph
-from ...io import markdown_table, save_figure, write_json, write_text
+from ...io import JsonConfig, markdown_table, save_figure, write_json, write_text
 from ...train import TrainConfig, epoch_records
 from .table1 import cell_dir, float_dir, run_or_resume, scaled_epochs, subset_note, with_subset_accuracy
 

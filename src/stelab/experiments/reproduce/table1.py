@@ -21,10 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ...config import JsonConfig, QuantConfig
+from ...activations.config import QuantConfig
 from ...errors import check_choice
 from ...executors import Executor, Task, local_executor, run_graph
-from ...io import epoch_axis, markdown_table, save_figure, write_json, write_text
+from ...io import JsonConfig, epoch_axis, markdown_table, save_figure, write_json, write_text
 from ...models import PAPER_EPOCHS
 from ...train import TrainConfig, epoch_records, is_done, read_summary, train
 from ...train.config import PRECISIONS

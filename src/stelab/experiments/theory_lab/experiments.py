@@ -14,7 +14,7 @@ import torch
 from scipy.stats import norm
 
 from ... import ste as ste_registry
-from ...config import JsonConfig
+from ...io import JsonConfig
 from ...ste import PAPER_STES
 from ...theory import two_layer as tl
 from ...theory.two_layer import empirical_loss_along, z_scores

@@ -7,14 +7,14 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .. import ste as ste_registry
 from . import quantizers
-from . import ste as ste_registry
 from .config import QuantConfig
 from .ops import fused_plan, quantize_with
 
 
 class QuantReLU(nn.Module):
-    """Quantized activation ``y = q(x)`` with STE backward ``dy/dx := mu'(x)``; see :mod:`stelab.ops`.
+    """Quantized activation ``y = q(x)`` with STE backward ``dy/dx := mu'(x)``; see :mod:`stelab.activations.ops`.
 
     ``QuantReLU(config=None, **fields)``: the :class:`QuantConfig` ``config`` (default ``QuantConfig()``) with
     ``fields`` (its fields, by keyword) replaced, so ``QuantReLU(bits=2, ste="relu")`` and
@@ -27,6 +27,9 @@ class QuantReLU(nn.Module):
     ``mu'`` the layer runs the fused operator ``stelab::quantize`` (:mod:`stelab.kernels`). ``check_nan`` rejects NaN
     inputs; the fused kernel finds them in its own pass, other paths at the cost of one reduction and a host sync.
     """
+
+    #: :class:`stelab.PackSaved` packs what such a module's op saves (it looks for this flag).
+    packs_saved_output = True
 
     def __init__(self, config: QuantConfig | None = None, **fields: Any) -> None:
         super().__init__()
@@ -46,7 +49,7 @@ class QuantReLU(nn.Module):
 
     def set_ste(self, ste: str | ste_registry.STE) -> None:
         """Use ``ste`` (a spec or an STE) from the next forward on, e.g. a scheduled parameter
-        (:mod:`stelab.ste_schedule`); the config keeps the STE the layer was built with."""
+        (:mod:`stelab.activations.schedule`); the config keeps the STE the layer was built with."""
         self.ste = ste_registry.get(ste)
         self._plan = None if self.config.learn_alpha else fused_plan(self.config.forward, self.config.bits,
                                                                      self._value, self.ste)

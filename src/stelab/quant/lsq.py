@@ -6,7 +6,7 @@ LSQ quantizes :math:`v` with a learned step :math:`s > 0` and integer range :mat
 .. math::  u = v / s, \qquad k = \mathrm{clamp}(\mathrm{rnd}(u), -Q_N, Q_P), \qquad \hat v = s\,k,
 
 with :math:`\mathrm{rnd}` stelab's nearest-integer rounding, ties toward zero
-(:func:`stelab.weights.quantizers.round_half_to_zero`). The gradient of :math:`\hat v` with respect to the step
+(:func:`stelab.quant.scales.round_half_to_zero`). The gradient of :math:`\hat v` with respect to the step
 (rounding passed straight through, so :math:`\partial k/\partial u = 1` inside the range and 0 at the clip):
 
 .. math::  \frac{\partial \hat v}{\partial s} = \begin{cases} -Q_N & u \le -Q_N \\ -u + \mathrm{rnd}(u) &
@@ -32,7 +32,7 @@ from torch import Tensor
 
 from ..errors import ResolutionError
 from ..ste import STE
-from .quantizers import compute_dtype, init_step, uniform_codes
+from .scales import compute_dtype, init_step, uniform_codes
 
 __all__ = ["ScaledCodes", "check_step", "grad_scale", "init_step", "lsq_quantize", "step_grad_factor"]
 

@@ -1,36 +1,5 @@
-r"""Straight-through estimators: the backward pass of a quantized activation.
-
-A quantizer :math:`q` is a staircase, so :math:`q'(x) = 0` almost everywhere. An STE replaces :math:`q'` by the
-derivative of a *proxy* function :math:`\mu` in the backward pass only:
-
-.. math::  \frac{\partial \ell}{\partial x} := \frac{\partial \ell}{\partial q(x)}\,\mu'(x).
-
-The resulting "coarse gradient" is not the gradient of any function in general (Yin et al., ICLR 2019).
-
-Conventions. Every STE is evaluated as ``mu'(x; top)`` where ``top`` is the top level of the forward quantizer
-(``L * alpha`` for the staircase and round quantizers, ``alpha`` for sign). Proxies with a shape of their own are
-defined in units of ``top``: :math:`\mu(x) = \mathrm{top}\cdot f(x/\mathrm{top})`, so
-:math:`\mu'(x) = f'(x/\mathrm{top})`.
-Identity, relu and leaky relu do not depend on ``top`` at all. The exception is ``log_tailed_relu``, whose
-logarithmic tail above ``top`` is in absolute units, as in HWGQ (:math:`\log(x - \mathrm{top} + 1)`).
-
-Each STE states three properties as data:
-
-* ``monotone``: :math:`\mu` is non-decreasing, i.e. :math:`\mu' \ge 0` everywhere. This is condition 1 of stelab's
-  definition of a monotone STE (:mod:`stelab.theory.classify_ste`, ``docs/classify.md``); on every registered STE
-  the flag and that definition agree. The definition is ours: Long, Yin & Xin (2021) were read only in their
-  abstract, which speaks of "a class of STEs with certain monotonicity" without defining it. Monotone alone
-  does not make coarse gradient descent classify (identity, hardtanh and approx_sign are monotone and fail).
-* ``zero_below``: :math:`\mu'(x) = 0` for :math:`x \le 0`.
-* ``scale_invariant``: :math:`\mu'(cx) = \mu'(x)` for every :math:`c > 0` (identity, relu and leaky relu are; clipped
-  relu is not, since it has a clip level). This is why identity/relu coarse gradients keep the scale symmetry of a
-  bias-free binary network and clipped relu breaks it (Gongyo & Ishikawa 2021).
-
-STEs whose derivative is piecewise constant with breakpoints at fixed multiples of ``top`` are *defined* by that
-table (:class:`Piecewise`): their ``mu'``, the fused op's one-byte backward state (a mask or region code,
-:func:`stelab.ops.fused_plan`) and their three properties all follow from it, so they cannot disagree. Only STEs
-with a smooth ``mu'`` declare their properties (or have them measured).
-"""
+"""The STE registry: named, parameterised estimators; the built-ins are registered on first use (see
+:mod:`stelab.ste` for the conventions and properties)."""
 
 from __future__ import annotations
 
@@ -44,9 +13,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .errors import first_line, unknown_name
+from ..errors import first_line, unknown_name
 from .piecewise import Piecewise  # noqa: F401  (stelab.ste.Piecewise, as before)
-from .ste_probe import probe
+from .probe import probe
 
 DerivativeFn = Callable[..., Tensor]
 
@@ -109,17 +78,17 @@ class _Entry:
 
 _REGISTRY: dict[str, _Entry] = {}
 _CACHE: dict[tuple, STE] = {}
-_BUILTIN_NAMES: set[str] = set()  # registered by stelab.builtin_stes (protected from unregister)
+_BUILTIN_NAMES: set[str] = set()  # registered by stelab.ste.builtin (protected from unregister)
 _BUILTINS_LOADED = False
 
 
 def _registry() -> dict[str, _Entry]:
-    """The registry, with the built-in STEs of :mod:`stelab.builtin_stes` registered on first use, then the users'
-    ones of ``$STELAB_IMPORT`` (``--import``) and the ``stelab.stes`` entry points (:mod:`stelab.ste_plugins`)."""
+    """The registry, with the built-in STEs of :mod:`stelab.ste.builtin` registered on first use, then the users'
+    ones of ``$STELAB_IMPORT`` (``--import``) and the ``stelab.stes`` entry points (:mod:`stelab.ste.plugins`)."""
     global _BUILTINS_LOADED
     if not _BUILTINS_LOADED:
         _BUILTINS_LOADED = True
-        from .ste_plugins import load_external
+        from .plugins import load_external
 
         _register_builtins()
         load_external()
@@ -154,7 +123,8 @@ def get(name: str | STE, **params: Any) -> STE:
         valid = ", ".join(sorted(entry.defaults)) or "none"
         raise ValueError(f"STE {base!r} has no parameter(s) {sorted(unknown)}; its parameters: {valid}")
     full = {**entry.defaults, **merged}
-    key = (base, tuple(sorted(full.items())))
+    # the values' types in the key: 3 and 3.0 are equal and hash alike, but label differently ("levels=3")
+    key = (base, tuple(sorted((k, type(v).__name__, v) for k, v in full.items())))
     try:
         return _CACHE[key]
     except KeyError:  # a user STE measures its properties when built: do that once per parameter set
@@ -165,7 +135,7 @@ def get(name: str | STE, **params: Any) -> STE:
 
 
 def _build(entry: _Entry, name: str, params: dict[str, Any]) -> STE:
-    """``entry``'s STE with ``params``, its ``mu'`` probed (:func:`stelab.ste_probe.probe`): a bad value
+    """``entry``'s STE with ``params``, its ``mu'`` probed (:func:`stelab.ste.probe.probe`): a bad value
     (``swish_sign(beta=0)``) or a broken user function fails here, in one line, not at the first backward."""
     if torch.compiler.is_compiling():  # traced inside a compiled function: the eager first use checked it
         return entry.factory(**params)
@@ -308,10 +278,10 @@ def measure_properties(ste: STE, top: float = 1.0, points: int = 4001) -> dict[s
 
 
 def _register_builtins() -> None:
-    """The built-in STEs of :mod:`stelab.builtin_stes`, which lists them as data (:data:`~stelab.builtin_stes.
+    """The built-in STEs of :mod:`stelab.ste.builtin`, which lists them as data (:data:`~stelab.ste.builtin.
     BUILTINS`): a piecewise one by its table function (parameters -> :class:`Piecewise`, docstring = the math), a
     smooth one by its ``mu'`` with its properties known analytically."""
-    from .builtin_stes import BUILTINS
+    from .builtin import BUILTINS
 
     for name, fn, proxy, flags in BUILTINS:
         if flags is None:  # piecewise: the table alone, registered as a user's table is

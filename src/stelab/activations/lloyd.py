@@ -21,7 +21,7 @@ from functools import cache
 
 import numpy as np
 
-from .errors import check_bits
+from ..errors import check_bits
 
 
 def lloyd_update(alpha: float, bits: int) -> float:

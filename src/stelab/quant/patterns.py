@@ -1,5 +1,6 @@
-"""Glob patterns on qualified module names, shared by the conversions of activations (:mod:`stelab.convert`) and of
-weights (:mod:`stelab.weights.convert`): which modules a pattern selects, and per-pattern config overrides.
+"""Glob patterns on qualified module names, shared by the conversions of activations
+(:mod:`stelab.activations.convert`) and of weights (:mod:`stelab.weights.convert`): which modules a pattern selects,
+and per-pattern config overrides.
 
 A pattern that selects nothing, or an override naming no config field, is an error listing what is valid: a typo
 would otherwise quantize the wrong layers (or the right ones the wrong way) without a word.

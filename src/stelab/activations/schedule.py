@@ -20,8 +20,8 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from . import ste as ste_registry
-from .ste_probe import probe
+from .. import ste as ste_registry
+from ..ste.probe import probe
 
 SHAPES = ("linear", "geometric", "cosine")
 

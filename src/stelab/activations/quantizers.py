@@ -12,7 +12,7 @@ With ``L = 2**bits - 1`` levels above zero and resolution ``alpha > 0``:
 
 In every case :math:`q(x) = \mathrm{level}[\#\{k : t_k < x\}]`: a threshold belongs to the step below it.
 The derivative of every forward is zero almost everywhere; the backward pass is the STE's business
-(:mod:`stelab.ste`, :mod:`stelab.ops`).
+(:mod:`stelab.ste`, :mod:`stelab.activations.ops`).
 
 **Arithmetic.** The formula is evaluated as written, each operation correctly rounded in the input's compute type
 (float32 for float32/bfloat16/float16 inputs, float64 for float64), with ``alpha`` as the user gave it rounded to that
@@ -25,14 +25,15 @@ float type (``alpha`` rounded to ``23 - bits`` significant bits); nothing applie
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from . import kernels
-from .errors import check_alpha, check_bits, unknown_name
-from .kernels import reference
+from .. import kernels
+from ..errors import check_alpha, check_bits, unknown_name
+from ..kernels import reference
 from .lloyd import lloyd_alpha
 
 _ALPHA_RANGE = (2.0**-100, 2.0**100)
@@ -53,7 +54,9 @@ def grid_alpha(alpha: float | Tensor, bits: int) -> float | Tensor:
 
 @dataclass(frozen=True)
 class ForwardQuantizer:
-    """A staircase family: where it steps (``thresholds``) and to what (``levels``), for a bit-width and resolution.
+    """A registered staircase family, as data: which of the kernels' formulas it evaluates (``formula``: a key of
+    :data:`stelab.kernels.reference.MODES`: ``staircase``, ``round`` or ``sign``), up to how many bits, and its
+    default resolution. Where it steps (``thresholds``) and to what (``levels``) follow from the formula.
 
     ``levels`` and ``thresholds`` are float64 descriptions (plots, theory); the evaluation is :func:`evaluate`.
     """
@@ -61,6 +64,22 @@ class ForwardQuantizer:
     name: str
     max_bits: int
     doc: str
+    formula: str = "staircase"
+    default_resolution: Callable[[int], float] = lloyd_alpha
+
+    def __reduce__(self):
+        # copies and pickles (deepcopy of a model, torch.save) go by name: default_resolution may be a lambda
+        return get, (self.name,)
+
+    @property
+    def signed(self) -> bool:
+        """Two levels ``-alpha, +alpha`` (the sign formula) instead of ``0, alpha, ..., L alpha``."""
+        return self.formula == "sign"
+
+    @property
+    def threshold_offset(self) -> float:
+        """Thresholds sit at ``(k + offset) alpha``: 0 for the staircase (ceil), 1/2 for round."""
+        return 0.5 if self.formula == "round" else 0.0
 
     def check_bits(self, bits: int) -> int:
         check_bits(bits)
@@ -73,31 +92,28 @@ class ForwardQuantizer:
         return alpha
 
     def levels(self, bits: int, alpha: float | Tensor) -> Tensor:
-        """Output values, lowest first (``L + 1`` of them; two for ``sign``), float64."""
+        """Output values, lowest first (``L + 1`` of them; two for a signed one), float64."""
         a = self.resolution(bits, alpha)
-        if self.name == "sign":
+        if self.signed:
             a = torch.as_tensor(a, dtype=torch.float64)
             return torch.stack([-a, a])
         return torch.arange(2**bits, dtype=torch.float64) * a
 
     def thresholds(self, bits: int, alpha: float | Tensor) -> Tensor:
         """``x`` moves up one level each time it exceeds a threshold (``len(levels) - 1`` of them), float64."""
-        a = self.resolution(bits, alpha)
+        if self.signed:
+            return torch.zeros(1, dtype=torch.float64)
         k = torch.arange(2**bits - 1, dtype=torch.float64)
-        if self.name == "staircase":
-            return k * a
-        if self.name == "round":
-            return (k + 0.5) * a
-        return torch.zeros(1, dtype=torch.float64)
+        return (k + self.threshold_offset) * self.resolution(bits, alpha)
 
     def top(self, bits: int, alpha: float | Tensor) -> float | Tensor:
-        """The clip level an STE sees: ``L * alpha`` (``alpha`` for sign)."""
+        """The clip level an STE sees: ``L * alpha`` (``alpha`` for a signed one)."""
         a = self.resolution(bits, alpha)
-        return a if self.name == "sign" else (2**bits - 1) * a
+        return a if self.signed else (2**bits - 1) * a
 
     def default_alpha(self, bits: int) -> float:
-        """Lloyd's half-Gaussian resolution for the ReLU staircases; 1 for sign (before snapping to the grid)."""
-        return 1.0 if self.name == "sign" else lloyd_alpha(bits)
+        """The resolution when none is given (Lloyd's half-Gaussian one for the ReLU staircases; 1 for sign)."""
+        return self.default_resolution(bits)
 
     def __call__(self, x: Tensor, bits: int, alpha: float | Tensor | None = None) -> Tensor:
         """The quantized values (no gradient semantics; see :func:`stelab.quantize` for training)."""
@@ -114,7 +130,7 @@ def evaluate(x: Tensor, forward: str, bits: int, a: float | Tensor, check_nan: b
     A float ``a`` runs the fused operator (:mod:`stelab.kernels`; forward only, no state); a tensor one the same formula
     in PyTorch (:func:`stelab.kernels.reference.forward`). ``check_nan`` raises on NaN input instead.
     """
-    mode = reference.MODES[forward]
+    mode = reference.MODES[get(forward).formula]
     if isinstance(a, Tensor):
         if check_nan and bool(x.isnan().any()):
             raise ValueError("x contains NaN; a quantizer cannot place NaN on a level (a diverged run upstream?)")
@@ -125,15 +141,43 @@ def evaluate(x: Tensor, forward: str, bits: int, a: float | Tensor, check_nan: b
 
 def level_index(x: Tensor, forward: str, bits: int, a: Tensor) -> Tensor:
     """The level index ``k`` (``q(x) = k a``; ``+-1`` for sign) as ``x``'s dtype, from the same formula as ``q``."""
-    return reference.level_index(x, a, 2**bits - 1, reference.MODES[forward])
+    return reference.level_index(x, a, 2**bits - 1, reference.MODES[get(forward).formula])
+
+
+_FORWARDS: dict[str, ForwardQuantizer] = {}
+
+
+def register(name: str, *, formula: str = "staircase", max_bits: int = 16, doc: str = "",
+             default_alpha: Callable[[int], float] = lloyd_alpha, overwrite: bool = False) -> ForwardQuantizer:
+    """Register a forward quantizer: ``formula`` is the kernels' formula it evaluates (``staircase``, ``round`` or
+    ``sign``; the fused op, the export and the integer reference know these three), ``max_bits`` its widest
+    bit-width, ``default_alpha(bits)`` its resolution when none is given. It is then a valid ``QuantConfig.forward``
+    and ``--forward`` in every command, and appears in ``stelab info`` and the docs gallery. A name already taken is
+    an error unless ``overwrite``."""
+    if not isinstance(name, str) or not name.isidentifier():
+        raise ValueError(f"a forward quantizer's name must be an identifier, got {name!r}")
+    if name in _FORWARDS and not overwrite:
+        raise ValueError(f"forward quantizer {name!r} is already registered; pass overwrite=True to replace it")
+    if formula not in reference.MODES:
+        raise unknown_name("formula", formula, reference.MODES)
+    check_bits(max_bits)
+    if formula == "sign" and max_bits != 1:
+        raise ValueError(f"the sign formula has one bit, so max_bits must be 1, got {max_bits}")
+    _FORWARDS[name] = ForwardQuantizer(name, max_bits, doc, formula, default_alpha)
+    return _FORWARDS[name]
+
+
+def unregister(name: str) -> None:
+    """Remove a registered forward quantizer (built-ins included; for tests and overrides)."""
+    get(name)
+    del _FORWARDS[name]
 
 
 # The backward of every forward is the STE's (q' = 0 almost everywhere), so each doc states the forward only.
-_FORWARDS: dict[str, ForwardQuantizer] = {
-    "staircase": ForwardQuantizer("staircase", 16, "q(x) = alpha * clamp(ceil(x / alpha), 0, L); q' = 0 a.e."),
-    "round": ForwardQuantizer("round", 16, "q(x) = alpha * clamp(round(x / alpha), 0, L), ties down; q' = 0 a.e."),
-    "sign": ForwardQuantizer("sign", 1, "q(x) = alpha if x > 0 else -alpha; q' = 0 a.e."),
-}
+register("staircase", doc="q(x) = alpha * clamp(ceil(x / alpha), 0, L); q' = 0 a.e.")
+register("round", formula="round", doc="q(x) = alpha * clamp(round(x / alpha), 0, L), ties down; q' = 0 a.e.")
+register("sign", formula="sign", max_bits=1, default_alpha=lambda bits: 1.0,
+         doc="q(x) = alpha if x > 0 else -alpha; q' = 0 a.e.")
 
 
 def names() -> list[str]:

@@ -18,7 +18,7 @@ gradient code (Yin et al. 2019), for :math:`x` in the region named (0 elsewhere)
   is :math:`\pm 1`, and it is the only rule ``sign`` accepts (the others assume levels :math:`\ge 0`);
 * ``pact``: :math:`L` above :math:`L\alpha` only (PACT's clipping-level gradient);
 * ``min``:  1 on :math:`0 < x \le L\alpha` (the smallest non-zero index);
-* ``lsq``:  LSQ's step gradient (Esser et al. 2020; :mod:`stelab.weights.lsq`) with :math:`Q_N = 0, Q_P = L` and
+* ``lsq``:  LSQ's step gradient (Esser et al. 2020; :mod:`stelab.quant.lsq`) with :math:`Q_N = 0, Q_P = L` and
   :math:`u = x/\alpha`: :math:`k - u` on :math:`0 < u < L` (:math:`k` the level index, rounding passed straight
   through), :math:`L` for :math:`u \ge L`, 0 for :math:`u \le 0`; times LSQ's gradient scale
   :math:`g = 1/\sqrt{N L}` with :math:`N` the number of elements of *one sample* of ``x``
@@ -37,13 +37,14 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from . import kernels, quantizers
-from . import ste as ste_registry
-from .config import ALPHA_RULES, QuantConfig, check_learned  # noqa: F401  (re-exported: stelab.ops.*)
-from .errors import ResolutionError, check_alpha, check_bits
-from .pack import saved as pack_saved
-from .ste import STE
-from .weights.lsq import grad_scale, step_grad_factor
+from .. import kernels
+from .. import ste as ste_registry
+from ..errors import ResolutionError, check_alpha, check_bits
+from ..pack import saved as pack_saved
+from ..quant.lsq import grad_scale, step_grad_factor
+from ..ste import STE
+from . import quantizers
+from .config import ALPHA_RULES, QuantConfig, check_learned  # noqa: F401  (re-exported: stelab.activations.ops.*)
 
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -66,13 +67,12 @@ class FusedPlan:
                                 list(self.values), check_nan)
 
 
-_MAX_BREAKS = 8  # the C++ kernel's limit; more regions take the general path
 
 
 def fused_plan(forward: str, bits: int, alpha: float, ste: STE) -> FusedPlan | None:
     """How ``stelab::quantize`` computes this layer, or ``None`` when ``mu'`` is not piecewise constant."""
     shape = ste.piecewise
-    if shape is None or len(shape.breaks) > _MAX_BREAKS:
+    if shape is None or len(shape.breaks) > kernels.MAX_BREAKS:
         return None
     distinct = list(dict.fromkeys(shape.values))
     if len(distinct) <= 2 and len(shape.breaks) > 0:
@@ -81,7 +81,8 @@ def fused_plan(forward: str, bits: int, alpha: float, ste: STE) -> FusedPlan | N
         values = tuple(distinct) if len(distinct) == 2 else (hi, hi)
     else:
         mask_bits, values = -1, shape.values
-    return FusedPlan(float(alpha), 2**bits - 1, kernels.MODES[forward], shape.breaks, mask_bits, values)
+    mode = kernels.MODES[quantizers.get(forward).formula]
+    return FusedPlan(float(alpha), 2**bits - 1, mode, shape.breaks, mask_bits, values)
 
 
 class _QuantizeSmooth(torch.autograd.Function):
@@ -157,14 +158,15 @@ class _QuantizeLearned(torch.autograd.Function):
 
 class _QuantizeLearnedFused(torch.autograd.Function):
     """Learned resolution, piecewise-constant ``mu'``, a dense CPU tensor: the C++ kernel's one-pass forward, and
-    one backward pass that writes ``dx`` and reduces ``d alpha`` (:func:`stelab.kernels.cpu.learned_backward`, the
+    one backward pass that writes ``dx`` and reduces ``d alpha`` (a backend's ``learned_backward``: the C++ one, the
     same rules as :func:`alpha_grad_factor`). It keeps ``x`` for the backward (4 bytes per float32 element, as the
     unfused path does: ``lsq`` needs ``x/alpha`` itself, and a rule-specific code would not serve ``dx`` and every
     rule at once) and reads ``alpha`` on the host, which on the CPU is no device synchronisation."""
 
     @staticmethod
     def forward(ctx, x: Tensor, alpha: Tensor, forward: str, bits: int, ste: STE, rule: str) -> Tensor:
-        ctx.a, ctx.mode, ctx.bits, ctx.ste, ctx.rule = float(alpha.detach()), kernels.MODES[forward], bits, ste, rule
+        ctx.a, ctx.bits, ctx.ste, ctx.rule = float(alpha.detach()), bits, ste, rule
+        ctx.mode = kernels.MODES[quantizers.get(forward).formula]
         ctx.save_for_backward(x, alpha)
         return quantizers.evaluate(x, forward, bits, ctx.a)  # a float alpha: the fixed op's one forward pass
 
@@ -176,8 +178,9 @@ class _QuantizeLearnedFused(torch.autograd.Function):
         dx = torch.empty_like(x)
         levels, table = 2**ctx.bits - 1, ctx.ste.piecewise
         scale = lsq_grad_scale(x, levels) if ctx.rule == "lsq" else 1.0
-        total = kernels.cpu.learned_backward(x, grad, dx, ctx.a, levels, ctx.bits, ctx.mode, list(table.breaks),
-                                             list(table.values), ctx.rule, scale)
+        learned_backward = kernels.backend_for(x, len(table.breaks)).learned_backward
+        total = learned_backward(x, grad, dx, ctx.a, levels, ctx.bits, ctx.mode, list(table.breaks),
+                                 list(table.values), ctx.rule, scale)
         ga = torch.tensor(total, dtype=alpha.dtype).reshape(alpha.shape) if ctx.needs_input_grad[1] else None
         return dx, ga, None, None, None, None
 
@@ -185,8 +188,8 @@ class _QuantizeLearnedFused(torch.autograd.Function):
 def _learned_fused(x: Tensor, ste: STE) -> bool:
     """Whether the learned-resolution op runs fused (:class:`_QuantizeLearnedFused`) on ``x`` with ``ste``."""
     table = ste.piecewise
-    return (table is not None and len(table.breaks) <= _MAX_BREAKS and type(x) is Tensor
-            and not torch.compiler.is_compiling() and kernels.backend(x) == "cpp")
+    return (table is not None and type(x) is Tensor and not torch.compiler.is_compiling()
+            and kernels.backend_for(x, len(table.breaks)).learned_backward is not None)
 
 
 def check_input(x: object, check_nan: bool = True) -> Tensor:
@@ -229,7 +232,7 @@ def quantize_with(x: Tensor, config: QuantConfig, alpha: float | Tensor, ste: ST
         check_input(x, check_nan=False)  # NaN is checked by the operator itself, in its pass over x
         y = quantize_fixed(x, config.forward, config.bits, float(alpha), ste, config.check_nan, plan)
     if pack_saved.marking():  # inside stelab.PackSaved: lets its hooks recognise y when autograd saves it
-        pack_saved.mark(y, config.forward, config.bits, alpha)
+        pack_saved.mark(y, quantizers.get(config.forward).formula, config.bits, alpha)
     return y
 
 
@@ -256,7 +259,8 @@ def quantize(x: Tensor, config: QuantConfig | None = None, /, *, bits: int = FRO
     with the forward quantizer ``forward``: ``staircase`` :math:`q(x) = \alpha\,\mathrm{clamp}(\lceil x/\alpha
     \rceil, 0, L)` (Yin et al. 2019), ``round`` :math:`\alpha\,\mathrm{clamp}(\mathrm{round}(x/\alpha), 0, L)`,
     ``sign`` :math:`\pm\alpha` (1 bit); ``top = L alpha`` (``alpha`` for sign) is where the STE clips.
-    E.g. ``quantize(x, bits=2, alpha=0.6511, ste="relu")``; see :mod:`stelab.quantizers` and :mod:`stelab.ste`.
+    E.g. ``quantize(x, bits=2, alpha=0.6511, ste="relu")``; see :mod:`stelab.activations.quantizers` and
+    :mod:`stelab.ste`.
 
     Keywords are :class:`QuantConfig`'s fields, replacing those of ``config`` (not given: the config's value, or
     QuantConfig's default; :meth:`QuantConfig.merged`): ``bits`` (default 2), ``ste`` (a registered spec such as

@@ -49,8 +49,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .weights.convert import weight_quantized_modules
-from .weights.modules import WEIGHT_QUANT_TYPES
+from .convert import weight_quantized_modules
+from .modules import WEIGHT_QUANT_TYPES
 
 
 def _quant_layers(model: nn.Module | Iterable[nn.Module], optimizer: torch.optim.Optimizer) -> list[nn.Module]:

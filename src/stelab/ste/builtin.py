@@ -294,7 +294,7 @@ def _gaussian_smoothed(x: Tensor, top: float | Tensor, width: float = 0.25, leve
     2019, whose abstract only was read): the staircase's :math:`L` = ``levels`` steps of height :math:`a =
     \mathrm{top}/L` at :math:`t_k = k a` (:math:`k = 0..L-1`), noise of width :math:`s` = ``width`` :math:`\cdot a`:
     :math:`\mu'(x) = \sum_k \tfrac{a}{s}\varphi(\tfrac{x - t_k}{s})`, :math:`\mu(x) = \sum_k a\,\Phi(\tfrac{x -
-    t_k}{s})` (:mod:`stelab.smoothing`, the same function as the diagnostics' reference gradient). Annealing
+    t_k}{s})` (:mod:`stelab.ste.smoothing`, the same function as the diagnostics' reference gradient). Annealing
     ``width`` toward 0 approaches the true (zero a.e.) derivative; the thresholds are the staircase forward's."""
     t, d, s = _gaussian_steps(top, width, levels)
     return smoothed_step_derivative(x, t, d, s)

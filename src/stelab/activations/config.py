@@ -1,57 +1,18 @@
-"""Typed configuration dataclasses that round-trip to JSON.
-
-Every config in stelab derives from :class:`JsonConfig`: ``to_dict``/``from_dict`` and ``to_json``/``from_json``
-give back an equal object, and ``from_dict`` rejects unknown keys with the list of valid ones, so a typo in a
-config file is an error rather than a silently ignored setting.
-"""
+"""How one activation is quantized: :class:`QuantConfig` (a :class:`stelab.io.JsonConfig`) and the learned
+resolution's gradient rules."""
 
 from __future__ import annotations
 
 import dataclasses
-import json
-from collections.abc import Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
-from .errors import check_alpha, check_bits, check_choice
-from .ste import DEFAULT_STE
+from ..errors import check_alpha, check_bits, check_choice
+from ..io import JsonConfig
+from ..ste import DEFAULT_STE
 
-T = TypeVar("T", bound="JsonConfig")
-
-
-class JsonConfig:
-    """Mixin for dataclasses: JSON round-trip with strict keys. Validation lives in ``__post_init__``."""
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)  # type: ignore[call-overload]
-
-    @classmethod
-    def from_dict(cls: type[T], data: dict[str, Any]) -> T:
-        cls.check_fields(data)
-        return cls(**data)
-
-    @classmethod
-    def check_fields(cls, names: Iterable[str]) -> None:
-        """Raise ``ValueError`` listing the valid fields if any of ``names`` is not a field of this config."""
-        # __dataclass_fields__ rather than dataclasses.fields(): torch.compile traces this (stelab.quantize) and
-        # does not handle fields() of a class.
-        valid = list(cls.__dataclass_fields__)  # type: ignore[attr-defined]
-        unknown = set(names) - set(valid)
-        if unknown:
-            raise ValueError(f"unknown {cls.__name__} field(s) {sorted(unknown)}; valid fields: {', '.join(valid)}")
-
-    def to_json(self, indent: int | None = 2) -> str:
-        return json.dumps(self.to_dict(), indent=indent, sort_keys=True)
-
-    @classmethod
-    def from_json(cls: type[T], text: str) -> T:
-        return cls.from_dict(json.loads(text))
-
-    def replace(self: T, **changes: Any) -> T:
-        return dataclasses.replace(self, **changes)  # type: ignore[type-var]
-
-
-# The gradient rules of a learned resolution (stelab.ops implements them; docs/quantizers.md gives the math).
+# The gradient rules of a learned resolution (stelab.activations.ops implements them; docs/quantizers.md: the math).
 ALPHA_RULES = ("mean", "ae", "pact", "min", "lsq")
 
 
@@ -61,6 +22,17 @@ def check_learned(forward: str, alpha_rule: str) -> None:
     if forward == "sign" and alpha_rule != "ae":
         raise ValueError(f"a learned alpha with forward 'sign' needs alpha_rule 'ae' (dq/dalpha = +-1), got "
                          f"{alpha_rule!r}; valid choices for sign: ae")
+
+
+def _forward_names() -> list[str]:
+    from . import quantizers
+
+    return quantizers.names()
+
+
+def _field(default: Any, help: str | Callable[[], str]) -> Any:
+    # help: a text, or a function giving it when the flag is made (registries that users extend)
+    return dataclasses.field(default=default, metadata={"help": help})
 
 
 @dataclass(frozen=True)
@@ -77,17 +49,22 @@ class QuantConfig(JsonConfig):
     (:meth:`merged`).
     """
 
-    bits: int = 2
-    ste: str = DEFAULT_STE
-    forward: str = "staircase"
-    alpha: float | None = None
-    learn_alpha: bool = False
-    alpha_rule: str = "mean"
-    check_nan: bool = True
+    # metadata["help"]: the one description of each field, which `stelab train` shows as its flag's help
+    bits: int = _field(2, "activation bits (default 2; ignored with --float)")
+    ste: str = _field(DEFAULT_STE, f"STE name, e.g. identity, relu, clipped_relu (default {DEFAULT_STE}; see `stelab "
+                                   "info`)")
+    forward: str = _field("staircase", lambda: f"forward quantizer: {' | '.join(_forward_names())} (default staircase)")
+    alpha: float | None = _field(None, "resolution (default: Lloyd's for the bits); with --learn-alpha its initial "
+                                       "value")
+    learn_alpha: bool = _field(False, "train the activations' resolution with the --alpha-rule gradient (one per "
+                                      "activation)")
+    alpha_rule: str = _field("mean", f"gradient of a learned resolution: {' | '.join(ALPHA_RULES)} (default mean; "
+                                     "with --learn-alpha only; docs/quantizers.md)")
+    check_nan: bool = _field(True, "raise on NaN inputs (one reduction and host sync per call; off in training)")
 
     def __post_init__(self) -> None:
+        from .. import ste as ste_registry
         from . import quantizers
-        from . import ste as ste_registry
         check_bits(self.bits)
         quantizers.get(self.forward).check_bits(self.bits)
         if not isinstance(self.ste, str):

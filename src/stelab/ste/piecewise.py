@@ -1,6 +1,6 @@
 """The table of a piecewise-constant STE derivative: the one definition from which ``mu'``, the fused operator's
 backward state and the STE's three properties all follow (:mod:`stelab.ste`). On its own so that the built-in STEs
-(:mod:`stelab.builtin_stes`) are written with it and registered by :mod:`stelab.ste` without importing it back."""
+(:mod:`stelab.ste.builtin`) are written with it and registered by :mod:`stelab.ste` without importing it back."""
 
 from __future__ import annotations
 
