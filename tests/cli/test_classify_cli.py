@@ -17,6 +17,7 @@ def test_cli_writes_a_report(tmp_path):
     result = json.loads((out / "results.json").read_text())
     assert [m["ste"] for m in result["monotone"]] == ["relu", "leaky_relu(slope=0.05)"]
     assert {r["ste"] for r in result["synthetic"]["runs"]} == {"relu", "leaky_relu(slope=0.05)"}
+    assert [f["id"] for f in result["findings"]] == ["synthetic:leaky_relu(slope=0.05)", "synthetic:relu"]
     assert "is_monotone" in (out / "report.md").read_text()
     assert (out / "synthetic_curves.png").stat().st_size > 0
 

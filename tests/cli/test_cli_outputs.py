@@ -83,7 +83,7 @@ def no_compute(monkeypatch):
     def boom(*args, **kwargs):
         raise AssertionError("computation started before the output folder was checked")
 
-    for module, name in ((theory_lab, "run_theory"), (symmetry, "run_report"),
+    for module, name in ((theory_lab, "run_theory"), (symmetry, "run_symmetry"),
                          (classify, "run_synthetic"), (diagnose_run, "gradient_fidelity"), (train, "train"),
                          (reproduce, "run_table1")):
         monkeypatch.setattr(module, name, boom)

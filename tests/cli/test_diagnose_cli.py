@@ -38,6 +38,7 @@ def test_diagnose_run_dir_writes_report(trained_run, tmp_path, capsys):
         assert (out / name).is_file(), name
     data = json.loads((out / "results.json").read_text())
     layers = {row["layer"] for row in data["fidelity"]["rows"]}
+    assert [f["id"].split(":")[0] for f in data["findings"]] == ["fidelity"] * len(data["fidelity"]["stes"])
     assert "model" in layers and "features.0.0" in layers
     assert data["hook_records"] == 2
 

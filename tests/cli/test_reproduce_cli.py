@@ -49,6 +49,7 @@ def test_table1_sweep_writes_the_table_and_skips_finished_cells(tmp_path, capsys
     assert main(argv) == 0
     results = read_json(out / "results.json")
     cells = {(c["bits"], c["ste"]): c for c in results["cells"]}
+    assert len(results["findings"]) == sum(e["mean"] is not None for e in results["ordering"])
     assert cells[(2, "identity")]["n"] == 1 and cells[(None, "float")]["n"] == 1
     assert cells[(2, "identity")]["paper_test_acc"] == 98.49
     table = (out / "report.md").read_text()
@@ -74,6 +75,9 @@ def test_instability_runs_from_the_minima_and_plots(tmp_path):
     assert main(argv) == 0
     (pair,) = read_json(out / "results.json")["pairs"]
     assert pair["to_status"] == "finished" and pair["control_status"] == "finished"
+    (found,) = read_json(out / "results.json")["findings"]
+    assert found["id"] == "2:clipped_relu->identity" and found["held"] == (
+        pair["to_train_loss"] > pair["start_train_loss"] and pair["to_train_loss"] > pair["control_train_loss"])
     switched = read_config(out / "2bit-clipped_relu-to-identity").flat_dict()
     assert switched["lr"] == 1e-5 and switched["quant"]["ste"] == "identity" and switched["lr_milestones"] == ()
     assert switched["init"].endswith("2bit-clipped_relu")

@@ -14,10 +14,11 @@ def test_cli_writes_a_report(tmp_path, capsys):
     assert main(argv) == 0
     results = json.loads((out / "results.json").read_text())
     assert [s["max_analytic_numeric_gap"] < 1e-8 for s in results["stationary"]] == [True] * 3
+    assert [f["id"] for f in results["findings"]] == ["symmetry:relu", "symmetry:clipped_relu"]
     assert (out / "symmetry.png").stat().st_size > 10_000
     report = (out / "report.md").read_text()
-    assert "global minimum" in report and "## Verdicts" in report
-    verdicts = {v["ste"]: v for v in results["verdicts"]}
+    assert "global minimum" in report and "## Findings" in report
+    verdicts = {v["ste"]: v for v in results["by_ste"]}
     assert verdicts["clipped_relu"]["global_minimum_ray"].startswith("zero at ‖w‖ = 1.76")
     assert verdicts["relu"]["global_minimum_ray"].startswith("never zero")
     printed = capsys.readouterr().out

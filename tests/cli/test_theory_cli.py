@@ -20,14 +20,14 @@ def test_theory_command_writes_report_results_and_plots(tmp_path, capsys):
                  "figure1.png"):
         assert (out / name).stat().st_size > 0, name
     results = json.loads((out / "results.json").read_text())
-    ids = {c["id"]: c for c in results["claims"]}
+    ids = {c["id"]: c for c in results["findings"]}
     assert {"closed_vs_mc", "correlation", "spurious_ratio", "descent_monotone", "identity_unstable",
             "figure1"} <= set(ids)
     # the exact identities cannot depend on the small sizes used here
     for key in ("closed_vs_integrated", "correlation", "spurious_identity_norm", "descent_monotone"):
         assert ids[key]["held"], ids[key]
     report = (out / "report.md").read_text()
-    assert "## Claims" in report and "![figure 1](figure1.png)" in report
+    assert "## Findings" in report and "![figure 1](figure1.png)" in report
 
 
 def test_theory_command_rejects_bad_sizes(tmp_path, capsys):

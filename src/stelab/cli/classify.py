@@ -62,7 +62,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from ..experiments.classify import MnistSettings, SyntheticSettings, headline, run_classify
+    from ..experiments.classify import ClassifyConfig, MnistSettings, SyntheticSettings, run_classify
+    from ..experiments.shape import finding_lines
     from ..io import REPORTS, check_out_dir
     from ..theory.classify_data import KINDS
     from ..theory.classify_ste import resolve_ste
@@ -102,7 +103,8 @@ def run(args: argparse.Namespace) -> int:
         if args.quick:
             mnist = mnist.replace(stes=args.stes or ("relu",), bits=(2,), seeds=(0,),
                                   train_subset=min(args.mnist_subset, 2000))
-    result, paths = run_classify(out, tuple(args.stes), synthetic, mnist, progress=not args.no_progress)
-    print("\n".join(headline(result)))
-    print(f"wrote {', '.join(str(p) for p in paths)}")
+    result = run_classify(ClassifyConfig(stes=tuple(args.stes), synthetic=synthetic, mnist=mnist), out,
+                          progress=not args.no_progress)
+    print("\n".join(finding_lines(result)))
+    print(f"wrote {out}: {', '.join(sorted(p.name for p in Path(out).iterdir()))}")
     return 0

@@ -32,15 +32,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..experiments.symmetry import SymmetryConfig, run_report, verdict_lines
+    from ..experiments.shape import finding_lines
+    from ..experiments.symmetry import SymmetryConfig, run_symmetry
     from ..io import REPORTS, check_out_dir
 
     config = SymmetryConfig(kappa=args.kappa, b=args.b, tilt=args.tilt, steps=args.steps, lr=args.lr,
                             samples=args.samples, seed=args.seed, stes=tuple(args.stes), quick=args.quick)
     out = args.out or Path("runs") / f"symmetry-{time.strftime('%Y%m%d-%H%M%S')}"
     check_out_dir(out, reports=(*REPORTS, "symmetry.png"), force=args.force)  # before the work, not after
-    results = run_report(config, out, progress=not args.no_progress)
-    print(f"stelab symmetry: verdicts (details in {out / 'report.md'})")
-    print("\n".join(verdict_lines(results)))
+    results = run_symmetry(config, out, progress=not args.no_progress)
+    print(f"stelab symmetry: findings (details in {out / 'report.md'})")
+    print("\n".join(finding_lines(results)))
     print(f"wrote {out}/report.md, results.json, symmetry.png ({results['seconds']:.1f} s)")
     return 0

@@ -40,9 +40,9 @@ def run(args: argparse.Namespace) -> int:
     out = args.out or Path("runs") / time.strftime("theory-%Y%m%d-%H%M%S", time.gmtime())
     check_out_dir(out, reports=REPORTS, force=args.force)  # before the minutes of work, not after
     print(f"stelab theory: writing to {out}", flush=True)
-    results = run_theory(out, cfg, progress=not args.no_progress)
-    held = sum(c["held"] for c in results["claims"])
-    for c in results["claims"]:
+    results = run_theory(cfg, out, progress=not args.no_progress)
+    held = sum(c["held"] for c in results["findings"])
+    for c in results["findings"]:
         print(f"  [{'held' if c['held'] else 'FAILED'}] {c['id']}: {c['evidence']}")
-    print(f"{held}/{len(results['claims'])} claims held in {results['seconds']:.1f} s; report: {out / 'report.md'}")
+    print(f"{held}/{len(results['findings'])} claims held in {results['seconds']:.1f} s; report: {out / 'report.md'}")
     return 0

@@ -25,6 +25,7 @@ from ..io import (  # noqa: E402
 )
 from ..theory.classify import ONE_SIDED_STES, CoarseGDConfig, check_monotone, ste_choices, train_coarse  # noqa: E402
 from ..theory.classify_data import KINDS, make, min_cross_class_angle  # noqa: E402
+from .shape import finding  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -278,10 +279,10 @@ def plot_mnist(result: dict, path: Path) -> None:
     save_figure(fig, path)
 
 
-def headline(result: dict) -> list[str]:
-    """A few lines for the terminal: per STE, seeds at 100% training accuracy (synthetic, main section) and the
-    mean MNIST test accuracy per bit width."""
-    lines = []
+def findings(result: dict) -> list[dict]:
+    """One finding per STE and experiment: runs at 100% training accuracy (synthetic, main section), and the mean
+    MNIST test accuracy per bit width (measurements: ``held`` is None)."""
+    out = []
     syn, mn = result.get("synthetic"), result.get("mnist")
     if syn:
         by_ste: dict[str, list[int]] = {}
@@ -290,16 +291,16 @@ def headline(result: dict) -> list[str]:
                 by_ste.setdefault(r["ste"], [0, 0])
                 by_ste[r["ste"]][0] += r["perfect"]
                 by_ste[r["ste"]][1] += r["seeds"]
-        lines.append("synthetic (main): runs at 100% training accuracy per STE")
-        lines += [f"  {ste:>16}: {p}/{n}" for ste, (p, n) in sorted(by_ste.items())]
+        out += [finding(f"synthetic:{ste}", f"{ste}: {p}/{n} synthetic runs (main section) at 100% training "
+                        "accuracy") for ste, (p, n) in sorted(by_ste.items())]
     if mn:
         accs: dict[str, dict[int, list[float]]] = {}
         for r in mn["runs"]:
             accs.setdefault(r["ste"], {}).setdefault(r["bits"], []).append(100 * r["test_accuracy"])
-        lines.append("MNIST: mean test accuracy per STE and bit width")
-        lines += [f"  {ste:>16}: " + ", ".join(f"{b} bit {statistics.fmean(a):.2f}%" for b, a in sorted(cells.items()))
-                  for ste, cells in sorted(accs.items())]
-    return lines
+        for ste, cells in sorted(accs.items()):
+            means = ", ".join(f"{b} bit {statistics.fmean(a):.2f}%" for b, a in sorted(cells.items()))
+            out.append(finding(f"mnist:{ste}", f"{ste}: MNIST mean test accuracy {means}"))
+    return out
 
 
 def write_report(result: dict, out: Path) -> list[Path]:
@@ -323,13 +324,33 @@ def monotone_table(stes: tuple[str, ...] = ()) -> list[dict]:
     return rows
 
 
-def run_classify(out: Path, stes: tuple[str, ...] = (), synthetic: SyntheticSettings | None = None,
-                 mnist: MnistSettings | None = None, progress: bool = True) -> tuple[dict, list[Path]]:
-    """The whole command: the monotone table of ``stes`` (() = every registered STE), then each experiment given;
-    writes the run folder and returns ``(result, paths written)``."""
-    result: dict = {"monotone": monotone_table(stes)}
-    if synthetic is not None:
-        result["synthetic"] = run_synthetic(synthetic, progress)
-    if mnist is not None:
-        result["mnist"] = run_mnist(mnist, progress)
-    return result, write_report(result, out)
+@dataclass(frozen=True)
+class ClassifyConfig(JsonConfig):
+    """``stelab classify``: the monotone table of ``stes`` (empty: every registered STE), then the synthetic grid
+    (``synthetic``; None: skipped) and the MNIST experiment (``mnist``; None: skipped)."""
+
+    stes: tuple[str, ...] = ()
+    synthetic: SyntheticSettings | None = SyntheticSettings()
+    mnist: MnistSettings | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "stes", tuple(self.stes))
+        for name, kind in (("synthetic", SyntheticSettings), ("mnist", MnistSettings)):
+            if isinstance(getattr(self, name), dict):  # nested, as in results.json
+                object.__setattr__(self, name, kind.from_dict(getattr(self, name)))
+        if self.synthetic is None and self.mnist is None:
+            raise ValueError("nothing to do: neither the synthetic nor the MNIST experiment (--no-synthetic without "
+                             "--mnist)")
+
+
+def run_classify(config: ClassifyConfig, out: str | Path, progress: bool = True) -> dict:
+    """The whole command: the monotone table, then each experiment the config has; writes the run folder ``out``
+    and returns the results (with their ``findings``)."""
+    result: dict = {"config": config.to_dict(), "monotone": monotone_table(config.stes)}
+    if config.synthetic is not None:
+        result["synthetic"] = run_synthetic(config.synthetic, progress)
+    if config.mnist is not None:
+        result["mnist"] = run_mnist(config.mnist, progress)
+    result["findings"] = findings(result)
+    write_report(result, Path(out))
+    return result

@@ -1,4 +1,4 @@
-"""``stelab symmetry`` (Gongyo & Ishikawa 2021): :class:`SymmetryConfig` -> :func:`run_report` on
+"""``stelab symmetry`` (Gongyo & Ishikawa 2021): :class:`SymmetryConfig` -> :func:`run_symmetry` on
 :mod:`stelab.theory.symmetry` -> stationary-point tables, clipped-ReLU limits, and coarse gradient descent.
 
 Writes ``report.md``, ``results.json``, ``config.json`` and ``symmetry.png`` into the run folder.
@@ -27,6 +27,7 @@ from ..theory.symmetry_stationary import (
     stationary_points_analytic,
     stationary_points_numeric,
 )
+from .shape import finding
 
 ZERO_TOL = 1e-12  # a coarse gradient this small is zero (quadrature is exact to ~1e-16 here)
 
@@ -152,16 +153,17 @@ def exact_descent_section(config: SymmetryConfig, stes: list[str], progress: boo
     return rows
 
 
-def run_report(config: SymmetryConfig, out_dir: Path, progress: bool = True) -> dict:
+def run_symmetry(config: SymmetryConfig, out: str | Path, progress: bool = True) -> dict:
+    """Every section, written to the run folder ``out``; ``findings``: one per STE (:func:`by_ste`)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # small problems: extra intra-op threads only spin, badly so on shared CPUs
     try:
-        return _run_report(config, out_dir, progress)
+        return _run(config, Path(out), progress)
     finally:
         torch.set_num_threads(threads)
 
 
-def _run_report(config: SymmetryConfig, out_dir: Path, progress: bool) -> dict:
+def _run(config: SymmetryConfig, out_dir: Path, progress: bool) -> dict:
     start = time.time()
     stes = config.ste_names()
     s_grid = np.geomspace(0.25, 1e3, 25 if config.quick else 49)
@@ -182,7 +184,9 @@ def _run_report(config: SymmetryConfig, out_dir: Path, progress: bool) -> dict:
     steps.update()
     steps.close()
     results["seconds"] = time.time() - start
-    results["verdicts"] = verdicts(results)
+    results["by_ste"] = by_ste(results)
+    results["findings"] = [finding(f"symmetry:{v['ste']}", line) for v, line in zip(results["by_ste"],
+                                                                                      _lines(results))]
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(out_dir / "config.json", config.to_dict())
     write_json(out_dir / "results.json", results)
@@ -195,7 +199,7 @@ def _growth_word(growth: float) -> str:
     return "settles" if abs(growth) < 0.01 else ("still growing" if abs(growth) < 0.25 else "drifts")
 
 
-def verdicts(results: dict) -> list[dict]:
+def by_ste(results: dict) -> list[dict]:
     """Per STE, in one row: does its coarse gradient vanish on the ray through the global minimum (b = 0, disk), does
     ``‖w‖`` settle under coarse gradient descent on samples, and where exact descent from the global minimum of the
     second model ends."""
@@ -215,12 +219,12 @@ def verdicts(results: dict) -> list[dict]:
     return rows
 
 
-def verdict_lines(results: dict) -> list[str]:
-    """One line per STE, for the terminal."""
+def _lines(results: dict) -> list[str]:
+    """One sentence per STE: its finding."""
     out = []
-    for v in verdicts(results):
+    for v in results["by_ste"]:
         growth = ", ".join(f"{g:+.1%}" for g in v["w_norm_growth"].values())
-        out.append(f"{v['ste']:>16}: global-minimum ray {v['global_minimum_ray']}; ‖w‖ {v['w_norm']} ({growth}); "
+        out.append(f"{v['ste']}: global-minimum ray {v['global_minimum_ray']}; ‖w‖ {v['w_norm']} ({growth}); "
                    f"b={results['config']['b']:g} descent ends near {v['exact_descent_b1_ends_near']}")
     return out
 
@@ -229,7 +233,7 @@ def render_markdown(results: dict) -> str:
     lines = ["# Scale symmetry and symmetry breaking (Gongyo & Ishikawa 2021)\n",
              "Network `F(x) = v·1{w·x > 0}` (one unit), squared loss; inputs `x = R(cos φ, sin φ)`, labels "
              "`y = κ + cos φ + b cos 3φ`. Coarse gradients by exact quadrature; derivation in `docs/symmetry.md`.\n",
-             "## Verdicts\n",
+             "## Findings\n",
              "Per STE: its coarse gradient on the ray through the global minimum (b = 0, inputs on the disk); ‖w‖ "
              "under coarse gradient descent on samples (relative growth over the second half of the run, per data "
              "set: < 1% settles, < 25% still growing, else drifts); the stationary point nearest to where descent on "
@@ -238,7 +242,7 @@ def render_markdown(results: dict) -> str:
                              f"b = {results['config']['b']:g}: ends near"],
                             [[v["ste"], v["scale_invariant"], v["global_minimum_ray"],
                               f"{v['w_norm']} ({', '.join(f'{g:+.1%}' for g in v['w_norm_growth'].values())})",
-                              v["exact_descent_b1_ends_near"]] for v in verdicts(results)])]
+                              v["exact_descent_b1_ends_near"]] for v in results["by_ste"]])]
     for sec in results["stationary"]:
         m = sec["model"]
         stes = list(sec["points"][0]["rays"])

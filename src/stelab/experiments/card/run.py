@@ -17,6 +17,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ...io import read_json, write_json
+from ..shape import finding
 from .config import CardConfig, differences, ranked_by
 from .sections import RESNET_SECTIONS, SECTIONS, fidelity, train_cell
 
@@ -114,8 +115,23 @@ def run_card(config: CardConfig, out: str | Path, progress: bool = True) -> dict
                                               partial(fidelity, label, config, 0, "lenet5", end))
     results = {"config": config.to_dict(), "stes": stes, **verdict(stes, config),
                "seconds": time.perf_counter() - start}
+    results["findings"] = card_findings(results)
     write_report(results, out)
     return results
+
+
+def card_findings(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """The recommendation, the ranking, whether retuning the rate changes it, and for each cheap measure whether it
+    predicts the training outcome (Spearman rho with its exact permutation p)."""
+    out = [finding("recommendation", results["recommendation"]),
+           finding("ranking", f"ranking ({results['rule']}): {', '.join(results['ranking'])}"),
+           finding("retuning", "retuning the learning rate per STE changes the ranking"
+                   if results["ranking_changes_with_retuning"] else "the ranking is the same at the common rate")]
+    for name, s in results["predictors"].items():
+        if s.get("rho") is not None:
+            out.append(finding(f"predictor:{name}", f"{name} predicts the training outcome: Spearman rho "
+                               f"{s['rho']:+.2f} (p = {s['p_value']:.3g}, {s['n']} STEs)"))
+    return out
 
 
 def _end_point(config: CardConfig, out: Path) -> Path | None:

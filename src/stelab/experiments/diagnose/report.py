@@ -227,13 +227,16 @@ def two_layer_markdown(report: dict[str, Any]) -> str:
 
 def write_report(out_dir: str | Path, *, title: str, meta: dict[str, Any], result: FidelityResult | None = None,
                  stats: dict[str, dict] | None = None, records: list[dict[str, Any]] | None = None,
-                 two_layer: dict[str, Any] | None = None, zeroth_order: list[dict[str, Any]] | None = None
-                 ) -> list[Path]:
+                 two_layer: dict[str, Any] | None = None, zeroth_order: list[dict[str, Any]] | None = None,
+                 findings: list[dict[str, Any]] | None = None) -> list[Path]:
     """Write ``results.json``, ``report.md`` and the plots that the given parts allow; returns the paths."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths, sections = [], [f"# {title}\n", markdown_table(["setting", "value"], [[k, v] for k, v in meta.items()])]
     data: dict[str, Any] = {"meta": meta}
+    if findings:
+        data["findings"] = findings
+        sections.append("## Findings\n\n" + "\n".join(f"- {f['text']}" for f in findings) + "\n")
     if result is not None:
         sections.append("## Gradient fidelity\n\n" + fidelity_markdown(result) + f"\n![per layer]({LAYER_PLOT})\n")
         paths.append(plot_layer_cosines(result, out / LAYER_PLOT, title=title))

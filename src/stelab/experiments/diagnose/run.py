@@ -15,6 +15,7 @@ from ...diagnostics.two_layer_check import cross_check, default_problem
 from ...errors import check_bits, check_choice
 from ...io import JsonConfig
 from ...ste import DEFAULT_STE
+from ..shape import finding
 from .report import hook_records, write_report
 
 
@@ -140,7 +141,18 @@ def run_diagnose(config: DiagnoseConfig, out: str | Path, progress: bool = True,
     two_layer = cross_check(*default_problem(), stes=[s for s in stes if s in DEFAULT_STES] or DEFAULT_STES) \
         if config.two_layer else None
     title = f"Gradient fidelity: {meta['model']} / {dataset} ({meta['trained_as']})"
+    found = findings(result)
     write_report(out, title=title, meta=meta, result=result, stats=stats, records=records, two_layer=two_layer,
-                 zeroth_order=zeroth_order)
+                 zeroth_order=zeroth_order, findings=found)
     return {"title": title, "meta": meta, "fidelity": result, "activations": stats, "hook_records": records,
-            "zeroth_order": zeroth_order, "two_layer": two_layer}
+            "zeroth_order": zeroth_order, "two_layer": two_layer, "findings": found}
+
+
+def findings(result: Any) -> list[dict[str, Any]]:
+    """Per STE, its whole-model cosine with the narrowest smoothed reference (a measurement)."""
+    out = []
+    for ste in result.stes:
+        row = result.get(ste)
+        out.append(finding(f"fidelity:{row['ste']}", f"{row['ste']}: whole-model cosine {row['cosine']:.3f} with the "
+                           f"smoothed gradient ({row['reference']}, {result.n_batches} batches)"))
+    return out

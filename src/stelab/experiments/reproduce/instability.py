@@ -22,6 +22,7 @@ from ...activations.config import QuantConfig
 from ...executors import Executor, Task, dedupe, local_executor, run_graph
 from ...io import JsonConfig, markdown_table, save_figure, write_json, write_text
 from ...train import TrainConfig, epoch_records
+from ..shape import finding
 from .table1 import cell_dir, float_dir, run_or_resume, scaled_epochs, subset_note, with_subset_accuracy
 
 # The paper's three switches, named literally: each pair is one specific (good -> poorer) STE transition.
@@ -95,6 +96,7 @@ def run_instability(config: InstabilityConfig, root: str | Path, progress: bool 
                "epochs": config.switch_epochs, "seed": config.seed,
                "source_epochs": source_epochs[0] if len(source_epochs) == 1 else source_epochs,
                "then_epochs": config.then_epochs, "config": config.to_dict(), "pairs": rows}
+    results["findings"] = pair_findings(rows, config.switch_lr)
     write_json(root / "results.json", results)
     write_text(root / "report.md", instability_markdown(results))
     plot_instability(root / "instability.png", series, config.model, config.switch_epochs if config.then_epochs
@@ -153,6 +155,22 @@ def instability_tasks(config: InstabilityConfig, root: Path, progress: bool = Fa
                 tasks.append(Task(then.out, run_or_resume, (then, progress), after=(cont.out,), when=_finished,
                                   why_not="the switched run did not finish", lock=f"{then.out}/.lock"))
     return dedupe(tasks)
+
+
+def pair_findings(rows: list[dict[str, Any]], lr: float) -> list[dict[str, Any]]:
+    """Per pair, the claim of Yin et al. that the poorer STE is unstable near the better one's minimum: held when
+    the training loss after the switch is above the minimum's (and, with a control, above the control's too)."""
+    out = []
+    for e in rows:
+        start, to, control = e.get("start_train_loss"), e.get("to_train_loss"), e.get("control_train_loss")
+        if not all(isinstance(v, float) for v in (start, to)):
+            continue
+        held = to > start and (not isinstance(control, float) or to > control)
+        evidence = f"training loss {start:.3e} -> {to:.3e}" + (
+            f" (control {e['from']}: {control:.3e})" if isinstance(control, float) else "")
+        out.append(finding(f"{e['bits']}:{e['from']}->{e['to']}", f"{e['bits']}-bit: switching {e['from']} -> "
+                           f"{e['to']} at rate {lr:g} moves away from the minimum", held, evidence))
+    return out
 
 
 def _record(entry: dict[str, Any], prefix: str, summary: dict[str, Any]) -> None:

@@ -21,6 +21,7 @@ from itertools import combinations
 from typing import Any
 
 from ...io import markdown_table
+from ..shape import finding
 from .paper import paper_cell
 
 
@@ -81,3 +82,20 @@ def ordering_markdown(entries: list[dict[str, Any]]) -> str:
             "seeds the second won, the paired t statistic and its two-sided p value (n - 1 degrees of freedom). "
             "With n seeds the sign count alone can never be significant (smallest two-sided p = 2/2^n).\n\n"
             + markdown_table(["model", "bits", "difference", "paper", "ours (mean ± sd)", "wins", "t", "p"], rows))
+
+
+def ordering_findings(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One finding per compared pair: ``b`` minus ``a`` in test accuracy (points, mean over the paired seeds); where
+    the paper has both cells, whether the sign agrees with the paper's (held), else a measurement."""
+    out = []
+    for e in entries:
+        if e["mean"] is None:
+            continue
+        paper = e["paper_diff"]
+        held = None if paper is None or paper == 0 or e["mean"] == 0 else (e["mean"] > 0) == (paper > 0)
+        text = (f"{e['model']} {e['bits']}-bit: {e['b']} - {e['a']} = {e['mean']:+.2f} points over {e['n']} seed(s)"
+                + ("" if paper is None else f" (paper {paper:+.2f})"))
+        evidence = f"{e['wins']} wins, {e['losses']} losses"
+        evidence += "" if e["p"] is None else f", paired t p = {e['p']:.3g}"
+        out.append(finding(f"{e['model']}:{e['bits']}:{e['a']}<{e['b']}", text, held, evidence))
+    return out

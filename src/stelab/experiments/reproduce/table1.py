@@ -29,7 +29,7 @@ from ...models import PAPER_EPOCHS
 from ...train import TrainConfig, epoch_records, is_done, read_summary, train
 from ...train.config import PRECISIONS
 from ...train.loop import config_differences
-from .ordering import ordering_markdown, ste_ordering
+from .ordering import ordering_findings, ordering_markdown, ste_ordering
 from .paper import MODELS_BY_DATASET, STES, paper_cell
 
 
@@ -184,6 +184,7 @@ def write_table1(config: Table1Config, root: Path) -> dict[str, Any]:
                "weights": config.weights_tag, "config": config.to_dict(),
                "cells": aggregate(runs, models, bits, stes, paper=not config.weights_tag),
                "ordering": ste_ordering(runs, models, bits, stes, paper=not config.weights_tag), "runs": runs}
+    results["findings"] = ordering_findings(results["ordering"])
     write_json(root / "results.json", results)
     write_text(root / "report.md", table1_markdown(results))
     for model in models:

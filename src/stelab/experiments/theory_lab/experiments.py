@@ -1,7 +1,7 @@
 """The experiments behind ``stelab theory``: each returns plain data (numpy arrays, floats, claims).
 
-Every experiment is a function of a :class:`TheoryConfig` and is deterministic given its seed. A *claim* is a dict
-``{"id", "claim", "evidence", "held"}`` whose ``held`` is computed from the measured numbers, never set by hand.
+Every experiment is a function of a :class:`TheoryConfig` and is deterministic given its seed. A *claim* becomes a
+finding ``{"id", "text", "held", "evidence"}`` whose ``held`` is computed from the measured numbers, never set by hand.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from ...io import JsonConfig
 from ...ste import PAPER_STES
 from ...theory import two_layer as tl
 from ...theory.two_layer import empirical_loss_along, z_scores
+from ..shape import finding
 
 THREE = PAPER_STES  # the STEs whose claims the paper makes (and which have closed forms)
 
@@ -56,7 +57,8 @@ class TheoryConfig(JsonConfig):
 
 
 def claim(cid: str, text: str, evidence: str, held: bool) -> dict:
-    return {"id": cid, "claim": text, "evidence": evidence, "held": bool(held)}
+    """A claim tested against the measured numbers, as a finding (:func:`stelab.experiments.shape.finding`)."""
+    return finding(cid, text, bool(held), evidence)
 
 
 def problem(cfg: TheoryConfig) -> dict[str, np.ndarray]:
@@ -115,7 +117,7 @@ def monte_carlo_table(cfg: TheoryConfig, prob: dict) -> dict:
         claim("closed_vs_integrated", "The closed forms equal the general integration recipe",
               f"max abs difference {cross:.1e} over 50 random points (tolerance 1e-10)", cross <= 1e-10),
     ]
-    return {"rows": rows, "max_abs_z": worst, "closed_vs_integrated": cross, "claims": claims}
+    return {"rows": rows, "max_abs_z": worst, "closed_vs_integrated": cross, "findings": claims}
 
 
 def registered_stes() -> list[str]:
@@ -147,7 +149,7 @@ def correlation_identities(cfg: TheoryConfig, prob: dict) -> dict:
             errors[name] = max(errors[name], abs(got - want) / max(abs(want), 1e-300))
             negatives += got < -1e-15
     worst = max(errors.values())
-    return {"max_rel_error": errors, "negatives": negatives, "claims": [
+    return {"max_rel_error": errors, "negatives": negatives, "findings": [
         claim("correlation", "<E g_relu, df/dw> = sin(theta)(v'v*)^2/(2(2pi)^1.5||w||) >= 0; identity twice it; "
               "clipped relu it times 2(Phi(1/(||w|| sin theta)) - 1/2)",
               f"max relative error {worst:.1e} over {cfg.identity_points} random points with ||w|| in "
@@ -203,7 +205,7 @@ def cosine_curves(cfg: TheoryConfig, prob: dict) -> dict:
               small < 1e-3 and large > 0.99 and all(abs(v + 2) < 0.05 for v in slope.values())),
     ]
     return {"thetas": thetas, "by_theta": by_theta, "norms": norms, "by_norm": by_norm, "relu_cosine": relu_ref,
-            "min_cosine": low, "v": v, "claims": claims}
+            "min_cosine": low, "v": v, "findings": claims}
 
 
 def spurious_ratio(cfg: TheoryConfig, prob: dict) -> dict:
@@ -238,7 +240,7 @@ def spurious_ratio(cfg: TheoryConfig, prob: dict) -> dict:
               all(abs(slopes[n] - expected[n]) < 0.1 for n in THREE)),
     ]
     return {"eps": eps, "ratios": ratios, "slopes": slopes, "at_minimizer": at_min, "claimed_identity_norm": claimed,
-            "spurious_v": spur.v, "claims": claims}
+            "spurious_v": spur.v, "findings": claims}
 
 
 def _near_spurious_start(prob: dict, cfg: TheoryConfig) -> tuple[np.ndarray, np.ndarray]:
@@ -265,7 +267,7 @@ def descent_runs(cfg: TheoryConfig, prob: dict, progress=None) -> dict:
         runs["sampled"][name] = tl.coarse_gradient_descent(*starts[0], vs, ws, name, cfg.eta, cfg.steps,
                                                            batch_size=cfg.batch_size, seed=cfg.seed + 7)
         progress and progress()
-    return {"runs": runs, "claims": _descent_claims(runs), "summary": _descent_summary(runs)}
+    return {"runs": runs, "findings": _descent_claims(runs), "summary": _descent_summary(runs)}
 
 
 def _ups(traj) -> tuple[int, float]:
@@ -360,7 +362,7 @@ def figure1(cfg: TheoryConfig, prob: dict, progress=None) -> dict:
     distinct = [s["distinct_values"] for s in stats]
     held = (all(a <= b for a, b in zip(distinct, distinct[1:])) and distinct[0] < distinct[-1]
             and last["upward_fraction"] < 0.05 and last["loss_end"] < last["loss_start"])
-    return {"etas": etas, "curves": curves, "population": population, "stats": stats, "claims": [
+    return {"etas": etas, "curves": curves, "population": population, "stats": stats, "findings": [
         claim("figure1", "With few samples the empirical loss along the negative sampled coarse gradient changes "
               "only in coarse steps (and can go up); it becomes smooth and monotone as the sample count grows",
               "; ".join(f"N={s['samples']}: {s['distinct_values']} distinct values on {len(etas)} step sizes, "

@@ -42,10 +42,10 @@ SOURCES = {
 }
 
 
-def run_theory(out_dir: str | Path, cfg: ex.TheoryConfig | None = None, progress: bool = True) -> dict:
-    """Run every experiment, write the run folder and return ``results`` (also in ``results.json``)."""
-    cfg = cfg or ex.TheoryConfig()
-    out = Path(out_dir)
+def run_theory(cfg: ex.TheoryConfig, out: str | Path, progress: bool = True) -> dict:
+    """Run every experiment, write the run folder ``out`` and return ``results`` (also in ``results.json``); its
+    ``findings`` are every claim tested, with whether it held."""
+    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     threads = torch.get_num_threads()
     # Small tensors: one thread avoids oversubscription on a shared machine (measured 5-10x faster here).
@@ -72,8 +72,8 @@ def run_theory(out_dir: str | Path, cfg: ex.TheoryConfig | None = None, progress
             tick()
     finally:
         torch.set_num_threads(threads)
-    results["claims"] = [c for key in ("monte_carlo", "correlation", "cosine", "spurious", "descent", "figure1")
-                         for c in results[key]["claims"]]
+    results["findings"] = [c for key in ("monte_carlo", "correlation", "cosine", "spurious", "descent", "figure1")
+                           for c in results[key]["findings"]]
     results["seconds"] = time.perf_counter() - start
     _plots(out, results)
     write_text(out / "report.md", _markdown(results))
@@ -204,18 +204,18 @@ def _table(headers: list[str], rows: list[list]) -> str:
 
 def _markdown(r: dict) -> str:
     cfg, prob = r["config"], r["teacher"]
-    held = sum(c["held"] for c in r["claims"])
+    held = sum(c["held"] for c in r["findings"])
     parts = [
         "# Theory lab: the two-linear-layer model of Yin et al. (ICLR 2019)\n",
         f"m = {cfg['m']} patches, n = {cfg['n']} inputs, teacher seed {prob['seed']}: "
         f"v* = {np.array2string(prob['v_star'], precision=3)}, ||w*|| = 1. "
         f"Float64 throughout; wall time {r['seconds']:.1f} s. Derivations: `docs/theory.md`.\n",
-        f"## Claims ({held} of {len(r['claims'])} held)\n",
+        f"## Findings: the claims tested ({held} of {len(r['findings'])} held)\n",
         "`source`: *Yin et al.* marks what the paper's abstract states; everything else (formulas, constants, rates, "
         "which STEs) is derived or measured here.\n",
         _table(["claim", "source", "evidence", "held"],
-                       [[c["claim"], SOURCES.get(c["id"], "derived here"), c["evidence"],
-                         "yes" if c["held"] else "**NO**"] for c in r["claims"]]),
+                       [[c["text"], SOURCES.get(c["id"], "derived here"), c["evidence"],
+                         "yes" if c["held"] else "**NO**"] for c in r["findings"]]),
         "## Closed form vs Monte Carlo\n",
         f"z = (Monte Carlo mean - exact) / standard error, worst coordinate; {cfg['mc_samples']} samples of Z per "
         "point, the same draws for every STE. Method `integrate` = the 2-D recipe (one variable exact, the other "
