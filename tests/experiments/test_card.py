@@ -156,3 +156,28 @@ def test_a_folder_answers_only_for_its_own_configuration(tiny, tmp_path, monkeyp
         run_card(config(bits=4, synthetic=64), out, progress=False)
     run_card(config(stes=("leaky_relu(slope=0.1)", "identity"), lrs=(0.05, 0.1), seeds=2), out, progress=False)
     assert card_config.differences({"tier": "quick"}, CardConfig(stes=("relu",))) == []  # absent: the default
+
+
+def test_the_full_tier_runs_table1_cells_through_the_table1_experiment(monkeypatch, tmp_path):
+    """Section 7: each STE's Table 1 cells, trained by the table1 experiment's own run (tiny schedule here)."""
+    monkeypatch.setitem(card_config.TIER_SIZES, "full", {**TINY, "lenet_epochs": 1, "table1": 1})
+    monkeypatch.setattr(card_run, "train_cell", lambda *a: {"status": "finished", "test_acc": 0.5})
+    monkeypatch.setattr(card_run, "fidelity", lambda *a: {"cosine": 0.5, "coarse_norm": 1.0})
+    results = run_card(config(tier="full", table1_epochs_scale=0.02, synthetic=64), tmp_path / "card",
+                       progress=False)
+    for label in ("leaky_relu(slope=0.1)", "relu"):
+        cells = results["stes"][label]["table1"]
+        assert sorted(cells) == ["lenet5 2-bit", "lenet5 4-bit", "resnet20 2-bit", "resnet20 4-bit"]
+        assert all(0 <= v <= 100 for v in cells.values())
+    assert (tmp_path / "card" / "table1-cifar10" / "resnet20" / "seed0" / "2bit-relu" / "results.json").is_file()
+    assert "7. Table 1 resnet20 4-bit (%)" in (tmp_path / "card" / "report.md").read_text()
+
+
+def test_the_standard_tier_classifies_mnist_too(monkeypatch, shared_data_dir):
+    """Section 4 in the standard tier: the same two-layer classifier, also on real MNIST (a test accuracy)."""
+    from stelab.experiments.card import sections
+
+    monkeypatch.setitem(card_config.TIER_SIZES, "standard", {**TINY, "classify_mnist": 500})
+    part = sections.classify("relu", config(tier="standard", synthetic=0, data_dir=str(shared_data_dir)))
+    assert 0.5 < part["mnist_test_accuracy"] <= 1.0  # 500 images, one epoch: well above chance (0.1)
+    assert "mnist_test_accuracy" not in sections.classify("relu", config())  # quick tier: synthetic only

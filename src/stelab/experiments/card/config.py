@@ -18,11 +18,14 @@ RESNET_FLOAT = "results/table1-cifar10-resnet20/seed0/float/model.pt"
 # the data), the fidelity batches, and the real-network training (epochs, models).
 TIER_SIZES = {
     "quick": {"cosine_points": 24, "starts": 6, "descent_steps": 800, "classify_steps": 600, "fidelity_batches": 4,
-              "lenet_epochs": 1, "resnet_epochs": 0, "symmetry_samples": 4000},
+              "lenet_epochs": 1, "resnet_epochs": 0, "symmetry_samples": 4000, "classify_mnist": 0},
     "standard": {"cosine_points": 60, "starts": 20, "descent_steps": 1000, "classify_steps": 2000,
-                 "fidelity_batches": 8, "lenet_epochs": 5, "resnet_epochs": 3, "symmetry_samples": 20000},
+                 "fidelity_batches": 8, "lenet_epochs": 5, "resnet_epochs": 3, "symmetry_samples": 20000,
+                 "classify_mnist": 10000},
 }
-TIER_SIZES["full"] = TIER_SIZES["standard"]
+# full: standard, plus the Table 1 cells (LeNet-5 / MNIST and ResNet-20 / CIFAR-10 at 2 and 4 bits) on the paper's
+# schedule (table1_epochs_scale 1: 50 and 200 float epochs), through stelab reproduce table1's own run function
+TIER_SIZES["full"] = {**TIER_SIZES["standard"], "table1": 1}
 
 
 @dataclass(frozen=True)
@@ -32,7 +35,8 @@ class CardConfig(JsonConfig):
     ResNet-20 on CIFAR-10 and longer LeNet-5 training), ``full`` (standard, plus Table 1 cells: run them with
     ``stelab reproduce table1``); ``lrs``: the learning-rate grid of the training section (each STE is reported at
     its own best rate and at the common one, ``lrs[len(lrs) // 2]``); ``synthetic`` > 0 replaces the real data sets
-    by that many random images (tests); ``lenet_init``/``resnet_init``: the float checkpoints fine-tuned from."""
+    by that many random images (tests); ``lenet_init``/``resnet_init``: the float checkpoints fine-tuned from;
+    ``table1_epochs_scale``: the full tier's Table 1 schedule as a fraction of the paper's (1: the paper's)."""
 
     stes: tuple[str, ...] = ()
     against: tuple[str, ...] = REFERENCES
@@ -44,6 +48,7 @@ class CardConfig(JsonConfig):
     data_dir: str | None = None
     lenet_init: str = LENET_FLOAT
     resnet_init: str = RESNET_FLOAT
+    table1_epochs_scale: float = 1.0
 
     def __post_init__(self) -> None:
         check_choice("tier", self.tier, TIERS)
@@ -58,6 +63,8 @@ class CardConfig(JsonConfig):
             raise ValueError(f"lrs must be positive learning rates, got {list(self.lrs)}")
         if self.seeds < 1:
             raise ValueError(f"seeds must be >= 1, got {self.seeds}")
+        if not self.table1_epochs_scale > 0:
+            raise ValueError(f"table1_epochs_scale must be > 0, got {self.table1_epochs_scale}")
 
     def all_stes(self) -> list[str]:
         """The graded STEs, then the references not among them, as canonical labels (no duplicates)."""

@@ -56,13 +56,15 @@ def summary_rows(results: dict) -> list[list[str]]:
             _cell(s, "two_layer", lambda p: "yes" if p["spurious_min_stationary"] else "no"),
             _cell(s, "symmetry", lambda p: "keeps" if p["keeps_symmetry"] else
                   f"breaks ({_num(p['relative_change_under_scaling'], '.2g')})"),
-            _cell(s, "classify", lambda p: f"{100 * p['accuracy']:.1f} %"),
+            _cell(s, "classify", lambda p: f"{100 * p['accuracy']:.1f} %" + (
+                f" (MNIST {100 * p['mnist_test_accuracy']:.1f} %)" if "mnist_test_accuracy" in p else "")),
             _cell(s, "fidelity", lambda p: _fidelity(p, clipped)),
             _cell(s, "fidelity_end", lambda p: _fidelity(p, clipped_end)),
             f"{100 * t['best_accuracy']:.2f} % ({t['best_lr']:g})" if t.get("best_accuracy") is not None else "-",
             f"{100 * t['common_accuracy']:.2f} %" if t.get("common_accuracy") is not None else "-",
         ] + ([_fidelity(s["fidelity_resnet20"], None) if "error" not in s["fidelity_resnet20"] else "error (below)",
-              _best(s["train_resnet20"])] if "train_resnet20" in s else []))
+              _best(s["train_resnet20"])] if "train_resnet20" in s else [])
+          + ([_num(s["table1"].get(k), ".2f") for k in TABLE1_CELLS] if "table1" in s else []))
     return rows
 
 
@@ -74,10 +76,16 @@ HEADERS = ["rank", "STE", "1. path, op cost vs relu", "2. two-layer min cos (des
 
 
 RESNET_HEADERS = ["5. ResNet-20 fidelity cosine", "6. ResNet-20 best (lr)"]
+#: The full tier's Table 1 cells (mean test accuracy, %), keys of section ``table1``.
+TABLE1_CELLS = ["lenet5 2-bit", "lenet5 4-bit", "resnet20 2-bit", "resnet20 4-bit"]
 
 
 def _has_resnet(results: dict) -> bool:
     return all("train_resnet20" in s for s in results["stes"].values())
+
+
+def _has_table1(results: dict) -> bool:
+    return all("table1" in s for s in results["stes"].values())
 
 
 def render_markdown(results: dict) -> str:
@@ -88,7 +96,9 @@ def render_markdown(results: dict) -> str:
              f"{', '.join(c['against'])}; {results['seconds']:.0f} s in the last invocation (cells cached by an "
              "earlier one are read back).", "",
              f"**Recommendation.** {results['recommendation']}", "", "![card](card.png)", "",
-             markdown_table(HEADERS + (RESNET_HEADERS if _has_resnet(results) else []), summary_rows(results)), "",
+             markdown_table(HEADERS + (RESNET_HEADERS if _has_resnet(results) else [])
+                            + ([f"7. Table 1 {k} (%)" for k in TABLE1_CELLS] if _has_table1(results) else []),
+                            summary_rows(results)), "",
              "## Verdict", "", f"Ranking rule: {results['rule']}.", "",
              f"- ranking at each STE's best rate: {', '.join(results['ranking'])}",
              f"- ranking at the common rate: {', '.join(results['ranking_common_lr'])} "

@@ -113,11 +113,34 @@ def run_card(config: CardConfig, out: str | Path, progress: bool = True) -> dict
     for label in labels if end is not None else ():  # section 5 again, at the network clipped relu trained
         stes[label]["fidelity_end"] = _cached(out / "cache" / "fidelity_end" / f"{_slug(label)}.json",
                                               partial(fidelity, label, config, 0, "lenet5", end))
+    if config.sizes.get("table1"):
+        table1_cells(config, out, labels, stes, progress)
     results = {"config": config.to_dict(), "stes": stes, **verdict(stes, config),
                "seconds": time.perf_counter() - start}
     results["findings"] = card_findings(results)
     write_report(results, out)
     return results
+
+
+def table1_cells(config: CardConfig, out: Path, labels: list[str], stes: dict[str, dict], progress: bool) -> None:
+    """The full tier: Table 1 cells of every STE (LeNet-5 / MNIST and ResNet-20 / CIFAR-10, 2 and 4 bits) on the
+    paper's schedule scaled by ``table1_epochs_scale``, run by the table1 experiment itself (its folders under
+    ``out/table1-<dataset>``: finished runs are kept, an interrupted sweep continues); per STE, section ``table1``
+    holds each cell's mean test accuracy (%)."""
+    from ...train import TrainConfig
+    from ..reproduce import Table1Config
+    from ..shape import EXPERIMENTS
+
+    for label in labels:
+        stes[label]["table1"] = {}
+    for dataset, model in (("mnist", "lenet5"), ("cifar10", "resnet20")):
+        base = TrainConfig(model=model, dataset=dataset, synthetic=config.synthetic, data_dir=config.data_dir)
+        sweep = Table1Config(dataset=dataset, models=(model,), bits=(2, 4), stes=tuple(labels),
+                             epochs_scale=config.table1_epochs_scale, train=base)
+        results = EXPERIMENTS["table1"](sweep, out / f"table1-{dataset}", progress)
+        for cell in results["cells"]:
+            if cell["ste"] in stes and cell["bits"] is not None:
+                stes[cell["ste"]]["table1"][f"{model} {cell['bits']}-bit"] = cell["test_acc_mean"]
 
 
 def card_findings(results: dict[str, Any]) -> list[dict[str, Any]]:

@@ -122,7 +122,15 @@ def classify(label: str, config: CardConfig, seed: int = 0) -> dict[str, Any]:
                              steps=config.sizes["classify_steps"], hidden=settings.hidden, fixed_readout=True,
                              loss="hinge", eval_every=max(1, config.sizes["classify_steps"] // 10))
         accuracies.append(float(train_coarse(cfg, data.x, data.y, data.num_classes)["train"]["accuracy"]))
-    return {"accuracy": statistics.fmean(accuracies), "by_kind": dict(zip(settings.kinds, accuracies))}
+    out: dict[str, Any] = {"accuracy": statistics.fmean(accuracies), "by_kind": dict(zip(settings.kinds, accuracies))}
+    if config.sizes.get("classify_mnist") and not config.synthetic:  # the standard tier: the same classifier on MNIST
+        from ..classify import MnistSettings, run_mnist
+
+        mnist = run_mnist(MnistSettings(stes=(label,), bits=(config.bits,), seeds=(seed,), epochs=1,
+                                        train_subset=config.sizes["classify_mnist"], data_dir=config.data_dir),
+                          progress=False)
+        out["mnist_test_accuracy"] = mnist["runs"][0]["test_accuracy"]
+    return out
 
 
 def fidelity(label: str, config: CardConfig, seed: int = 0, model: str = "lenet5",
