@@ -136,3 +136,33 @@ def test_a_learned_resolution_starts_from_a_float_or_fixed_run(finished, tmp_pat
     assert main(["train", *TINY, "--float", "--out", str(tmp_path / "float")]) == 0
     assert main(["train", *TINY, "--bits", "2", "--learn-alpha", "--init", str(tmp_path / "float"),
                  "--out", str(tmp_path / "from-float")]) == 0
+
+
+def test_a_bad_resolution_the_call_did_not_check_is_caught_with_the_loss(tmp_path, monkeypatch):
+    """On a GPU a call does not read its learned alpha (that would be a sync per layer and step): the loop checks
+    every learned resolution on the device, in the sync it makes for the loss. Simulated here by turning the
+    per-call check off."""
+    import stelab.activations.ops as ops
+    from stelab.activations.modules import QuantReLU
+    from stelab.train.resolutions import bad_resolutions, learned_resolutions, resolutions_ok
+
+    real = QuantReLU.forward
+
+    def poisoned(self, x):
+        with torch.no_grad():
+            self.alpha.fill_(-0.5)
+        return real(self, x)
+
+    monkeypatch.setattr(ops, "check_alpha", lambda value: value)  # as for a GPU alpha: not read per call
+    monkeypatch.setattr(QuantReLU, "forward", poisoned)
+    out = tmp_path / "negative-alpha"
+    summary = train(TrainConfig(model="lenet5", synthetic=64, batch_size=32, epochs=1, out=str(out),
+                                quant=TrainConfig().quant.replace(learn_alpha=True)), progress=False)
+    assert summary["status"] == "diverged"
+    (record,) = [r for r in read_jsonl(out / "metrics.jsonl") if r["kind"] == "diverged"]
+    assert "left the positive numbers at step 1" in record["reason"] and ".alpha" in record["reason"]
+    model = torch.nn.Sequential(QuantReLU(learn_alpha=True), QuantReLU(learn_alpha=True))
+    assert bool(resolutions_ok(learned_resolutions(model))) and bad_resolutions(model) == ""
+    with torch.no_grad():
+        model[1].alpha.fill_(float("nan"))
+    assert not bool(resolutions_ok(learned_resolutions(model))) and bad_resolutions(model) == "; bad: 1.alpha"

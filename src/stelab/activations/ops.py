@@ -214,13 +214,17 @@ def quantize_with(x: Tensor, config: QuantConfig, alpha: float | Tensor, ste: ST
     """The one fixed/learned dispatch, for a validated ``config`` whose resolution and STE are already resolved.
 
     ``alpha`` is the resolution used: a float for a fixed one, the one-element tensor that learns when
-    ``config.learn_alpha`` (its value is checked every call: training can push it through zero). ``ste`` is the STE
+    ``config.learn_alpha`` (a CPU one is checked every call, as training can push it through zero; on other devices
+    the training loop checks it without a sync of its own). ``ste`` is the STE
     ``config.ste`` names (or any STE object), ``plan`` the fixed layer's :func:`fused_plan` when the caller keeps it.
     :class:`stelab.QuantReLU` and :func:`quantize` both end here.
     """
     if config.learn_alpha:
         check_input(x, config.check_nan)
-        if not torch.compiler.is_compiling():  # a host sync; under compile it would break the graph
+        # Read on the host only where that is no device sync (a CPU alpha, which the fused CPU op reads anyway) and
+        # never under compile (a graph break). On a GPU the training loop checks every learned resolution in the
+        # sync it makes for the loss anyway (stelab.train.loop; every 25 steps there), not once per layer and call.
+        if alpha.device.type == "cpu" and not torch.compiler.is_compiling():  # type: ignore[union-attr]
             try:
                 check_alpha(float(alpha.detach()))  # type: ignore[union-attr]
             except ValueError as err:  # NaN included: float('nan') fails check_alpha's isfinite

@@ -33,6 +33,7 @@ from .config import (
 from .hooks import TrainHook, check_hooks, run_hooks
 from .progress import progress_bar, update_bar
 from .quant_weights import deployed_weights, wrap_optimizer
+from .resolutions import bad_resolutions, learned_resolutions, resolutions_ok
 from .rules import _check_resume_config, config_differences  # noqa: F401
 from .runs import CONFIG, METRICS, SUMMARY, build_model, is_done, plot_curves, read_summary, run_summary, write_summary
 
@@ -132,6 +133,7 @@ class _Run:
     t_start: float = 0.0  # perf_counter at the start, shifted back by the time of the epochs resumed from
     ste_label: str | None = None  # the STE of this epoch when a parameter is scheduled
     pack: Any = field(default_factory=contextlib.nullcontext)  # around each forward: stelab.PackSaved or nothing
+    resolutions: list[Tensor] = field(default_factory=list)  # learned alphas and weight steps, checked with the loss
 
 
 def _train(config: TrainConfig, hooks: list[TrainHook], info: distributed.DistInfo, device: torch.device,
@@ -149,6 +151,7 @@ def _train(config: TrainConfig, hooks: list[TrainHook], info: distributed.DistIn
     if info.is_main:
         _start_run_folder(run)
     run.net = _wrap(run)
+    run.resolutions = learned_resolutions(run.model)
     if config.pack_saved:
         # checks the model once (a model it cannot help is said once)
         run.pack = PackSaved(run.model, recompute=config.recompute, recompute_limit=config.recompute_limit)
@@ -320,7 +323,7 @@ def _train_steps(run: _Run, epoch: int, t0: float) -> Tensor:
                     out = run.net(xb)
                     loss = run.loss_fn(out, yb)
             except ResolutionError as err:  # a learned alpha / step left the positive numbers: a diverged run
-                raise Diverged(f"{err} (step {run.step + 1}, epoch {epoch}{_bad_resolutions(run.model)})") from None
+                raise Diverged(f"{err} (step {run.step + 1}, epoch {epoch}{bad_resolutions(run.model)})") from None
             run.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if run.step < run.warmup_steps:
@@ -333,8 +336,11 @@ def _train_steps(run: _Run, epoch: int, t0: float) -> Tensor:
             sums[2] += len(yb)
             last = i == len(run.loader) - 1
             if (run.step % check_every == 0 or last) and distributed.any_rank(
-                    not torch.isfinite(sums[0]).item(), device):
-                raise Diverged(f"non-finite training loss at step {run.step} (epoch {epoch})")
+                    not bool(torch.isfinite(sums[0]) & resolutions_ok(run.resolutions)), device):  # one sync
+                bad = bad_resolutions(run.model)
+                raise Diverged(f"a learned resolution left the positive numbers at step {run.step} (epoch {epoch})"
+                               f"{bad}; lower the learning rate (--lr)" if bad else
+                               f"non-finite training loss at step {run.step} (epoch {epoch})")
             if info.is_main:
                 for record in run_hooks(run.hooks, step=run.step, epoch=epoch, model=unwrap(run.model), inputs=xb,
                                         targets=yb, loss_fn=run.loss_fn):
@@ -345,14 +351,6 @@ def _train_steps(run: _Run, epoch: int, t0: float) -> Tensor:
         if bar is not None:
             bar.close()
     return sums
-
-
-def _bad_resolutions(model: nn.Module) -> str:
-    """``"; bad: <names>"``: the learned resolutions (``alpha``, ``weight_scale``) that are not positive and finite."""
-    bad = [name for name, p in unwrap(model).named_parameters()
-           if name.rsplit(".", 1)[-1] in ("alpha", "weight_scale")
-           and not bool(((p.detach() > 0) & (p.detach() < float("inf"))).all())]
-    return f"; bad: {', '.join(bad)}" if bad else ""
 
 
 def _warmup_step(run: _Run) -> None:
