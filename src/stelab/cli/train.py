@@ -25,6 +25,7 @@ SHARED_FIELDS = ("lr", "lr_milestones", "lr_gamma", "lr_schedule", "warmup_epoch
 TRAIN_FIELDS = ("model", "dataset", "ste_schedule", "init", "epochs", "seed", "out", "save_best", "pack_saved",
                 "recompute", "recompute_limit", "diagnose_every")
 OPTIMIZER_FIELDS = ("weight_first_last", "optimizer", "bcgd_rho", "relax_lam", "relax_growth", "relax_hard_at")
+DISTILL_FIELDS = ("distill", "distill_temperature", "distill_weight")
 # Flags that set a field of TrainConfig.quant (a QuantConfig), and --float, which makes it None.
 QUANT_FLAGS = ("bits", "ste", "forward", "alpha", "learn_alpha", "alpha_rule")
 # --weight-* flags -> WeightQuantConfig fields
@@ -38,6 +39,7 @@ WRAPPER_FLAGS = {"bcgd_rho": "bcgd", "relax_lam": "binaryrelax", "relax_growth":
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
     """Flags shared with ``stelab reproduce`` (model choice excluded)."""
     add_flags(p, TrainConfig, SHARED_FIELDS)
+    add_flags(p.add_argument_group("distillation from a float teacher (default: none)"), TrainConfig, DISTILL_FIELDS)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_weight_arguments(p)
 
@@ -89,7 +91,7 @@ def _fields_from_args(args: argparse.Namespace, **overrides) -> dict:
         from ..errors import unknown_name
 
         raise unknown_name("model", model, models.names())
-    fields = values(args, TrainConfig, SHARED_FIELDS + TRAIN_FIELDS)
+    fields = values(args, TrainConfig, SHARED_FIELDS + TRAIN_FIELDS + DISTILL_FIELDS)
     fields.update(model=model, quant=_quant_from_args(args), weights=_weights_from_args(args),
                   **_optimizer_from_args(args))
     fields.update(overrides)

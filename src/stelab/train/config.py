@@ -35,6 +35,7 @@ from ..errors import check_choice
 from ..io import JsonConfig
 from ..weights import WeightQuantConfig
 from ..weights import quantizers as weight_quantizers
+from . import checks
 from .sections import (  # noqa: F401  (the vocabulary, importable from here as before)
     CHANNELS_LAST_DEFAULT,
     DATASETS,
@@ -46,17 +47,13 @@ from .sections import (  # noqa: F401  (the vocabulary, importable from here as 
     SCHEDULES,
     SECTIONS,
     _f,
+    _flag,
 )
 
 
 def _training_quant(quant: QuantConfig) -> QuantConfig:
     # check_nan off: the loop checks the loss every step, which catches the same NaNs without a sync per layer.
     return quant if not quant.check_nan else quant.replace(check_nan=False)
-
-
-def _flag(field: str) -> str:
-    """`` (--batch-size)``: the flag of a field, appended to errors raised from Python and command line alike."""
-    return f" (--{field.replace('_', '-')})"
 
 
 @dataclass(frozen=True)
@@ -142,6 +139,10 @@ class TrainConfig(JsonConfig):
                                                "(default 10000)")
     relax_hard_at: float = _f("optimizer", 0.8, "fraction of the run's steps after which BinaryRelax trains the "
                                                 "exactly quantized weights (default 0.8; 1: never)")
+    distill: str | None = _f("optimizer", None, "distil from this float teacher (a checkpoint file or run folder of "
+                                                "the same --model): the loss becomes (1 - w) CE + w T^2 KL")
+    distill_temperature: float = _f("optimizer", 4.0, "the distillation temperature T (default 4)", metavar="T")
+    distill_weight: float = _f("optimizer", 0.5, "the weight w of the distillation term (default 0.5)", metavar="W")
     # -- runtime: speed, memory, logging and places; a resume may change these (except where they change numbers)
     out: str | None = _f("runtime", None, "run folder (default runs/<model>-<dataset>-<kind>-seed<seed>)")
     data_dir: str | None = _f("runtime", None, "folder holding MNIST/ and cifar-10-batches-py/")
@@ -179,9 +180,9 @@ class TrainConfig(JsonConfig):
             if not isinstance(self.quant, QuantConfig):
                 raise TypeError(f"quant must be a stelab.QuantConfig or None (float model), got {self.quant!r}")
             object.__setattr__(self, "quant", _training_quant(self.quant))
-        self._check_weights()
-        self._check_pack_saved()
-        self._check_ste_schedule()
+        checks.weights(self)
+        checks.pack_saved(self)
+        checks.ste_schedule(self)
         object.__setattr__(self, "lr_milestones", tuple(float(m) for m in self.lr_milestones))
         if any(not 0.0 < m < 1.0 for m in self.lr_milestones):
             raise ValueError(f"lr_milestones are fractions of the run in (0, 1), got "
@@ -205,68 +206,6 @@ class TrainConfig(JsonConfig):
             raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}" + _flag("weight_decay"))
         if not self.lr_gamma > 0:
             raise ValueError(f"lr_gamma must be > 0, got {self.lr_gamma}" + _flag("lr_gamma"))
-
-    def _check_ste_schedule(self) -> None:
-        """Each ``PARAM=START:END[:SHAPE]`` names a parameter of the activations' STE
-        (:mod:`stelab.activations.schedule`)."""
-        if isinstance(self.ste_schedule, str):
-            raise TypeError(f"ste_schedule is a list of PARAM=START:END[:SHAPE], got the string {self.ste_schedule!r}")
-        object.__setattr__(self, "ste_schedule", tuple(str(s) for s in self.ste_schedule))
-        if not self.ste_schedule:
-            return
-        from ..activations import schedule as ste_schedule
-
-        if self.quant is None:
-            raise ValueError("ste_schedule (--ste-schedule) schedules a parameter of the activations' STE, but the "
-                             "activations are float (--float); drop --ste-schedule or quantize the activations")
-        ste_schedule.check(self.quant.ste, ste_schedule.parse_all(self.ste_schedule))
-
-    def _check_pack_saved(self) -> None:
-        """``pack_saved`` needs quantized activations and eager autograd (:mod:`stelab.pack`)."""
-        for name in ("pack_saved", "recompute"):
-            if not isinstance(getattr(self, name), bool):
-                raise TypeError(f"{name} must be a bool, got {getattr(self, name)!r}")
-        from ..pack.context import check_limit
-
-        check_limit(self.recompute_limit)
-        if self.recompute_limit is not None and not self.recompute:
-            raise ValueError("recompute_limit (--recompute-limit) chooses which convolutions --recompute recomputes; "
-                             "add --recompute (or drop --recompute-limit)")
-        if self.recompute and not self.pack_saved:
-            raise ValueError("recompute (--recompute) is a mode of pack_saved: it recomputes the convolutions' "
-                             "outputs inside the same saved-tensor hooks; add --pack-saved (or drop --recompute)")
-        if self.pack_saved and self.quant is None:
-            raise ValueError("pack_saved (--pack-saved) keeps quantized activations' outputs as codes, but the "
-                             "activations are float (--float); drop --pack-saved or quantize the activations")
-        if self.pack_saved and self.compile:
-            from ..pack import COMPILE_MESSAGE
-
-            raise ValueError(COMPILE_MESSAGE)
-
-    def _check_weights(self) -> None:
-        if isinstance(self.weights, dict):  # nested, as in config.json
-            object.__setattr__(self, "weights", WeightQuantConfig.from_dict(self.weights))
-        if self.weights is not None and not isinstance(self.weights, WeightQuantConfig):
-            raise TypeError(f"weights must be a stelab.weights.WeightQuantConfig or None (float weights), got "
-                            f"{self.weights!r}")
-        check_choice("optimizer", self.optimizer, OPTIMIZERS)
-        if self.weights is None and self.optimizer != "sgd":
-            raise ValueError(f"optimizer {self.optimizer!r} moves quantized weights, but the weights are float; "
-                             "quantize them (--weight-bits B, or TrainConfig(weights=WeightQuantConfig(...))) or use "
-                             "optimizer 'sgd'")
-        if self.weights is None and self.weight_first_last:
-            raise ValueError("weight_first_last (--weight-first-last) quantizes the first and last layers' weights, "
-                             "but the weights are float; give --weight-bits B too")
-        if not (0.0 <= self.bcgd_rho <= 1.0):
-            raise ValueError(f"bcgd_rho must be in [0, 1], got {self.bcgd_rho}" + _flag("bcgd_rho"))
-        if not (0.0 <= self.relax_lam < float("inf")):
-            raise ValueError(f"relax_lam must be a finite number >= 0, got {self.relax_lam}" + _flag("relax_lam"))
-        if not (1.0 <= self.relax_growth < float("inf")):
-            raise ValueError(f"relax_growth must be a finite number >= 1 (lambda must not shrink), got "
-                             f"{self.relax_growth}" + _flag("relax_growth"))
-        if not (0.0 < self.relax_hard_at <= 1.0):
-            raise ValueError(f"relax_hard_at is the fraction of the run where BinaryRelax turns hard, in (0, 1] "
-                             f"(1: never during the run), got {self.relax_hard_at}" + _flag("relax_hard_at"))
 
     def to_dict(self) -> dict[str, Any]:
         """config.json's form: the fields nested by section (:data:`SECTIONS`), ``quant`` and ``weights`` as dicts."""

@@ -30,12 +30,14 @@ from .config import (
     RUNTIME_FIELDS,  # noqa: F401  (stelab.train.loop.RUNTIME_FIELDS)
     TrainConfig,
 )
+from .distill import distill_loss, load_teacher
 from .hooks import TrainHook, check_hooks, run_hooks
 from .progress import progress_bar, update_bar
 from .quant_weights import deployed_weights, wrap_optimizer
 from .resolutions import bad_resolutions, learned_resolutions, resolutions_ok
 from .rules import _check_resume_config, config_differences  # noqa: F401
 from .runs import CONFIG, METRICS, SUMMARY, build_model, is_done, plot_curves, read_summary, run_summary, write_summary
+from .schedule import make_scheduler, warmup_step
 
 
 class Diverged(Exception):
@@ -75,13 +77,6 @@ def evaluate(model: nn.Module, x: Tensor, y: Tensor, batch_size: int, info: dist
     model.train(was_training)
     n = max(sums[2].item(), 1.0)
     return sums[0].item() / n, sums[1].item() / n
-
-
-def make_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig) -> torch.optim.lr_scheduler.LRScheduler:
-    """Step decay at the milestones, or a cosine from the initial rate to 0 over the run (stepped per epoch)."""
-    if config.lr_schedule == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.resolved_epochs())
-    return torch.optim.lr_scheduler.MultiStepLR(optimizer, config.milestone_epochs(), config.lr_gamma)
 
 
 def autocast(device: torch.device, precision: str) -> torch.autocast:
@@ -134,6 +129,7 @@ class _Run:
     ste_label: str | None = None  # the STE of this epoch when a parameter is scheduled
     pack: Any = field(default_factory=contextlib.nullcontext)  # around each forward: stelab.PackSaved or nothing
     resolutions: list[Tensor] = field(default_factory=list)  # learned alphas and weight steps, checked with the loss
+    teacher: nn.Module | None = None  # the float teacher of --distill
 
 
 def _train(config: TrainConfig, hooks: list[TrainHook], info: distributed.DistInfo, device: torch.device,
@@ -202,6 +198,8 @@ def _build_model(run: _Run) -> None:
     run.channels_last = config.resolved_channels_last(device.type)
     if run.channels_last:
         run.model.to(memory_format=torch.channels_last)
+    if config.distill:  # before the run folder: a teacher that does not fit the model is refused first
+        run.teacher = load_teacher(config.model, config.distill, device, run.channels_last)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
 
@@ -322,12 +320,14 @@ def _train_steps(run: _Run, epoch: int, t0: float) -> Tensor:
                 with autocast(device, config.precision), run.pack:
                     out = run.net(xb)
                     loss = run.loss_fn(out, yb)
+                    if run.teacher is not None:
+                        loss = distill_loss(loss, out, run.teacher, xb, config)
             except ResolutionError as err:  # a learned alpha / step left the positive numbers: a diverged run
                 raise Diverged(f"{err} (step {run.step + 1}, epoch {epoch}{bad_resolutions(run.model)})") from None
             run.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if run.step < run.warmup_steps:
-                _warmup_step(run)
+                warmup_step(run.scheduler, run.optimizer, run.step, run.warmup_steps)
             else:
                 run.optimizer.step()
             run.step += 1
@@ -351,22 +351,6 @@ def _train_steps(run: _Run, epoch: int, t0: float) -> Tensor:
         if bar is not None:
             bar.close()
     return sums
-
-
-def _warmup_step(run: _Run) -> None:
-    """One optimizer step at ``(step + 1) / S`` of the scheduled rate (TrainConfig's linear warm-up). The scheduled
-    rate is put back right after: the epoch schedulers (cosine's chainable form reads the group's rate) must never
-    see the warmed-up one, so the schedule and a resumed run are as without warm-up."""
-    groups = run.scheduler.optimizer.param_groups
-    scheduled = [g["lr"] for g in groups]
-    factor = (run.step + 1) / run.warmup_steps
-    for g, lr in zip(groups, scheduled):
-        g["lr"] = lr * factor
-    try:
-        run.optimizer.step()
-    finally:
-        for g, lr in zip(groups, scheduled):
-            g["lr"] = lr
 
 
 def _save_checkpoints(run: _Run, test_acc: float) -> None:

@@ -52,3 +52,8 @@ def _f(section: str, default: Any, help: str | Callable[[], str], *, choices: tu
     meta = {"section": section, "help": help, "choices": choices, "metavar": metavar, "negatable": negatable,
             "numbers": numbers}
     return dataclasses.field(default=default, metadata=meta)
+
+
+def _flag(field: str) -> str:
+    """`` (--batch-size)``: the flag of a field, appended to errors raised from Python and command line alike."""
+    return f" (--{field.replace('_', '-')})"
