@@ -166,3 +166,16 @@ def test_a_bad_resolution_the_call_did_not_check_is_caught_with_the_loss(tmp_pat
     with torch.no_grad():
         model[1].alpha.fill_(float("nan"))
     assert not bool(resolutions_ok(learned_resolutions(model))) and bad_resolutions(model) == "; bad: 1.alpha"
+
+
+def test_a_results_folder_with_model_pt_starts_a_run(finished, tmp_path):
+    """A folder committed under results/ keeps the weights alone as model.pt: as --init it loads those."""
+    import shutil
+
+    from stelab.train import load_checkpoint
+
+    folder = tmp_path / "committed"
+    folder.mkdir()
+    torch.save(load_checkpoint(finished / "checkpoint.pt")["model"], folder / "model.pt")
+    shutil.copy(finished / "config.json", folder / "config.json")
+    assert main(["train", *TINY, "--bits", "2", "--init", str(folder), "--out", str(tmp_path / "r")]) == 0

@@ -93,9 +93,12 @@ def resolve_checkpoint(path: str | Path, checkpoint: str = "last") -> Path:
         names = {"last": CHECKPOINT, "best": BEST}
         if checkpoint not in names:
             raise ValueError(f"unknown checkpoint {checkpoint!r}; valid choices: best, last")
-        path = path / names[checkpoint]
+        folder, path = path, path / names[checkpoint]
+        if not path.is_file() and checkpoint == "last" and (folder / "model.pt").is_file():
+            path = folder / "model.pt"  # a folder committed under results/ keeps the weights alone, as model.pt
     if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint at {path} (a run folder holds {CHECKPOINT}; pass the folder or file)")
+        raise FileNotFoundError(f"no checkpoint at {path} (a run folder holds {CHECKPOINT}, a results/ folder "
+                                "model.pt; pass the folder or file)")
     return path
 
 
