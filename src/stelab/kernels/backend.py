@@ -23,7 +23,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Protocol
 
-import torch
 from torch import Tensor
 
 
@@ -69,8 +68,3 @@ def dense(t: Tensor) -> bool:
             return False
         expected *= size
     return True
-
-
-def empty_state(x: Tensor) -> Tensor:
-    """The state of a constant ``mu'``: nothing to keep."""
-    return torch.empty(0, dtype=torch.uint8, device=x.device)

@@ -32,6 +32,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..kernels.backend import dense
 from ..kernels.reference import MODES, compute_dtype
 from .codes import code_bits, pack_levels, restore_levels
 
@@ -112,14 +113,7 @@ def find(t: Tensor) -> tuple[Grid, tuple[torch.dtype, ...]] | None:
     return None
 
 
-def _dense(t: Tensor) -> bool:
-    """Whether ``t``'s elements fill ``numel`` consecutive storage slots in some order of its dimensions."""
-    expected = 1
-    for size, stride in sorted(((n, s) for n, s in zip(t.shape, t.stride()) if n != 1), key=lambda p: p[1]):
-        if stride != expected:
-            return False
-        expected *= size
-    return True
+_dense = dense  # the kernels' test of a dense layout (any permutation of the dimensions)
 
 
 def flat_storage_order(t: Tensor) -> Tensor:
