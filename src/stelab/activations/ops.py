@@ -157,18 +157,22 @@ class _QuantizeLearned(torch.autograd.Function):
 
 
 class _QuantizeLearnedFused(torch.autograd.Function):
-    """Learned resolution, piecewise-constant ``mu'``, a dense CPU tensor: the C++ kernel's one-pass forward, and
-    one backward pass that writes ``dx`` and reduces ``d alpha`` (a backend's ``learned_backward``: the C++ one, the
-    same rules as :func:`alpha_grad_factor`). It keeps ``x`` for the backward (4 bytes per float32 element, as the
-    unfused path does: ``lsq`` needs ``x/alpha`` itself, and a rule-specific code would not serve ``dx`` and every
-    rule at once) and reads ``alpha`` on the host, which on the CPU is no device synchronisation."""
+    """Learned resolution, piecewise-constant ``mu'``, a dense tensor a backend has a ``learned_backward`` for (the C++
+    kernel on the CPU, the Triton one on CUDA): one backward pass that writes ``dx`` and reduces ``d alpha`` (the
+    same rules as :func:`alpha_grad_factor`; per-thread partial sums on the CPU, per-block ones on CUDA). It keeps
+    ``x`` for the backward (4 bytes per float32 element, as the unfused path does: ``lsq`` needs ``x/alpha`` itself,
+    and a rule-specific code would not serve ``dx`` and every rule at once). On the CPU ``alpha`` is read on the host
+    (no device synchronisation there) and the forward is the fixed op's one pass; elsewhere ``alpha`` stays a device
+    tensor, read by the kernels themselves, so no call synchronises."""
 
     @staticmethod
     def forward(ctx, x: Tensor, alpha: Tensor, forward: str, bits: int, ste: STE, rule: str) -> Tensor:
-        ctx.a, ctx.bits, ctx.ste, ctx.rule = float(alpha.detach()), bits, ste, rule
+        on_cpu = x.device.type == "cpu"
+        ctx.a = float(alpha.detach()) if on_cpu else alpha.detach().reshape(())
+        ctx.bits, ctx.ste, ctx.rule = bits, ste, rule
         ctx.mode = kernels.MODES[quantizers.get(forward).formula]
         ctx.save_for_backward(x, alpha)
-        return quantizers.evaluate(x, forward, bits, ctx.a)  # a float alpha: the fixed op's one forward pass
+        return quantizers.evaluate(x, forward, bits, ctx.a)  # a float alpha: the fixed op's pass; a tensor: no sync
 
     @staticmethod
     def backward(ctx, grad: Tensor):
@@ -181,7 +185,9 @@ class _QuantizeLearnedFused(torch.autograd.Function):
         learned_backward = kernels.backend_for(x, len(table.breaks)).learned_backward
         total = learned_backward(x, grad, dx, ctx.a, levels, ctx.bits, ctx.mode, list(table.breaks),
                                  list(table.values), ctx.rule, scale)
-        ga = torch.tensor(total, dtype=alpha.dtype).reshape(alpha.shape) if ctx.needs_input_grad[1] else None
+        ga = None
+        if ctx.needs_input_grad[1]:  # a float (C++) or a device tensor (Triton): no host read of the latter
+            ga = torch.as_tensor(total, dtype=alpha.dtype, device=alpha.device).reshape(alpha.shape)
         return dx, ga, None, None, None, None
 
 

@@ -63,3 +63,54 @@ def bwd(g_ptr, s_ptr, out_ptr, v_ptr, n, BLOCK: tl.constexpr):
     value = tl.load(v_ptr + s, mask=inside, other=0.0)
     g = tl.load(g_ptr + offs, mask=inside, other=0.0).to(value.dtype)
     tl.store(out_ptr + offs, to_output(g * value, out_ptr), mask=inside)
+
+@triton.jit
+def learned_bwd(x_ptr, g_ptr, dx_ptr, part_ptr, p_ptr, v_ptr, n,
+                MODE: tl.constexpr, RULE: tl.constexpr, NB: tl.constexpr, F64: tl.constexpr, BLOCK: tl.constexpr):
+    # p_ptr: [alpha, L, top, 2^(bits-1), lsq scale, t0, t1, t2, t3] in the compute type; v_ptr: mu' per region.
+    # dx = g mu'(x) per element, and this block's sum of g dq/dalpha (by RULE: 0 mean, 1 ae, 2 pact, 3 min, 4 lsq)
+    # in part_ptr[program]: the C++ kernel's math (quant_cpu.cpp, learned_impl), the reduction per block.
+    pid = tl.program_id(0)
+    offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    inside = offs < n
+    a = tl.load(p_ptr)
+    levels = tl.load(p_ptr + 1)
+    top = tl.load(p_ptr + 2)
+    v = tl.load(x_ptr + offs, mask=inside, other=0.0).to(a.dtype)
+    g = tl.load(g_ptr + offs, mask=inside, other=0.0).to(a.dtype)
+    region = tl.zeros([BLOCK], dtype=tl.int32)
+    if NB > 0:
+        region += (v > tl.load(p_ptr + 5)).to(tl.int32)
+    if NB > 1:
+        region += (v > tl.load(p_ptr + 6)).to(tl.int32)
+    if NB > 2:
+        region += (v > tl.load(p_ptr + 7)).to(tl.int32)
+    if NB > 3:
+        region += (v > tl.load(p_ptr + 8)).to(tl.int32)
+    d = tl.load(v_ptr + region, mask=inside, other=0.0)
+    tl.store(dx_ptr + offs, to_output(g * d, dx_ptr), mask=inside)
+    if F64:
+        u = v / a
+    else:
+        u = tl.math.div_rn(v, tl.zeros_like(v) + a)
+    if MODE == 2:
+        k = tl.where(v > 0, 1.0, -1.0).to(a.dtype)
+    else:
+        r = u
+        if MODE == 1:
+            r = r - 0.5
+        k = tl.math.ceil(r)
+        k = tl.where(k > 0, k, 0.0)
+        k = tl.where(k < levels, k, levels)
+    zero = tl.zeros_like(v)
+    if RULE == 1:
+        f = k
+    elif RULE == 4:
+        f = tl.where(u <= 0, zero, tl.where(u >= levels, zero + levels, k - u)) * tl.load(p_ptr + 4)
+    elif RULE == 2:
+        f = tl.where(v > top, zero + levels, zero)
+    elif RULE == 0:
+        f = tl.where(v > top, zero + levels, tl.where(v > 0, zero + tl.load(p_ptr + 3), zero))
+    else:
+        f = tl.where((v > 0) & (v <= top), zero + 1.0, zero)
+    tl.store(part_ptr + pid, tl.sum(tl.where(inside, g * f, zero), axis=0))

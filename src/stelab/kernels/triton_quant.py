@@ -36,7 +36,7 @@ def interpreted() -> bool:
 def _kernels():
     from . import _triton_kernels
 
-    return _triton_kernels.fwd, _triton_kernels.bwd
+    return _triton_kernels.fwd, _triton_kernels.bwd, _triton_kernels.learned_bwd
 
 
 def supports(breaks: list[float], values: list[float]) -> bool:
@@ -51,7 +51,7 @@ def forward(x: Tensor, alpha: float, levels: int, mode: int, breaks: list[float]
 
     if not supports(breaks, [0.0]):
         return reference_forward(x, alpha, levels, mode, breaks, mask_bits)
-    fwd, _ = _kernels()
+    fwd, _, _ = _kernels()
     c = compute_dtype(x.dtype)
     top = top_level(alpha, levels, mode, c)
     pad = [torch.zeros((), dtype=c)] * (MAX_BREAKS - len(breaks))
@@ -71,7 +71,7 @@ def backward(grad: Tensor, state: Tensor, values: list[float]) -> Tensor:
 
     if not supports([], values):
         return reference_backward(grad, state, values)
-    _, bwd = _kernels()
+    _, bwd, _ = _kernels()
     c = compute_dtype(grad.dtype)
     table = torch.tensor(values, dtype=c, device=grad.device)
     out = torch.empty_like(grad)
@@ -79,6 +79,35 @@ def backward(grad: Tensor, state: Tensor, values: list[float]) -> Tensor:
     if n:
         bwd[(triton_cdiv(n, BLOCK),)](grad, state, out, table, n, BLOCK=BLOCK)
     return out
+
+
+RULES = {"mean": 0, "ae": 1, "pact": 2, "min": 3, "lsq": 4}
+
+
+def learned_backward(x: Tensor, grad: Tensor, dx: Tensor, alpha: float | Tensor, levels: int, bits: int, mode: int,
+                     breaks: list[float], values: list[float], rule: str, lsq_scale: float) -> Tensor:
+    """Fill ``dx`` (``grad * mu'(x)``) and return ``d alpha`` (``sum grad * dq/dalpha`` by ``rule``) for dense ``x``,
+    ``grad`` and ``dx`` of one layout, in one pass: per-block partial sums, added on the device (float64), so
+    nothing is read on the host. ``alpha`` may be a device tensor (a learned resolution: no sync to read it)."""
+    from .reference import SIGN
+
+    c = compute_dtype(x.dtype)
+    a = (alpha.detach().reshape(()).to(device=x.device, dtype=c) if isinstance(alpha, Tensor)
+         else torch.tensor(alpha, dtype=c, device=x.device))
+    top = a if mode == SIGN else a * float(levels)
+    const = torch.tensor([float(levels), 0.0, float(1 << (bits - 1)), lsq_scale], dtype=c).to(x.device)
+    thresholds = [top * torch.tensor(b, dtype=c, device=x.device) for b in breaks]
+    thresholds += [torch.zeros((), dtype=c, device=x.device)] * (MAX_BREAKS - len(breaks))
+    params = torch.stack([a, const[0], top, const[2], const[3], *thresholds])
+    table = torch.tensor(values, dtype=c).to(x.device)
+    n = x.numel()
+    blocks = max(1, triton_cdiv(n, BLOCK))
+    partial = torch.zeros(blocks, dtype=c, device=x.device)
+    if n:
+        _, _, kernel = _kernels()
+        kernel[(blocks,)](x, grad, dx, partial, params, table, n, MODE=mode, RULE=RULES[rule], NB=len(breaks),
+                          F64=c == torch.float64, BLOCK=BLOCK)
+    return partial.sum(dtype=torch.float64)
 
 
 def triton_cdiv(n: int, block: int) -> int:
@@ -93,7 +122,7 @@ class _Triton:
     max_breaks = MAX_BREAKS
     finds_nan = False
     needs_state_layout = True
-    learned_backward = None
+    learned_backward = staticmethod(learned_backward)
 
     @property
     def devices(self) -> tuple[str, ...]:
