@@ -6,7 +6,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stelab.weights import quantize_weight
+from stelab.weights import WeightQuantConfig, quantize_weight
 from stelab.weights import quantizers as wq
 
 RNG = np.random.default_rng(0)
@@ -151,3 +151,25 @@ def test_data_rule_quantization_is_idempotent_up_to_rounding(values, name):
     w = torch.tensor(values, dtype=torch.float64)
     once = quantize_weight(w, quantizer=name, granularity="tensor")
     torch.testing.assert_close(quantize_weight(once, quantizer=name, granularity="tensor"), once, rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("delta", [0.3, 0.5, 0.7, 1.0])
+def test_ternary_takes_its_threshold_factor_as_a_parameter(delta):
+    """``ternary(delta=d)``: threshold d mean|w| and the mean of the kept |w| as the scale, against numpy; the
+    default d = 0.7 is plain ``ternary`` (same object, same name)."""
+    import pickle
+
+    w = torch.randn(8, 50, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    q = wq.get(f"ternary(delta={delta})")
+    a = w.numpy()
+    thr = delta * np.abs(a).mean()
+    codes = np.sign(a) * (np.abs(a) > thr)
+    scale = np.abs(a)[np.abs(a) > thr].mean()
+    s = q.data_scale(w, 2, "tensor", "mean")
+    assert float(s) == pytest.approx(scale, rel=1e-12)
+    assert np.array_equal(q.codes(w, s, 2, "tensor").numpy(), codes)
+    assert pickle.loads(pickle.dumps(q)).params == {"delta": delta}
+    assert (q.name == "ternary") == (delta == 0.7)
+    assert WeightQuantConfig(quantizer=f"ternary(delta={delta})").effective_bits == 2
+    with pytest.raises(ValueError, match="has no parameter\\(s\\) \\['beta'\\]; its parameters: delta"):
+        wq.get("ternary(beta=1)")

@@ -156,22 +156,27 @@ def _get_with(name: str, params: dict[str, Any]) -> STE:
 _CALL = re.compile(r"^\s*([A-Za-z_][\w\-]*)\s*(?:\((.*)\))?\s*$")
 
 
-def _parse(text: str) -> tuple[str, dict[str, Any]]:
+def parse_spec(text: str, kind: str = "STE") -> tuple[str, dict[str, Any]]:
+    """``"name(key=value, ...)"`` -> ``(name, {key: float(value)})``: the spec form of every parameterised registry
+    (STEs, weight quantizers); ``kind`` names it in the errors."""
     match = _CALL.match(text)
     if not match:
-        raise ValueError(f"cannot parse STE spec {text!r}; expected 'name' or 'name(param=value, ...)'")
+        raise ValueError(f"cannot parse {kind} spec {text!r}; expected 'name' or 'name(param=value, ...)'")
     base, inner = match.group(1), match.group(2)
     params: dict[str, Any] = {}
     if inner and inner.strip():
         for part in inner.split(","):
             key, sep, value = part.partition("=")
             if not sep:
-                raise ValueError(f"STE parameter {part.strip()!r} in {text!r} must be written key=value")
+                raise ValueError(f"{kind} parameter {part.strip()!r} in {text!r} must be written key=value")
             try:
                 params[key.strip()] = float(value)
             except ValueError:
-                raise ValueError(f"STE parameter {key.strip()!r} must be a number, got {value.strip()!r}") from None
+                raise ValueError(f"{kind} parameter {key.strip()!r} must be a number, got {value.strip()!r}") from None
     return base, params
+
+
+_parse = parse_spec
 
 
 def register(name: str, derivative: DerivativeFn | None = None, *, proxy: DerivativeFn | None = None,

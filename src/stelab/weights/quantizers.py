@@ -38,8 +38,9 @@ The backward pass is an STE (:mod:`stelab.weights.ops`); :math:`Q' = 0` almost e
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -54,6 +55,7 @@ from ..quant.scales import (  # noqa: F401  (compute_dtype, channel_view, abs_ma
     init_step,
     uniform_codes,
 )
+from ..ste.registry import parse_spec
 
 GRANULARITIES = ("tensor", "channel")
 #: Every scale rule a weight quantizer may accept: ``mean``/``max`` are statistics of the weights recomputed every
@@ -63,9 +65,10 @@ MIN_SCALE = 2.0**-100  # the smallest resolution stelab.errors.check_alpha accep
 TWN_DELTA = 0.7  # TWN's threshold factor: Delta = 0.7 * mean|w|
 
 
-def ternary_threshold(w: Tensor, granularity: str) -> Tensor:
-    """TWN's threshold :math:`\\Delta = 0.7\\,\\mathrm{mean}|w|` (per tensor or channel)."""
-    return abs_mean(w, granularity) * TWN_DELTA
+def ternary_threshold(w: Tensor, granularity: str, delta: float = TWN_DELTA) -> Tensor:
+    """TWN's threshold :math:`\\Delta = \\delta\\,\\mathrm{mean}|w|` (per tensor or channel; :math:`\\delta` = 0.7,
+    ``ternary(delta=...)`` for another)."""
+    return abs_mean(w, granularity) * delta
 
 
 def floored(s: Tensor, dtype: torch.dtype) -> Tensor:
@@ -100,6 +103,8 @@ class WeightQuantizer:
     default_bits: int
     codes_follow_step: bool = False
     tag: Callable[[int], str] = staticmethod(lambda bits: f"w{bits}")  # type: ignore[assignment]
+    #: the parameters its functions take as keywords (``ternary(delta=0.5)``), their values in this instance
+    params: Mapping[str, float] = dataclasses.field(default_factory=dict)
 
     @property
     def default_rule(self) -> str:
@@ -133,14 +138,14 @@ class WeightQuantizer:
         w = w.detach()
         c = w.to(compute_dtype(w.dtype))
         s = torch.as_tensor(scale, dtype=w.dtype, device=w.device).detach().to(c.dtype)
-        return self.codes_fn(c, s, bits, granularity)
+        return self.codes_fn(c, s, bits, granularity, **self.params)
 
     def data_scale(self, w: Tensor, bits: int, granularity: str, rule: str) -> Tensor:
         """The scale a data rule gives (``mean``, ``max``; ``lsq``: the initial step)."""
         self.check_rule(rule)
         if rule == "fixed":
             raise ValueError("the 'fixed' scale rule takes its scale from the config, not from the weights")
-        return self.scale_fn(w, bits, granularity, rule)
+        return self.scale_fn(w, bits, granularity, rule, **self.params)
 
     def levels(self, bits: int, scale: float = 1.0) -> list[float]:
         """The output levels, lowest first: ``scale`` times each code."""
@@ -156,47 +161,47 @@ class WeightQuantizer:
         return (s.to(codes.dtype) * codes).to(w.dtype)
 
 
-def _ternary_scale(w: Tensor, granularity: str) -> Tensor:
+def _ternary_scale(w: Tensor, granularity: str, delta: float) -> Tensor:
     """TWN's scale: the mean of :math:`|w|` over the weights above the threshold (1 where none is)."""
     a = w.detach().abs()
-    kept = (a > ternary_threshold(w, granularity)).to(w.dtype)
+    kept = (a > ternary_threshold(w, granularity, delta)).to(w.dtype)
     if granularity == "tensor" or w.dim() == 0:
         total, count = (a * kept).sum(), kept.sum()
     else:
         flat_a, flat_k = (a * kept).reshape(a.shape[0], -1), kept.reshape(a.shape[0], -1)
         total, count = channel_view(flat_a.sum(1), w), channel_view(flat_k.sum(1), w)
     # + 0 * threshold: a non-finite threshold (NaN/inf weights) gives a NaN scale, not the fallback 1
-    threshold = ternary_threshold(w, granularity)
+    threshold = ternary_threshold(w, granularity, delta)
     return torch.where(count > 0, total / count.clamp_min(1), torch.ones_like(total)) + 0.0 * threshold
 
 
-def _binary_codes(c: Tensor, s: Tensor, bits: int, granularity: str) -> Tensor:
+def _binary_codes(c: Tensor, s: Tensor, bits: int, granularity: str, **params: float) -> Tensor:
     return torch.where(c > 0, 1.0, -1.0).to(c.dtype)
 
 
-def _binary_scale(w: Tensor, bits: int, granularity: str, rule: str) -> Tensor:
+def _binary_scale(w: Tensor, bits: int, granularity: str, rule: str, **params: float) -> Tensor:
     # mean|w| is the least-squares scale of fixed signs; a learned (lsq) binary scale starts there. No division by s,
     # so the mean rule needs no floor: an all-zero channel keeps scale 0 and outputs 0, as documented.
     s = abs_mean(w, granularity)
     return s if rule == "mean" else floored(s, w.dtype)
 
 
-def _ternary_codes(c: Tensor, s: Tensor, bits: int, granularity: str) -> Tensor:
-    delta = ternary_threshold(c, granularity)
+def _ternary_codes(c: Tensor, s: Tensor, bits: int, granularity: str, delta: float = TWN_DELTA) -> Tensor:
+    delta = ternary_threshold(c, granularity, delta)
     # + 0 * delta: NaN codes for a channel whose threshold is not finite (NaN/inf weights), 0 otherwise
     return torch.sign(c) * (c.abs() > delta).to(c.dtype) + 0.0 * delta + 0.0  # + 0.0: no -0
 
 
-def _ternary_scale_rule(w: Tensor, bits: int, granularity: str, rule: str) -> Tensor:
-    return floored(_ternary_scale(w, granularity), w.dtype)  # a learned ternary scale starts at TWN's mean
+def _ternary_scale_rule(w: Tensor, bits: int, granularity: str, rule: str, delta: float = TWN_DELTA) -> Tensor:
+    return floored(_ternary_scale(w, granularity, delta), w.dtype)  # a learned ternary scale starts at TWN's mean
 
 
-def _uniform_codes(c: Tensor, s: Tensor, bits: int, granularity: str) -> Tensor:
+def _uniform_codes(c: Tensor, s: Tensor, bits: int, granularity: str, **params: float) -> Tensor:
     q = 2 ** (bits - 1) - 1
     return uniform_codes(c / s, q, q)
 
 
-def _uniform_scale(w: Tensor, bits: int, granularity: str, rule: str) -> Tensor:
+def _uniform_scale(w: Tensor, bits: int, granularity: str, rule: str, **params: float) -> Tensor:
     q = 2 ** (bits - 1) - 1
     s = init_step(w, q, granularity) if rule == "lsq" else abs_max(w, granularity) / q
     return floored(s, w.dtype)
@@ -208,11 +213,13 @@ _QUANTIZERS: dict[str, WeightQuantizer] = {}
 def register(name: str, *, codes: CodesFn, scale: ScaleFn, code_values: Callable[[int], tuple[int, ...]],
              bits: tuple[int, int], rules: tuple[str, ...], doc: str, default_bits: int | None = None,
              codes_follow_step: bool = False, tag: Callable[[int], str] | None = None,
-             overwrite: bool = False) -> WeightQuantizer:
+             params: Mapping[str, float] | None = None, overwrite: bool = False) -> WeightQuantizer:
     """Register a weight quantizer under ``name`` (see :class:`WeightQuantizer` for the functions); it is then a valid
     ``WeightQuantConfig.quantizer`` and ``--weight-quantizer`` in every command, and appears in ``stelab info`` and
     the docs gallery. ``bits`` is the (min, max) bit-width range; ``rules`` the scale rules it takes (the first is the
-    default, each one of :data:`SCALE_RULES`). A name already taken is an error unless ``overwrite``."""
+    default, each one of :data:`SCALE_RULES`); ``params`` the keyword parameters ``codes`` and ``scale`` take, with
+    their defaults: ``name(key=value, ...)`` then selects other values, as for STEs (``ternary(delta=0.5)``). A name
+    already taken is an error unless ``overwrite``."""
     if not isinstance(name, str) or not name.isidentifier():
         raise ValueError(f"a weight quantizer's name must be an identifier, got {name!r}")
     if name in _QUANTIZERS and not overwrite:
@@ -223,7 +230,7 @@ def register(name: str, *, codes: CodesFn, scale: ScaleFn, code_values: Callable
         check_choice("scale rule", rule, SCALE_RULES)
     q = WeightQuantizer(name, lo, hi, tuple(rules), doc, codes, scale, code_values,
                         lo if default_bits is None else default_bits, codes_follow_step,
-                        tag or (lambda b: f"w{b}"))
+                        tag or (lambda b: f"w{b}"), dict(params or {}))
     q.check_bits(q.default_bits)
     _QUANTIZERS[name] = q
     return q
@@ -239,7 +246,7 @@ register("binary", codes=_binary_codes, scale=_binary_scale, code_values=lambda 
          rules=("mean", "fixed", "lsq"), tag=lambda b: "w1",
          doc="Q(w) = s * (+1 if w > 0 else -1); s = mean|w| (rule mean)")
 register("ternary", codes=_ternary_codes, scale=_ternary_scale_rule, code_values=lambda b: (-1, 0, 1), bits=(2, 2),
-         rules=("mean", "fixed", "lsq"), tag=lambda b: "w2t",
+         rules=("mean", "fixed", "lsq"), tag=lambda b: "w2t", params={"delta": TWN_DELTA},
          doc="Q(w) = s * sign(w) * 1{|w| > 0.7 mean|w|}; s = mean of the kept |w| (rule mean)")
 register("uniform", codes=_uniform_codes, scale=_uniform_scale,
          code_values=lambda b: tuple(range(-(2 ** (b - 1) - 1), 2 ** (b - 1))), bits=(2, 16),
@@ -253,12 +260,26 @@ def names() -> list[str]:
 
 
 def get(name: str | WeightQuantizer) -> WeightQuantizer:
-    """The weight quantizer called ``name`` (an instance is returned as it is); unknown names list the valid ones."""
+    """The weight quantizer ``name``, or ``name(key=value, ...)`` with other values of its parameters (an instance is
+    returned as it is); unknown names and parameters list the valid ones. Named by its spec, all values shown, unless
+    they are the defaults (``ternary``, ``ternary(delta=0.5)``)."""
     if isinstance(name, WeightQuantizer):
         return name
-    if not isinstance(name, str) or name not in _QUANTIZERS:
+    if not isinstance(name, str):
         raise unknown_name("weight quantizer", name, _QUANTIZERS)
-    return _QUANTIZERS[name]
+    base, given = parse_spec(name, "weight quantizer")
+    if base not in _QUANTIZERS:
+        raise unknown_name("weight quantizer", base, _QUANTIZERS)
+    q = _QUANTIZERS[base]
+    unknown = sorted(set(given) - set(q.params))
+    if unknown:
+        raise ValueError(f"weight quantizer {base!r} has no parameter(s) {unknown}; its parameters: "
+                         f"{', '.join(q.params) or 'none'}")
+    merged = {**q.params, **given}
+    if merged == dict(q.params):
+        return q
+    label = f"{base}({', '.join(f'{k}={v!r}' for k, v in sorted(merged.items()))})"
+    return dataclasses.replace(q, name=label, params=merged)
 
 
 def levels(name: str, bits: int, scale: float = 1.0) -> list[float]:
