@@ -68,3 +68,15 @@ def test_a_teacher_of_another_model_is_refused_before_anything_is_made(teacher, 
     assert not (out / "checkpoint.pt").exists()
     with pytest.raises(ValueError, match="distill_weight in \\[0, 1\\]"):
         TrainConfig(distill="x", distill_weight=1.5)
+
+
+def test_the_curves_say_what_the_training_loss_is(teacher, tmp_path):
+    """With --distill the training loss is the distillation objective, not the cross-entropy: the plot says so, and
+    its title names the learned resolution and the teacher."""
+    from stelab.train.runs import describe_run
+
+    out = tmp_path / "kd"
+    assert main(["train", *TINY, "--bits", "2", "--learn-alpha", "--alpha-rule", "lsq", "--distill", str(teacher),
+                 "--out", str(out)]) == 0
+    title = describe_run(out)
+    assert "learned alpha (lsq)" in title and "distilled" in title and (out / "curves.png").stat().st_size > 10_000

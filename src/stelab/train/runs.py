@@ -96,13 +96,22 @@ def describe_run(run_dir: Path) -> str:
         return f"Run {Path(run_dir).name}"
     q, w = c.quant, c.weights
     kind = "float" if q is None else f"{q.bits}-bit {q.forward}, STE {q.ste}"
+    if q is not None and q.learn_alpha:
+        kind += f", learned alpha ({q.alpha_rule})"
     if w is not None:
-        kind = (f"{w.effective_bits}-bit {w.quantizer} weights ({c.optimizer}), "
+        kind = (f"{w.effective_bits}-bit {w.quantizer} weights ({w.rule}, {c.optimizer}), "
                 f"{'float activations' if q is None else kind}")
     data = f"{c.dataset} (synthetic, {c.synthetic} images)" if c.synthetic else c.dataset
-    start = ", from a trained model" if c.init else ""
+    start = (", from a trained model" if c.init else "") + (", distilled" if c.distill else "")
     return (f"{c.model} on {data}, {kind}, seed {c.seed}: lr {c.resolved_lr():g}{start}, "
             f"{c.resolved_epochs()} epoch{'s' * (c.resolved_epochs() != 1)}")
+
+
+def _distilled(run_dir: Path) -> bool:
+    try:
+        return bool(read_config(run_dir).distill)
+    except (FileNotFoundError, ValueError, KeyError):
+        return False
 
 
 def plot_curves(run_dir: Path, records: list[dict[str, Any]] | None = None, title: str | None = None) -> Path | None:
@@ -120,7 +129,9 @@ def plot_curves(run_dir: Path, records: list[dict[str, Any]] | None = None, titl
     for key, style in (("train", "-o"), ("test", "--s")):  # markers: a one-epoch run still shows its points
         ax_loss.plot(epochs, [r[f"{key}_loss"] for r in records], style, ms=5, label=key)
         ax_acc.plot(epochs, [100 * r[f"{key}_acc"] for r in records], style, ms=5, label=key)
-    ax_loss.set(xlabel="epoch", ylabel="cross-entropy loss (log)", yscale="log", title="loss")
+    distilled = _distilled(run_dir) if title is None else False
+    ax_loss.set(xlabel="epoch", yscale="log", title="loss (train: the distillation objective)" if distilled else "loss",
+                ylabel="loss (log)" if distilled else "cross-entropy loss (log)")
     ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy")
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
