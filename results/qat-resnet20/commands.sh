@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Issue 23 accuracy runs: ResNet-20 CIFAR-10 from the committed float network, LSQ activations and weights,
+# distilled from the same float network. Resumable: rerun this script.
+set -u
+cd "$(dirname "$0")/../.." && source .venv/bin/activate  # the repository root
+F=results/table1-cifar10-resnet20/seed0/float
+common="--model resnet20 --dataset cifar10 --init $F --distill $F --ste clipped_relu --learn-alpha --alpha-rule lsq --weight-scale-rule lsq --lr 0.01 --lr-schedule cosine --weight-decay 5e-4 --precision fp32 --no-progress"
+run() { local out=$1; shift; if [ -f "$out/checkpoint.pt" ]; then stelab train --resume --out "$out" --no-progress; else stelab train $common "$@" --out "$out"; fi; }
+run runs/qat/w4a4-lsq-kd --bits 4 --weight-bits 4 --epochs 8
+run runs/qat/w2a2-lsq-kd --bits 2 --weight-bits 2 --epochs 10
