@@ -19,6 +19,42 @@ def to_output(v, out_ptr):
     return v.to(out_ptr.dtype.element_ty)
 
 @triton.jit
+def region_of(v, t_ptr, NB: tl.constexpr):
+    # the region of mu': how many of the NB (<= 4) thresholds at t_ptr v exceeds
+    r = tl.zeros(v.shape, dtype=tl.int32)
+    if NB > 0:
+        r += (v > tl.load(t_ptr)).to(tl.int32)
+    if NB > 1:
+        r += (v > tl.load(t_ptr + 1)).to(tl.int32)
+    if NB > 2:
+        r += (v > tl.load(t_ptr + 2)).to(tl.int32)
+    if NB > 3:
+        r += (v > tl.load(t_ptr + 3)).to(tl.int32)
+    return r
+
+
+@triton.jit
+def ratio(v, a, F64: tl.constexpr):
+    # v / a rounded to nearest: float64 division is IEEE on every backend, float32's needs div_rn
+    if F64:
+        return v / a
+    return tl.math.div_rn(v, tl.zeros_like(v) + a)
+
+
+@triton.jit
+def level_index(v, a, levels, MODE: tl.constexpr, F64: tl.constexpr):
+    # k with q(v) = k a: +-1 for sign (MODE 2), else clamp(ceil(v/a [- 1/2 for round]), 0, L)
+    if MODE == 2:
+        return tl.where(v > 0, 1.0, -1.0).to(a.dtype)
+    r = ratio(v, a, F64)
+    if MODE == 1:
+        r = r - 0.5
+    k = tl.math.ceil(r)
+    k = tl.where(k > 0, k, 0.0)
+    return tl.where(k < levels, k, levels)
+
+
+@triton.jit
 def fwd(x_ptr, y_ptr, s_ptr, p_ptr, n, mask_bits,
         MODE: tl.constexpr, NB: tl.constexpr, MASK: tl.constexpr, F64: tl.constexpr, BLOCK: tl.constexpr):
     # p_ptr: [alpha, L, t0, t1, t2, t3] in the compute type (float32, or float64 for float64 inputs).
@@ -27,29 +63,11 @@ def fwd(x_ptr, y_ptr, s_ptr, p_ptr, n, mask_bits,
     a = tl.load(p_ptr)
     levels = tl.load(p_ptr + 1)
     v = tl.load(x_ptr + offs, mask=inside, other=0.0).to(a.dtype)
-    if MODE == 2:
-        q = tl.where(v > 0, a, -a)
-    else:
-        if F64:  # float64 division is IEEE on every backend
-            r = v / a
-        else:
-            r = tl.math.div_rn(v, tl.zeros_like(v) + a)
-        if MODE == 1:
-            r = r - 0.5
-        k = tl.math.ceil(r)
-        k = tl.where(k > 0, k, 0.0)
-        k = tl.where(k < levels, k, levels)
-        q = k * a
+    q = level_index(v, a, levels, MODE, F64) * a
     q = tl.where(v != v, v, q)
     tl.store(y_ptr + offs, to_output(q, y_ptr), mask=inside)
     if NB > 0:
-        code = (v > tl.load(p_ptr + 2)).to(tl.int32)
-        if NB > 1:
-            code += (v > tl.load(p_ptr + 3)).to(tl.int32)
-        if NB > 2:
-            code += (v > tl.load(p_ptr + 4)).to(tl.int32)
-        if NB > 3:
-            code += (v > tl.load(p_ptr + 5)).to(tl.int32)
+        code = region_of(v, p_ptr + 2, NB)
         if MASK:
             code = (mask_bits >> code) & 1
         tl.store(s_ptr + offs, code.to(tl.uint8), mask=inside)
@@ -78,30 +96,11 @@ def learned_bwd(x_ptr, g_ptr, dx_ptr, part_ptr, p_ptr, v_ptr, n,
     top = tl.load(p_ptr + 2)
     v = tl.load(x_ptr + offs, mask=inside, other=0.0).to(a.dtype)
     g = tl.load(g_ptr + offs, mask=inside, other=0.0).to(a.dtype)
-    region = tl.zeros([BLOCK], dtype=tl.int32)
-    if NB > 0:
-        region += (v > tl.load(p_ptr + 5)).to(tl.int32)
-    if NB > 1:
-        region += (v > tl.load(p_ptr + 6)).to(tl.int32)
-    if NB > 2:
-        region += (v > tl.load(p_ptr + 7)).to(tl.int32)
-    if NB > 3:
-        region += (v > tl.load(p_ptr + 8)).to(tl.int32)
+    region = region_of(v, p_ptr + 5, NB)
     d = tl.load(v_ptr + region, mask=inside, other=0.0)
     tl.store(dx_ptr + offs, to_output(g * d, dx_ptr), mask=inside)
-    if F64:
-        u = v / a
-    else:
-        u = tl.math.div_rn(v, tl.zeros_like(v) + a)
-    if MODE == 2:
-        k = tl.where(v > 0, 1.0, -1.0).to(a.dtype)
-    else:
-        r = u
-        if MODE == 1:
-            r = r - 0.5
-        k = tl.math.ceil(r)
-        k = tl.where(k > 0, k, 0.0)
-        k = tl.where(k < levels, k, levels)
+    u = ratio(v, a, F64)
+    k = level_index(v, a, levels, MODE, F64)
     zero = tl.zeros_like(v)
     if RULE == 1:
         f = k
