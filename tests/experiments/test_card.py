@@ -43,6 +43,8 @@ def test_config_refuses_what_it_cannot_run():
     assert CardConfig(stes=("relu", "identity"), against=("identity",)).all_stes() == ["relu", "identity"]
     with pytest.raises(ValueError, match="levels=15"):  # dsq's cells are the staircase's: 15 at 4 bits, not 3
         CardConfig(stes=("dsq",), bits=4)
+    with pytest.raises(ValueError, match="the quick tier runs none"):  # a scale nothing would use
+        CardConfig(stes=("relu",), table1_epochs_scale=0.1)
 
 
 def test_a_card_measures_every_section_and_caches_it(tiny, tmp_path, monkeypatch):

@@ -52,7 +52,8 @@ def test_a_distilled_run_trains_records_its_teacher_and_resumes(teacher, tmp_pat
     assert main(argv) == 0
     config = read_config(out)
     assert (config.distill, config.distill_temperature, config.distill_weight) == (str(teacher), 3.0, 0.7)
-    plain = train(config.replace(distill=None, out=str(tmp_path / "plain")), progress=False)
+    undistilled = config.replace(distill=None, distill_temperature=4.0, distill_weight=0.5, out=str(tmp_path / "plain"))
+    plain = train(undistilled, progress=False)
     assert read_json(out / "results.json")["train_loss"] != plain["train_loss"]  # the teacher changed the loss
     (out / "results.json").unlink()  # as if killed after epoch 2's checkpoint: resuming keeps the teacher
     assert main(["train", "--resume", "--out", str(out), "--no-progress"]) == 0
@@ -68,6 +69,8 @@ def test_a_teacher_of_another_model_is_refused_before_anything_is_made(teacher, 
     assert not (out / "checkpoint.pt").exists()
     with pytest.raises(ValueError, match="distill_weight in \\[0, 1\\]"):
         TrainConfig(distill="x", distill_weight=1.5)
+    with pytest.raises(ValueError, match="there is no teacher; give --distill TEACHER"):  # not silently ignored
+        TrainConfig(distill_temperature=2.0)
 
 
 def test_the_curves_say_what_the_training_loss_is(teacher, tmp_path):

@@ -153,7 +153,10 @@ def test_a_bad_resolution_the_call_did_not_check_is_caught_with_the_loss(tmp_pat
             self.alpha.fill_(-0.5)
         return real(self, x)
 
+    import stelab.train.resolutions as resolutions
+
     monkeypatch.setattr(ops, "check_alpha", lambda value: value)  # as for a GPU alpha: not read per call
+    monkeypatch.setattr(resolutions, "PER_CALL_CHECKED", ())  # ... so the loop checks it
     monkeypatch.setattr(QuantReLU, "forward", poisoned)
     out = tmp_path / "negative-alpha"
     summary = train(TrainConfig(model="lenet5", synthetic=64, batch_size=32, epochs=1, out=str(out),
@@ -162,6 +165,7 @@ def test_a_bad_resolution_the_call_did_not_check_is_caught_with_the_loss(tmp_pat
     (record,) = [r for r in read_jsonl(out / "metrics.jsonl") if r["kind"] == "diverged"]
     assert "left the positive numbers at step 1" in record["reason"] and ".alpha" in record["reason"]
     model = torch.nn.Sequential(QuantReLU(learn_alpha=True), QuantReLU(learn_alpha=True))
+    assert len(learned_resolutions(model)) == 2  # PER_CALL_CHECKED is empty here
     assert bool(resolutions_ok(learned_resolutions(model))) and bad_resolutions(model) == ""
     with torch.no_grad():
         model[1].alpha.fill_(float("nan"))

@@ -45,9 +45,6 @@ def _mark_state(state: Tensor, breaks: list[float], mask_bits: int) -> Tensor:
     return state
 
 
-_dense = dense  # the name stelab.pack and the tests used
-
-
 def select(device: str, dtype: torch.dtype, is_dense: bool, n_breaks: int = 0) -> Backend:
     """The first backend that runs on ``device`` with ``dtype``, the layout, and ``n_breaks`` breakpoints."""
     for b in BACKENDS:
@@ -170,7 +167,7 @@ def _constant_backward(grad: Tensor, values: list[float], layout: tuple | None) 
 
 
 def _layout(x: Tensor) -> tuple | None:
-    return (x.shape, x.stride()) if _dense(x) else None
+    return (x.shape, x.stride()) if dense(x) else None
 
 
 class _Eager(torch.autograd.Function):

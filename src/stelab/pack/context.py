@@ -10,9 +10,10 @@ import torch
 from torch import Tensor, nn
 from torch.multiprocessing.reductions import StorageWeakRef
 
+from ..kernels.backend import dense
 from . import saved
 from .recompute import PackedState, Pending, Recomputed, claim, pending, recipe, state_bits
-from .saved import Packed, PackSavedWarning, PackStats, _dense, _Forward, find
+from .saved import Packed, PackSavedWarning, PackStats, _Forward, find
 
 _KEPT = (Packed, PackedState, Recomputed, Pending)
 
@@ -107,7 +108,7 @@ class PackSaved:
             stats.saved_bytes += kept.nbytes
             stats.unpacked_bytes += self._storage_bytes(forward, t)
             return kept
-        found = find(t) if t.is_floating_point() and t.numel() and t.layout == torch.strided and _dense(t) else None
+        found = find(t) if t.is_floating_point() and t.numel() and t.layout == torch.strided and dense(t) else None
         if found is None:
             nbytes = self._storage_bytes(forward, t)
             stats.saved_bytes += nbytes
@@ -132,7 +133,7 @@ class PackSaved:
         """The packed STE state or the convolution recipe that replaces ``t``, counted in the stats; else ``None``."""
         stats = self._forward.stats
         bits = state_bits(t)
-        if bits is not None and _dense(t):
+        if bits is not None and dense(t):
             stats.states += 1
             return PackedState(t, bits)
         if self.recompute and t.is_floating_point():

@@ -32,7 +32,6 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..kernels.backend import dense
 from ..kernels.reference import MODES, compute_dtype
 from .codes import code_bits, pack_levels, restore_levels
 
@@ -111,9 +110,6 @@ def find(t: Tensor) -> tuple[Grid, tuple[torch.dtype, ...]] | None:
         nexts = node.next_functions
         node = nexts[0][0] if nexts else None
     return None
-
-
-_dense = dense  # the kernels' test of a dense layout (any permutation of the dimensions)
 
 
 def flat_storage_order(t: Tensor) -> Tensor:

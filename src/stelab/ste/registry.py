@@ -111,7 +111,7 @@ def get(name: str | STE, **params: Any) -> STE:
         return name
     if not isinstance(name, str):
         raise TypeError(f"STE must be a name (str) or an STE, got {type(name).__name__}; valid names: {names()}")
-    base, parsed = _parse(name)
+    base, parsed = parse_spec(name)
     registry = _registry()
     if base not in registry:
         raise ValueError(f"{unknown_name('STE', base, registry)} (a user's STE: register it first, e.g. stelab "
@@ -175,8 +175,6 @@ def parse_spec(text: str, kind: str = "STE") -> tuple[str, dict[str, Any]]:
                 raise ValueError(f"{kind} parameter {key.strip()!r} must be a number, got {value.strip()!r}") from None
     return base, params
 
-
-_parse = parse_spec
 
 
 def register(name: str, derivative: DerivativeFn | None = None, *, proxy: DerivativeFn | None = None,

@@ -71,6 +71,11 @@ def weights(self: Any) -> None:
     if not self.distill_temperature > 0 or not 0.0 <= self.distill_weight <= 1.0:
         raise ValueError(f"distillation needs distill_temperature > 0 and distill_weight in [0, 1], got "
                          f"{self.distill_temperature} and {self.distill_weight}")
+    fields = type(self).__dataclass_fields__
+    if self.distill is None and any(getattr(self, f) != fields[f].default for f in ("distill_temperature",
+                                                                                   "distill_weight")):
+        raise ValueError("distill_temperature / distill_weight (--distill-temperature, --distill-weight) set the "
+                         "distillation, but there is no teacher; give --distill TEACHER too, or drop them")
     if not (0.0 < self.relax_hard_at <= 1.0):
         raise ValueError(f"relax_hard_at is the fraction of the run where BinaryRelax turns hard, in (0, 1] "
                          f"(1: never during the run), got {self.relax_hard_at}" + _flag("relax_hard_at"))

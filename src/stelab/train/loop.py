@@ -34,7 +34,7 @@ from .distill import distill_loss, load_teacher
 from .hooks import TrainHook, check_hooks, run_hooks
 from .progress import progress_bar, update_bar
 from .quant_weights import deployed_weights, wrap_optimizer
-from .resolutions import bad_resolutions, learned_resolutions, resolutions_ok
+from .resolutions import bad_resolutions, healthy, learned_resolutions
 from .rules import _check_resume_config, config_differences  # noqa: F401
 from .runs import CONFIG, METRICS, SUMMARY, build_model, is_done, plot_curves, read_summary, run_summary, write_summary
 from .schedule import make_scheduler, warmup_step
@@ -336,7 +336,7 @@ def _train_steps(run: _Run, epoch: int, t0: float) -> Tensor:
             sums[2] += len(yb)
             last = i == len(run.loader) - 1
             if (run.step % check_every == 0 or last) and distributed.any_rank(
-                    not bool(torch.isfinite(sums[0]) & resolutions_ok(run.resolutions)), device):  # one sync
+                    not healthy(sums[0], run.resolutions), device):
                 bad = bad_resolutions(run.model)
                 raise Diverged(f"a learned resolution left the positive numbers at step {run.step} (epoch {epoch})"
                                f"{bad}; lower the learning rate (--lr)" if bad else

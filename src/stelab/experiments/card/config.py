@@ -65,6 +65,9 @@ class CardConfig(JsonConfig):
             raise ValueError(f"seeds must be >= 1, got {self.seeds}")
         if not self.table1_epochs_scale > 0:
             raise ValueError(f"table1_epochs_scale must be > 0, got {self.table1_epochs_scale}")
+        if self.table1_epochs_scale != 1.0 and not TIER_SIZES[self.tier].get("table1"):
+            raise ValueError(f"table1_epochs_scale scales the full tier's Table 1 cells; the {self.tier} tier runs "
+                             "none: use tier 'full' or drop it")
 
     def all_stes(self) -> list[str]:
         """The graded STEs, then the references not among them, as canonical labels (no duplicates)."""
