@@ -183,3 +183,53 @@ def test_the_standard_tier_classifies_mnist_too(monkeypatch, shared_data_dir):
     part = sections.classify("relu", config(tier="standard", synthetic=0, data_dir=str(shared_data_dir)))
     assert 0.5 < part["mnist_test_accuracy"] <= 1.0  # 500 images, one epoch: well above chance (0.1)
     assert "mnist_test_accuracy" not in sections.classify("relu", config())  # quick tier: synthetic only
+
+
+class Recording:
+    """The in-process executor, recording the run folders it was given (the protocol, nothing else)."""
+
+    def __init__(self):
+        from stelab.executors import InlineExecutor
+
+        self.inner, self.keys = InlineExecutor(), []
+        self.name, self.slots, self.in_process, self.retries = "recording", 1, True, 0
+
+    def submit(self, tasks):
+        self.keys += [t.key for t in tasks]
+        return self.inner.submit(tasks)
+
+    def wait(self, handles):
+        return self.inner.wait(handles)
+
+    def cancel(self, handles):
+        self.inner.cancel(handles)
+
+    def close(self):
+        self.inner.close()
+
+
+def test_the_training_cells_run_on_the_executor_given_and_only_once(tiny, tmp_path):
+    """Section 6 goes through the executors' graph: each uncached cell is one task named by its run folder, a rerun
+    submits nothing, and an added rate submits only its cells."""
+    out, first = tmp_path / "card", Recording()
+    run_card(config(), out, progress=False, executor=first)
+    assert sorted(Path(k).relative_to(out).parts[0] for k in first.keys) == ["train", "train"]
+    assert all((Path(k) / "results.json").is_file() for k in first.keys)
+    again = Recording()
+    run_card(config(), out, progress=False, executor=again)
+    assert again.keys == []
+    more = Recording()
+    results = run_card(config(lrs=(0.05, 0.1)), out, progress=False, executor=more)
+    assert sorted(Path(k).name.split("-lr")[1] for k in more.keys) == ["0.1-seed0", "0.1-seed0"]
+    assert set(results["stes"]["relu"]["train"]["accuracy_by_lr"]) == {"0.05", "0.1"}
+
+
+def test_jobs_train_the_cells_in_worker_processes(tiny, tmp_path, monkeypatch):
+    """``jobs=2``: the cells train in a pool of two spawned processes (which see none of this process's state: the
+    real quick sizes, on 96 synthetic images), and a rerun with one job reads them from the cache."""
+    out = tmp_path / "card"
+    results = run_card(config(jobs=2), out, progress=False)
+    cells = results["stes"]["relu"]["train"]["cells"]
+    assert [c["status"] for c in cells] == ["finished"] and 0 <= cells[0]["test_acc"] <= 1
+    monkeypatch.setattr(card_run, "train_cell", lambda *a: pytest.fail("a cached cell was trained again"))
+    assert run_card(config(jobs=1), out, progress=False)["stes"]["relu"]["train"]["cells"] == cells

@@ -152,3 +152,23 @@ def test_an_unreachable_address_is_one_line_and_writes_nothing(ray_env, tmp_path
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "no Ray cluster answers there" in err and "ray start --head" in err
     assert not out.exists()
+
+
+def test_the_report_card_trains_its_cells_on_the_cluster(cluster, tmp_path, monkeypatch):
+    """``stelab card --executor ray``: section 6's cells are Ray tasks (the worker writes the run folder and the
+    cache entry); the same card run again locally trains nothing."""
+    from stelab.experiments.card import config as card_config
+    from stelab.experiments.card import run as card_run
+
+    tiny = {"cosine_points": 4, "starts": 2, "descent_steps": 20, "classify_steps": 20, "fidelity_batches": 2,
+            "lenet_epochs": 1, "resnet_epochs": 0, "symmetry_samples": 300}  # the driver's sections only
+    monkeypatch.setitem(card_config.TIER_SIZES, "quick", tiny)
+    lenet = Path(__file__).resolve().parents[2] / "results" / "lenet5-mnist-float" / "model.pt"
+    out = tmp_path / "card"
+    card = ["card", "relu", "--against", "--synthetic", "96", "--lrs", "0.05", "--lenet-init", str(lenet),
+            "--no-progress", "--out", str(out)]
+    assert main([*card, "--executor", "ray", "--address", cluster]) == 0
+    cell = out / "train" / next((out / "cache" / "train").glob("relu-*.json")).stem
+    assert (cell / "results.json").is_file() and lock_holder(cell / ".lock")[1] != os.getpid()
+    monkeypatch.setattr(card_run, "train_cell", lambda *a: pytest.fail("a cached cell was trained again"))
+    assert main(card) == 0

@@ -97,8 +97,10 @@ def dedupe(tasks: Iterable[Task]) -> list[Task]:
     return list(out.values())
 
 
-def run_graph(executor: Executor, tasks: Sequence[Task], log: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Run every task of the graph on ``executor``; the results by key (skipped tasks have none).
+def run_graph(executor: Executor, tasks: Sequence[Task], log: Callable[[str], None] | None = None,
+              done: Callable[[Task], Any] | None = None) -> dict[str, Any]:
+    """Run every task of the graph on ``executor``; the results by key (skipped tasks have none). ``done(task)`` is
+    called in the driver as each task finishes (a progress bar).
 
     Long because it is the one loop of the driver: release the tasks whose predecessors are done, submit what the
     executor has room for, wait for any to end, and retry or fail; kept in one piece so its invariants stay visible.
@@ -133,6 +135,8 @@ def run_graph(executor: Executor, tasks: Sequence[Task], log: Callable[[str], No
                 task = in_flight.pop(handle)
                 if outcome.kind == "ok":
                     results[task.key] = outcome.value
+                    if done is not None:
+                        done(task)
                 elif outcome.kind == "lost" and attempts.get(task.key, 0) < executor.retries:
                     attempts[task.key] = attempts.get(task.key, 0) + 1
                     log(f"lost {task.key} ({outcome.error}); retry {attempts[task.key]} of {executor.retries}")

@@ -36,7 +36,9 @@ class CardConfig(JsonConfig):
     ``stelab reproduce table1``); ``lrs``: the learning-rate grid of the training section (each STE is reported at
     its own best rate and at the common one, ``lrs[len(lrs) // 2]``); ``synthetic`` > 0 replaces the real data sets
     by that many random images (tests); ``lenet_init``/``resnet_init``: the float checkpoints fine-tuned from;
-    ``table1_epochs_scale``: the full tier's Table 1 schedule as a fraction of the paper's (1: the paper's)."""
+    ``table1_epochs_scale``: the full tier's Table 1 schedule as a fraction of the paper's (1: the paper's);
+    ``jobs``: training runs at once on this machine, in separate processes sharing its cores (section 6 and the
+    Table 1 cells; a place, not a number: it changes no result)."""
 
     stes: tuple[str, ...] = ()
     against: tuple[str, ...] = REFERENCES
@@ -49,6 +51,7 @@ class CardConfig(JsonConfig):
     lenet_init: str = LENET_FLOAT
     resnet_init: str = RESNET_FLOAT
     table1_epochs_scale: float = 1.0
+    jobs: int = 1
 
     def __post_init__(self) -> None:
         check_choice("tier", self.tier, TIERS)
@@ -61,6 +64,8 @@ class CardConfig(JsonConfig):
             QuantConfig(bits=self.bits, ste=spec)
         if not self.lrs or any(not lr > 0 for lr in self.lrs):
             raise ValueError(f"lrs must be positive learning rates, got {list(self.lrs)}")
+        if self.jobs < 1:
+            raise ValueError(f"jobs must be >= 1, got {self.jobs}")
         if self.seeds < 1:
             raise ValueError(f"seeds must be >= 1, got {self.seeds}")
         if not self.table1_epochs_scale > 0:
@@ -90,9 +95,9 @@ class CardConfig(JsonConfig):
 
 
 #: What a rerun of a card in the same folder may change: more STEs, references, seeds or rates add cells and leave the
-#: cached ones valid, and the data folder is a place; every other field (tier, bits, synthetic, the float
-#: checkpoints) changes cached numbers, so it must agree (the card's form of stelab.train.config.may_change).
-MAY_CHANGE = ("stes", "against", "seeds", "lrs", "data_dir")
+#: cached ones valid, and the data folder and the number of jobs are places; every other field (tier, bits,
+#: synthetic, the float checkpoints) changes cached numbers, so it must agree (stelab.train.config.may_change's twin).
+MAY_CHANGE = ("stes", "against", "seeds", "lrs", "data_dir", "jobs")
 
 
 def differences(saved: dict, new: CardConfig) -> list[str]:

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from ...executors import Executor, Task, local_executor, run_graph
 from ...io import read_json, write_json
 from ..shape import finding
 from .config import CardConfig, differences, ranked_by
@@ -78,9 +79,12 @@ def _finite(obj: Any) -> bool:
     return not (isinstance(obj, float) and not math.isfinite(obj))
 
 
-def run_card(config: CardConfig, out: str | Path, progress: bool = True) -> dict[str, Any]:
+def run_card(config: CardConfig, out: str | Path, progress: bool = True,
+             executor: Executor | None = None) -> dict[str, Any]:
     """Measure every STE of ``config`` (sections 1-6, :mod:`.sections`), rank them (:func:`verdict`) and write the
-    run folder ``out`` (``report.md``, ``results.json``, ``card.png``, ``cache/``)."""
+    run folder ``out`` (``report.md``, ``results.json``, ``card.png``, ``cache/``). The cheap sections run here; the
+    training cells of section 6 run on ``executor`` (default: the local one with ``config.jobs`` processes; Ray or
+    SLURM from ``stelab.executors.make_executor``), each writing its cache file, so any engine continues any card."""
     from .report import write_report
 
     out, start = Path(out), time.perf_counter()
@@ -88,33 +92,23 @@ def run_card(config: CardConfig, out: str | Path, progress: bool = True) -> dict
     labels = config.all_stes()
     sections = {**SECTIONS, **(RESNET_SECTIONS if config.sizes["resnet_epochs"] else {})}
     models = ("lenet5", "resnet20") if config.sizes["resnet_epochs"] else ("lenet5",)
-    tasks = [(label, name) for label in labels for name in sections] + [
-        (label, (model, lr, seed)) for model in models for label in labels for lr in config.lrs
-        for seed in range(config.seeds)]
-    stes: dict[str, dict[str, Any]] = {label: {f"cells_{m}": [] for m in models} for label in labels}
-    bar = tqdm(tasks, desc="stelab card", disable=not progress, file=sys.stderr)
-    for label, task in bar:
-        bar.set_postfix_str(f"{label}: {task if isinstance(task, str) else 'train ' + task[0]}")
-        if isinstance(task, str):
-            stes[label][task] = _cached(out / "cache" / task / f"{_slug(label)}.json",
-                                        partial(sections[task], label, config))
-            continue
-        model, lr, seed = task
-        key = f"{_slug(label)}-lr{lr:g}-seed{seed}"
-        folder = "train" if model == "lenet5" else f"train_{model}"  # LeNet-5's: the quick tier's names
-        cell = _cached(out / "cache" / folder / f"{key}.json",
-                       partial(train_cell, label, config, lr, seed, out / folder / key, model))
-        stes[label][f"cells_{model}"].append({"lr": lr, "seed": seed, **cell})
+    stes: dict[str, dict[str, Any]] = {label: {} for label in labels}
+    bar = tqdm([(label, name) for label in labels for name in sections], desc="stelab card", disable=not progress,
+               file=sys.stderr)
+    for label, name in bar:
+        bar.set_postfix_str(f"{label}: {name}")
+        stes[label][name] = _cached(out / "cache" / name / f"{_slug(label)}.json", partial(sections[name], label,
+                                                                                            config))
+    cells = train_cells(config, out, labels, models, progress, executor)
     for label in labels:
         for model in models:
-            name = "train" if model == "lenet5" else f"train_{model}"
-            stes[label][name] = training_summary(stes[label].pop(f"cells_{model}"), config)
+            stes[label][_cell_folder(model)] = training_summary(cells[label, model], config)
     end = _end_point(config, out)  # None without clipped relu among the STEs: the report says so
     for label in labels if end is not None else ():  # section 5 again, at the network clipped relu trained
         stes[label]["fidelity_end"] = _cached(out / "cache" / "fidelity_end" / f"{_slug(label)}.json",
                                               partial(fidelity, label, config, 0, "lenet5", end))
     if config.sizes.get("table1"):
-        table1_cells(config, out, labels, stes, progress)
+        table1_cells(config, out, labels, stes, progress, executor)
     results = {"config": config.to_dict(), "stes": stes, **verdict(stes, config),
                "seconds": time.perf_counter() - start}
     results["findings"] = card_findings(results)
@@ -122,7 +116,48 @@ def run_card(config: CardConfig, out: str | Path, progress: bool = True) -> dict
     return results
 
 
-def table1_cells(config: CardConfig, out: Path, labels: list[str], stes: dict[str, dict], progress: bool) -> None:
+def _cell_folder(model: str) -> str:
+    return "train" if model == "lenet5" else f"train_{model}"  # LeNet-5's: the quick tier's names
+
+
+def train_cells(config: CardConfig, out: Path, labels: list[str], models: tuple[str, ...], progress: bool,
+                executor: Executor | None) -> dict[tuple[str, str], list[dict]]:
+    """Section 6: every (model, STE, rate, seed) fine-tuning run not cached yet, on ``executor``; per (STE, model)
+    its cells in grid order, each ``{"lr", "seed", ...}`` as :func:`.sections.train_cell` returns it (or an error)."""
+    grid = [(label, model, lr, seed) for model in models for label in labels for lr in config.lrs
+            for seed in range(config.seeds)]
+    names = {c: (_cell_folder(c[1]), f"{_slug(c[0])}-lr{c[2]:g}-seed{c[3]}") for c in grid}
+    todo = [c for c in grid if not (out / "cache" / names[c][0] / f"{names[c][1]}.json").is_file()]
+    tasks = [Task(str(out / names[c][0] / names[c][1]), _train_cached, (str(out), *names[c], *c, config),
+                  lock=str(out / names[c][0] / names[c][1] / ".lock")) for c in todo]
+    owned = executor is None
+    executor = local_executor(config.jobs) if owned else executor
+    bar = tqdm(total=len(tasks), desc="stelab card: training", disable=not progress or not tasks, file=sys.stderr)
+    try:
+        done = run_graph(executor, tasks, done=lambda task: (bar.set_postfix_str(Path(task.key).name), bar.update()))
+    finally:
+        bar.close()
+        if owned:
+            executor.close()
+    cells: dict[tuple[str, str], list[dict]] = {(label, model): [] for label in labels for model in models}
+    for c in grid:
+        key = str(out / names[c][0] / names[c][1])
+        result = done.get(key) if c in todo else read_json(out / "cache" / names[c][0] / f"{names[c][1]}.json")
+        cells[c[0], c[1]].append({"lr": c[2], "seed": c[3], **(result or {"error": "the run returned nothing"})})
+    return cells
+
+
+def _train_cached(out: str, section: str, name: str, label: str, model: str, lr: float, seed: int,
+                  config: CardConfig) -> dict:
+    """One cell, on an executor's worker: :func:`.sections.train_cell` in ``<out>/<section>/<name>``, its result
+    cached at ``<out>/cache/<section>/<name>.json`` (an error is returned, not cached)."""
+    root = Path(out)
+    return _cached(root / "cache" / section / f"{name}.json",
+                   partial(train_cell, label, config, lr, seed, root / section / name, model))
+
+
+def table1_cells(config: CardConfig, out: Path, labels: list[str], stes: dict[str, dict], progress: bool,
+                 executor: Executor | None = None) -> None:
     """The full tier: Table 1 cells of every STE (LeNet-5 / MNIST and ResNet-20 / CIFAR-10, 2 and 4 bits) on the
     paper's schedule scaled by ``table1_epochs_scale``, run by the table1 experiment itself (its folders under
     ``out/table1-<dataset>``: finished runs are kept, an interrupted sweep continues); per STE, section ``table1``
@@ -136,8 +171,8 @@ def table1_cells(config: CardConfig, out: Path, labels: list[str], stes: dict[st
     for dataset, model in (("mnist", "lenet5"), ("cifar10", "resnet20")):
         base = TrainConfig(model=model, dataset=dataset, synthetic=config.synthetic, data_dir=config.data_dir)
         sweep = Table1Config(dataset=dataset, models=(model,), bits=(2, 4), stes=tuple(labels),
-                             epochs_scale=config.table1_epochs_scale, train=base)
-        results = EXPERIMENTS["table1"](sweep, out / f"table1-{dataset}", progress)
+                             epochs_scale=config.table1_epochs_scale, train=base, jobs=config.jobs)
+        results = EXPERIMENTS["table1"](sweep, out / f"table1-{dataset}", progress, executor=executor)
         for cell in results["cells"]:
             if cell["ste"] in stes and cell["bits"] is not None:
                 stes[cell["ste"]]["table1"][f"{model} {cell['bits']}-bit"] = cell["test_acc_mean"]
