@@ -66,6 +66,26 @@ class Unfused(torch.nn.Module):
         return ops._QuantizeLearned.apply(x, layer.alpha, "staircase", 2, layer.ste, layer.config.alpha_rule)
 
 
+class EagerSmooth(torch.autograd.Function):
+    """The general path before its compiled backward: the same fused forward, ``g mu'(x)`` as a chain of PyTorch ops
+    (:func:`stelab.ste.compiled.eager_product`), for comparison."""
+
+    @staticmethod
+    def forward(ctx, x, ste):
+        from stelab.activations import quantizers
+
+        ctx.ste = stelab.ste.get(ste)
+        ctx.save_for_backward(x)
+        return quantizers.evaluate(x, "staircase", 2, ALPHA)
+
+    @staticmethod
+    def backward(ctx, grad):
+        from stelab.ste.compiled import eager_product
+
+        (x,) = ctx.saved_tensors
+        return eager_product(ctx.ste, grad, x, 3 * ALPHA), None
+
+
 def learned_methods() -> dict[str, Callable]:
     """Learned resolution (fused for piecewise STEs on the CPU), the unfused path it replaced, and the general path
     (a smooth ``mu'``), each beside relu."""
@@ -74,7 +94,9 @@ def learned_methods() -> dict[str, Callable]:
         out[f"learned {rule}"] = stelab.QuantReLU(bits=2, ste="clipped_relu", learn_alpha=True, alpha_rule=rule,
                                                   check_nan=False)
     out["learned lsq, unfused"] = Unfused("lsq")
-    out["general path (log_tailed_relu)"] = stelab.QuantReLU(bits=2, ste="log_tailed_relu", check_nan=False)
+    for ste in ("log_tailed_relu", "ede"):  # the compiled backward (stelab.ste.compiled), and the eager one it replaced
+        out[f"general path ({ste})"] = stelab.QuantReLU(bits=2, ste=ste, check_nan=False)
+        out[f"general path ({ste}), eager"] = lambda x, ste=ste: EagerSmooth.apply(x, ste)
     return out
 
 

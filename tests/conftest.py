@@ -11,6 +11,10 @@ import pytest
 import torch
 
 torch.set_num_threads(1)
+# Smooth STEs' backward compiles (stelab.ste.compiled) for large float32 tensors; each compile costs seconds, which
+# the training tests would pay again and again. They run the eager product (the reference); tests/test_ste_compiled.py
+# turns compiling on and checks it against that reference.
+os.environ.setdefault("STELAB_COMPILE_STE", "0")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

@@ -67,7 +67,10 @@ def test_in_process_order_skips_and_failures(tmp_path, capsys):
              Task("c0", _stamp, (d, "c0", 0), after=("f0",)),
              Task("c1", _stamp, (d, "c1", 0), after=("f1",), when=lambda r: r["f1"] == "nope", why_not="f1 diverged"),
              Task("c1b", _stamp, (d, "c1b", 0), after=("c1",))]
-    assert run_graph(InlineExecutor(), tasks) == {"f0": "f0", "f1": "f1", "c0": "c0"}
+    finished: list[str] = []
+    assert run_graph(InlineExecutor(), tasks, done=lambda t: finished.append(t.key)) == {"f0": "f0", "f1": "f1",
+                                                                                          "c0": "c0"}
+    assert finished == ["f0", "f1", "c0"]  # reported as each finished; skipped ones are not
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c0", "f0", "f1"]
     assert _times(tmp_path, "f1")[1] <= _times(tmp_path, "c0")[0]  # one at a time: the floats first, as before
     err = capsys.readouterr().err

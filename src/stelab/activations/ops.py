@@ -43,6 +43,7 @@ from ..errors import ResolutionError, check_alpha, check_bits
 from ..pack import saved as pack_saved
 from ..quant.lsq import grad_scale, step_grad_factor
 from ..ste import STE
+from ..ste.compiled import grad_times_derivative
 from . import quantizers
 from .config import ALPHA_RULES, QuantConfig, check_learned  # noqa: F401  (re-exported: stelab.activations.ops.*)
 
@@ -86,7 +87,8 @@ def fused_plan(forward: str, bits: int, alpha: float, ste: STE) -> FusedPlan | N
 
 
 class _QuantizeSmooth(torch.autograd.Function):
-    """Fixed resolution, ``mu'`` not piecewise constant: the input is saved and ``mu'(x; top)`` evaluated."""
+    """Fixed resolution, ``mu'`` not piecewise constant: the input is saved and ``grad * mu'(x; top)`` evaluated,
+    compiled into one pass for large tensors (:mod:`stelab.ste.compiled`)."""
 
     @staticmethod
     def forward(ctx, x: Tensor, forward: str, bits: int, alpha: float, ste: STE, check_nan: bool) -> Tensor:
@@ -97,7 +99,7 @@ class _QuantizeSmooth(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor):
         (x,) = ctx.saved_tensors
-        return grad * ctx.ste.derivative(x, ctx.top), None, None, None, None, None
+        return grad_times_derivative(ctx.ste, grad, x, ctx.top), None, None, None, None, None
 
 
 def quantize_fixed(x: Tensor, forward: str, bits: int, alpha: float, ste: STE, check_nan: bool,

@@ -1,6 +1,6 @@
 """The flags that say where a sweep's runs train (``--executor local|ray|slurm|submitit-local`` and each engine's
-own), shared by every command that runs a grid (``reproduce table1``, ``reproduce instability``; the report card
-will add them the same way). See docs/cluster.md."""
+own), shared by every command that runs a grid (``reproduce table1``, ``reproduce instability``, ``card``). See
+docs/cluster.md."""
 
 from __future__ import annotations
 

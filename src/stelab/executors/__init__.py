@@ -10,7 +10,7 @@ waits for); :func:`run_graph` drives it to the end on an :class:`Executor`:
 
 Nothing but the run folders records progress: run the same sweep again after its driver died and finished runs are
 skipped, unfinished ones resumed from their checkpoints. Any grid plugs in by building its tasks
-(``stelab reproduce table1`` and ``instability`` do; the STE report card will the same way) and taking an executor
+(``stelab reproduce table1``, ``instability`` and the STE report card do) and taking an executor
 from :func:`make_executor`. ``ray`` and ``submitit`` are optional: ``pip install 'stelab[ray]'`` / ``'stelab[slurm]'``.
 """
 
