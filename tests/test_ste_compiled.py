@@ -60,7 +60,7 @@ def test_the_compiled_product_agrees_with_eager_at_every_breakpoint(on, ste, bre
             warnings.simplefilter("error", RuntimeWarning)  # a fallback warns: here it must not
             grad, g = _op_grad(x, ste, alpha=0.5)
         est = ste_registry.get(ste)
-        assert compiled._COMPILED[compiled._key(est)] is not None  # compiled, not fallen back
+        assert compiled._ste_key(est) not in compiled._FAILED  # compiled, not fallen back
         eager = compiled.eager_product(est, g, x, 1.5)
         # Elementwise: a few ulps of the product, or of its largest value where mu' cancels (ede's 1 - tanh^2 in
         # the tails: an absolute error of order eps times its peak, in either path).
@@ -85,7 +85,7 @@ def test_bf16_and_channels_last_take_the_compiled_product_too(on):
 
 
 def test_float64_small_tensors_and_the_switch_stay_eager(on, monkeypatch):
-    monkeypatch.setattr(compiled, "_compiled", lambda ste: pytest.fail("compiled where it should not be"))
+    monkeypatch.setattr(compiled, "_compiled", lambda ste, x: pytest.fail("compiled where it should not be"))
     _op_grad(torch.randn(compiled.MIN_NUMEL, dtype=torch.float64), "ede", 0.5)
     _op_grad(torch.randn(compiled.MIN_NUMEL - 1), "ede", 0.5)
     monkeypatch.setenv(compiled.ENV, "0")
@@ -98,7 +98,8 @@ def test_a_failing_compile_warns_once_and_gives_the_eager_numbers(on, monkeypatc
     def broken(grad, x, top):
         raise RuntimeError("no C++ compiler found\nlong details")
 
-    monkeypatch.setitem(compiled._COMPILED, compiled._key(est), broken)
+    monkeypatch.setattr(compiled, "_compiled", lambda ste, x: broken)
+    monkeypatch.setattr(compiled, "_FAILED", set())
     x = torch.randn(compiled.MIN_NUMEL)
     with pytest.warns(RuntimeWarning, match=r"'ede\(t=3.0\)'.*no C\+\+ compiler found\).*STELAB_COMPILE_STE=0"):
         grad, g = _op_grad(x, "ede(t=3.0)", 0.5)
@@ -106,3 +107,22 @@ def test_a_failing_compile_warns_once_and_gives_the_eager_numbers(on, monkeypatc
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)  # once: the STE is marked, no second one
         _op_grad(x, "ede(t=3.0)", 0.5)
+
+
+def test_each_ste_dtype_and_thread_count_compiles_its_own_code(on):
+    """Dynamo keeps at most 8 variants per code object and then runs it eagerly without a word; the STEs, dtypes and
+    thread counts of one process must not share one (the benchmark's grid alone is 8 variants of one STE)."""
+    x = torch.randn(compiled.MIN_NUMEL)
+    threads = torch.get_num_threads()
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            for ste in ("ede", "log_tailed_relu"):
+                for dtype in (torch.float32, torch.bfloat16):
+                    _op_grad(x.to(dtype), ste, 0.5)
+    finally:
+        torch.set_num_threads(threads)
+    keys = [k for k in compiled._COMPILED if k[0] in ("ede(t=1.0)", "log_tailed_relu")]
+    assert len(keys) == 8
+    codes = {id(compiled._COMPILED[k]._torchdynamo_orig_callable.__code__) for k in keys}  # distinct objects
+    assert len(codes) == 8

@@ -2,8 +2,9 @@ r"""Straight-through estimators: the backward pass of a quantized activation.
 
 This package is the estimators' layer, shared by activations and weights: the registry (:mod:`.registry`), the
 :class:`Piecewise` table (:mod:`.piecewise`), the built-ins as data (:mod:`.builtin`), users' STEs from files,
-modules and entry points (:mod:`.plugins`), the smoothed step (:mod:`.smoothing`) and the NaN/shape probe
-(:mod:`.probe`). Its public names are re-exported here: ``stelab.ste.get``, ``stelab.ste.register``, ...
+modules and entry points (:mod:`.plugins`), the smoothed step (:mod:`.smoothing`), the NaN/shape probe
+(:mod:`.probe`) and the compiled backward of smooth STEs (:mod:`.compiled`). Its public names are re-exported
+here: ``stelab.ste.get``, ``stelab.ste.register``, ...
 
 A quantizer :math:`q` is a staircase, so :math:`q'(x) = 0` almost everywhere. An STE replaces :math:`q'` by the
 derivative of a *proxy* function :math:`\mu` in the backward pass only:

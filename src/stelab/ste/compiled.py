@@ -37,7 +37,8 @@ if TYPE_CHECKING:
 MIN_NUMEL = 1 << 16
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 ENV = "STELAB_COMPILE_STE"
-_COMPILED: dict[tuple, Callable[[Tensor, Tensor, Tensor], Tensor] | None] = {}
+_COMPILED: dict[tuple, Callable[[Tensor, Tensor, Tensor], Tensor]] = {}
+_FAILED: set[tuple] = set()  # STEs whose compile failed: eager from then on
 
 
 def enabled() -> bool:
@@ -51,39 +52,37 @@ def eager_product(ste: STE, grad: Tensor, x: Tensor, top: float | Tensor) -> Ten
 
 
 def grad_times_derivative(ste: STE, grad: Tensor, x: Tensor, top: float | Tensor) -> Tensor:
-    """:math:`g \\cdot \\mu'(x; \\mathrm{top})`, compiled where that pays (see the module's docstring)."""
+    r""":math:`g \cdot \mu'(x; \mathrm{top})`, compiled where that pays (see the module's docstring)."""
     if (not enabled() or x.dtype not in DTYPES or x.numel() < MIN_NUMEL or grad.dtype != x.dtype
-            or torch.compiler.is_compiling()):
-        return eager_product(ste, grad, x, top)
-    fn = _compiled(ste)
-    if fn is None:
+            or torch.compiler.is_compiling() or _ste_key(ste) in _FAILED):
         return eager_product(ste, grad, x, top)
     top_t = top.detach().to(torch.float64) if isinstance(top, Tensor) else torch.tensor(float(top),
                                                                                        dtype=torch.float64)
     try:
-        return fn(grad, x, top_t.to(x.device))
+        return _compiled(ste, x)(grad, x, top_t.to(x.device))
     except Exception as err:  # noqa: BLE001 - any compile failure: say so once, then the same math eagerly
-        _give_up(ste, err)
+        _FAILED.add(_ste_key(ste))
+        warnings.warn(f"STE {ste.label!r}: its compiled backward failed ({type(err).__name__}: "
+                      f"{str(err).splitlines()[0] if str(err) else ''}); it runs eagerly (the same math, slower). "
+                      f"Set {ENV}=0 to skip compiling.", RuntimeWarning, stacklevel=2)
         return eager_product(ste, grad, x, top)
 
 
-def _key(ste: STE) -> tuple:
+def _ste_key(ste: STE) -> tuple:
     # the label names the parameters; the function tells an STE redefined under the same name (overwrite=True)
     return ste.label, ste.derivative_fn
 
 
-def _compiled(ste: STE) -> Callable[[Tensor, Tensor, Tensor], Tensor] | None:
-    key = _key(ste)
+def _compiled(ste: STE, x: Tensor) -> Callable[[Tensor, Tensor, Tensor], Tensor]:
+    """The compiled product for ``ste`` and ``x``'s dtype, device and this process's thread count.
+
+    Dynamo keeps its compiled variants per *code object*, at most ``recompile_limit`` (8) of them, and past that
+    runs the function eagerly without a word. One code object for every STE would fill that quickly (each STE, dtype,
+    memory layout and thread count is a variant: the benchmark's grid alone is 8), so each (STE, dtype, device,
+    threads) gets a code object of its own, made by ``exec``; within it only the layouts vary."""
+    key = (*_ste_key(ste), x.dtype, x.device.type, torch.get_num_threads())
     if key not in _COMPILED:
-        def product(grad: Tensor, x: Tensor, top: Tensor) -> Tensor:
-            return grad * ste.derivative(x, top)
-
-        _COMPILED[key] = torch.compile(product, dynamic=True)
+        namespace: dict = {"ste": ste}
+        exec("def product(grad, x, top):\n    return grad * ste.derivative(x, top)\n", namespace)  # noqa: S102
+        _COMPILED[key] = torch.compile(namespace["product"], dynamic=True)
     return _COMPILED[key]
-
-
-def _give_up(ste: STE, err: BaseException) -> None:
-    _COMPILED[_key(ste)] = None
-    warnings.warn(f"STE {ste.label!r}: its compiled backward failed ({type(err).__name__}: "
-                  f"{str(err).splitlines()[0] if str(err) else ''}); it runs eagerly (the same math, slower). "
-                  f"Set {ENV}=0 to skip compiling.", RuntimeWarning, stacklevel=3)
