@@ -41,8 +41,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--synthetic", type=int, default=0, help="random images instead of MNIST (smoke tests)")
     p.add_argument("--out", type=Path, default=None, help="run folder (default runs/card-<stes>-<tier>)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    add_executor_arguments(p, jobs_help="local: LeNet-5 training runs at once, in separate processes sharing the "
-                                        "cores (default 1); ResNet-20 runs train one at a time with every core")
+    add_executor_arguments(p, jobs_help="local: training runs at once, in separate processes sharing the cores "
+                                        "(default 1; on 2 cores, 2 trains 1.2x faster than 1)")
     p.set_defaults(func=run)
 
 

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from ...executors import Executor, InlineExecutor, Task, local_executor, run_graph
+from ...executors import Executor, Task, local_executor, run_graph
 from ...io import read_json, write_json
 from ..shape import finding
 from .config import CardConfig, differences, ranked_by
@@ -132,15 +132,9 @@ def train_cells(config: CardConfig, out: Path, labels: list[str], models: tuple[
                   lock=str(out / names[c][0] / names[c][1] / ".lock")) for c in todo]
     owned = executor is None
     executor = local_executor(config.jobs) if owned else executor
-    # Locally, ResNet-20 cells train one at a time in this process with every core: on 2 cores two one-thread
-    # ResNet-20 runs side by side took 341 s per epoch each, one two-thread run about 100 s (BENCHMARKS.md), while
-    # LeNet-5 gains from the pool (13 s per epoch each side by side, 7.9 s alone).
-    alone = [t for c, t in zip(todo, tasks) if c[1] == "resnet20"] if executor.name == "local" else []
     bar = tqdm(total=len(tasks), desc="stelab card: training", disable=not progress or not tasks, file=sys.stderr)
-    tick = lambda task: (bar.set_postfix_str(Path(task.key).name), bar.update())  # noqa: E731
     try:
-        done = run_graph(executor, [t for t in tasks if t not in alone], done=tick)
-        done.update(run_graph(InlineExecutor(), alone, done=tick) if alone else {})
+        done = run_graph(executor, tasks, done=lambda task: (bar.set_postfix_str(Path(task.key).name), bar.update()))
     finally:
         bar.close()
         if owned:
