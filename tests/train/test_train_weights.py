@@ -152,3 +152,33 @@ def test_evaluation_uses_the_deployed_weights():
         assert all(m.relax is None for m in layers)
         assert all(torch.equal(m.quantized_weight(), m.project()) for m in layers)
     assert all(m.relax == 2.0 for m in layers)
+
+
+def test_a_start_at_other_widths_refits_its_learned_steps(tmp_path, capsys):
+    tiny = dict(synthetic=128, batch_size=64, epochs=1, seed=1)
+    from stelab.train.runs import build_model
+
+    def config(bits):
+        return TrainConfig(quant=QuantConfig(bits=bits, learn_alpha=True, alpha_rule="lsq"),
+                           weights=WeightQuantConfig(bits=bits, scale_rule="lsq"), **tiny)
+
+    w4a4 = tmp_path / "w4a4"
+    train(config(4).replace(out=str(w4a4)), progress=False)
+    state = load_checkpoint(w4a4 / "checkpoint.pt")["model"]
+    same = build_model(config(4), init=str(w4a4))
+    assert all(torch.equal(same.state_dict()[k], v) for k, v in state.items())
+    assert "other widths" not in capsys.readouterr().err
+    # a bare state dict beside the run's config.json (how results/ keeps a network) says its widths as well
+    torch.save(state, tmp_path / "model.pt")
+    (tmp_path / "config.json").write_text((w4a4 / "config.json").read_text())
+    for init in (w4a4, tmp_path / "model.pt"):
+        w2a2 = build_model(config(2), init=str(init))
+        assert "other widths" in capsys.readouterr().err
+        got = w2a2.state_dict()
+        alphas = [k for k in state if k.endswith(".alpha")]
+        assert alphas and all(torch.allclose(got[k], state[k] * math.sqrt(15 / 3)) for k in alphas)
+        layer = w2a2.get_submodule("classifier.1")
+        expected = 2 * state["classifier.1.weight"].abs().mean(1) / math.sqrt(1)  # LSQ's init, Q_P = 1 at 2 bits
+        assert torch.allclose(layer.weight_scale.detach(), expected)
+        assert not torch.allclose(state["classifier.1.weight_scale"], expected)
+        assert all(torch.equal(got[k], v) for k, v in state.items() if not k.endswith(("alpha", "weight_scale")))

@@ -99,7 +99,8 @@ class TrainConfig(JsonConfig):
     # -- model and data
     model: str = _f("model", "lenet5", lambda: f"{models.describe()}; default lenet5")
     dataset: str = _f("model", "mnist", "mnist | cifar10 (default mnist)")
-    init: str | None = _f("model", None, "checkpoint file or run folder to start from (float model)")
+    init: str | None = _f("model", None, "checkpoint file or run folder to start from (float or quantized; "
+                                         "learned steps trained at other widths are re-fitted)")
     augment: bool | None = _f("model", None, "crop+flip augmentation (default: on for cifar10)", negatable=True)
     seed: int = _f("model", 0, "seed of the weights, the data order and the augmentation (default 0)")
     limit_train: int = _f("model", 0, "use the first N training images (0: all)", metavar="N")

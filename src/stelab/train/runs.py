@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from ..io import epoch_axis, markdown_table, read_json, read_jsonl, save_figure, write_json, write_text
 from .checkpoint import load_state, load_weights, read_weights
 from .config import TrainConfig
+from .progressive import init_config, refit_steps
 from .quant_weights import quantize_run_weights
 
 CONFIG = "config.json"
@@ -55,22 +56,24 @@ def build_model(config: TrainConfig, init: str | Path | None = None) -> nn.Modul
 
     A float checkpoint loads into the float layers before their weights are quantized, so that a scale fitted to
     the weights (LSQ's initial step) is fitted to the loaded ones. A checkpoint of a weight-quantized run whose
-    learned steps (``weight_scale``) the float layers lack loads after the quantization, steps included.
+    learned steps (``weight_scale``) the float layers lack loads after the quantization, steps included. Learned
+    steps trained at other widths are re-fitted to this run's (:mod:`stelab.train.progressive`).
     """
     from .. import models
 
     model = models.build(config.model, quant=config.quant, num_classes=10)
     if init is None:
         return quantize_run_weights(model, config)
-    if config.weights is None:
-        load_weights(model, init)
-        return model
     state, blob = read_weights(init)
-    if isinstance(state, dict) and set(state) <= set(model.state_dict()):
+    if config.weights is None or (isinstance(state, dict) and set(state) <= set(model.state_dict())):
         load_state(model, state, init, blob)
-        return quantize_run_weights(model, config)
-    quantize_run_weights(model, config)
-    load_state(model, state, init, blob)
+        quantize_run_weights(model, config)
+    else:
+        quantize_run_weights(model, config)
+        load_state(model, state, init, blob)
+    source = init_config(init, blob)
+    if source is not None:  # a quantized start at other widths: its learned steps re-fitted (progressive)
+        refit_steps(model, source, init, state)
     return model
 
 
