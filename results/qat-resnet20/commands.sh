@@ -8,3 +8,6 @@ common="--model resnet20 --dataset cifar10 --init $F --distill $F --ste clipped_
 run() { local out=$1; shift; if [ -f "$out/checkpoint.pt" ]; then stelab train --resume --out "$out" --no-progress; else stelab train $common "$@" --out "$out"; fi; }
 run runs/qat/w4a4-lsq-kd --bits 4 --weight-bits 4 --epochs 8
 run runs/qat/w2a2-lsq-kd --bits 2 --weight-bits 2 --epochs 10
+# progressive and longer: W2A2 from the W4A4 network above (its learned steps re-fitted to 2 bits), 40 epochs
+common=${common/--init $F/--init results/qat-resnet20/w4a4-lsq-kd}
+run runs/qat/w2a2-lsq-kd-prog40 --bits 2 --weight-bits 2 --epochs 40
