@@ -141,6 +141,26 @@ def test_the_standard_tier_adds_resnet20_and_ranks_by_it(monkeypatch, tmp_path):
         assert s["train_resnet20"]["best_lr"] == 0.05
     assert "ResNet-20 / CIFAR-10" in results["rule"]
     assert "6. ResNet-20 best (lr)" in (tmp_path / "s" / "report.md").read_text()
+    # synthetic images: no first-1,000 accuracy; a cell cached without one gets it from its run folder on a rerun
+    assert all("best_accuracy_first1000" not in s["train_resnet20"] for s in results["stes"].values())
+    seen = []
+    monkeypatch.setattr(card_run, "first_1000", lambda run_dir, summary: seen.append(run_dir.name) or
+                        {"test_acc_first1000": 0.25 if summary.get("status") == "finished" else None})
+    again = run_card(config(tier="standard", synthetic=64, resnet_init=str(resnet)), tmp_path / "s", progress=False)
+    assert sorted(seen) == sorted(p.name for p in (tmp_path / "s" / "train_resnet20").iterdir())  # no LeNet-5
+    assert all(s["train_resnet20"]["best_accuracy_first1000"] == 0.25 for s in again["stes"].values())
+    assert "; first 1,000: 25.0 %" in (tmp_path / "s" / "report.md").read_text()
+
+
+def test_the_best_rate_is_chosen_on_all_test_images_and_reports_the_first_1000_there():
+    cells = [{"lr": 0.1, "seed": 0, "status": "finished", "test_acc": 0.70, "test_acc_first1000": 0.80},
+             {"lr": 0.01, "seed": 0, "status": "finished", "test_acc": 0.60, "test_acc_first1000": 0.90},
+             {"lr": 0.1, "seed": 1, "status": "finished", "test_acc": 0.72, "test_acc_first1000": 0.84}]
+    summary = card_run.training_summary(cells, config(lrs=(0.01, 0.1)))
+    assert summary["best_lr"] == 0.1 and summary["best_accuracy"] == pytest.approx(0.71)
+    assert summary["best_accuracy_first1000"] == pytest.approx(0.82)
+    assert "best_accuracy_first1000" not in card_run.training_summary(
+        [{k: v for k, v in c.items() if k != "test_acc_first1000"} for c in cells], config(lrs=(0.01, 0.1)))
 
 
 def test_a_folder_answers_only_for_its_own_configuration(tiny, tmp_path, monkeypatch):

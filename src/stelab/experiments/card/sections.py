@@ -175,8 +175,17 @@ def train_cell(label: str, config: CardConfig, lr: float, seed: int, out: Path,
     resume = (out / "checkpoint.pt").is_file()
     summary = train(run, resume=resume, progress=False)
     return {"lr": lr, "seed": seed, "precision": run.precision, "status": summary.get("status"),
-            "test_acc": summary.get("test_acc"),
+            "test_acc": summary.get("test_acc"), **first_1000(out, summary),
             "train_loss": summary.get("train_loss"), "wall_time_s": summary.get("wall_time_s")}
+
+
+def first_1000(run_dir: Path, summary: dict[str, Any]) -> dict[str, Any]:
+    """``{"test_acc_first1000": ...}`` for a finished CIFAR-10 run (the first 1,000 test images, the only ones
+    identical to the official set), else ``{}``."""
+    from ..reproduce.table1 import with_subset_accuracy
+
+    acc = with_subset_accuracy(summary, run_dir).get("test_acc_first1000")
+    return {} if acc is None else {"test_acc_first1000": acc}
 
 
 SECTIONS = {"what": what, "two_layer": two_layer, "symmetry": symmetry, "classify": classify, "fidelity": fidelity}
