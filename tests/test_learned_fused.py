@@ -120,3 +120,35 @@ def test_triton_learned_backward_under_the_interpreter():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
     assert int(out.stdout.split()[-1]) == 2 * len(FORWARD_RULES) * 4
+
+
+@pytest.mark.parametrize("rule", RULES)
+def test_the_three_valued_rules_keep_one_byte_per_element_and_the_others_keep_x(rule, monkeypatch):
+    """mean, pact and min keep the forward's region code (uint8) instead of x, with the same y, dx and d alpha as
+    the path that keeps x, at 2 and 4 bits."""
+    for bits in (2, 4):
+        ste = ste_registry.get("clipped_relu")
+        alpha = torch.tensor(0.37, dtype=torch.float32)
+        x = inputs(0.37, 2**bits - 1, ste.piecewise.breaks, 0.37 * (2**bits - 1), np.float32)
+        grad = torch.linspace(-2, 3, x.numel())
+        saved: list[torch.dtype] = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t, saved=saved: saved.append(t.dtype) or t, lambda t: t):
+            by_state = run(ops._QuantizeLearnedFused, x, alpha, "staircase", bits, ste, rule, grad)
+        assert saved == ([torch.uint8] if rule in ("mean", "pact", "min") else [torch.float32]) + [torch.float32]
+        monkeypatch.setattr(cpu.BACKEND, "learned_state_backward", None)
+        by_x = run(ops._QuantizeLearnedFused, x, alpha, "staircase", bits, ste, rule, grad)
+        monkeypatch.undo()
+        assert torch.equal(by_state[0], by_x[0]) and torch.equal(by_state[1], by_x[1])
+        torch.testing.assert_close(by_state[2], by_x[2], rtol=1e-6, atol=1e-6 * float(grad.abs().sum()))
+
+
+def test_the_state_plan_merges_0_and_top_into_the_breakpoints_of_mu():
+    relu = ste_registry.get("relu").piecewise  # mu' = 1 above 0: one breakpoint, 0
+    merged, values, factors = ops.state_plan(relu.breaks, relu.values, "mean", 2)
+    assert merged == [0.0, 1.0] and values == [0.0, 1.0, 1.0] and factors == [0.0, 2.0, 3.0]
+    assert ops.state_plan(relu.breaks, relu.values, "pact", 3)[2] == [0.0, 0.0, 7.0]
+    assert ops.state_plan(relu.breaks, relu.values, "min", 3)[2] == [0.0, 1.0, 0.0]
+    assert ops.state_plan(relu.breaks, relu.values, "ae", 2) is None
+    assert ops.state_plan(relu.breaks, relu.values, "lsq", 2) is None
+    many = tuple(float(b) for b in np.linspace(-1, 2, 8))  # 8 breakpoints and 0 and 1 too: more than the table holds
+    assert ops.state_plan(many, tuple(range(9)), "mean", 2) is None

@@ -158,14 +158,43 @@ class _QuantizeLearned(torch.autograd.Function):
         return gx, ga, None, None, None, None
 
 
+#: dq/dalpha of the rules that take three values only, by where x lies: x <= 0, 0 < x <= top, x > top.
+_THREE_VALUED = {"mean": lambda bits, L: (0.0, float(2 ** (bits - 1)), float(L)),
+                 "pact": lambda bits, L: (0.0, 0.0, float(L)),
+                 "min": lambda bits, L: (0.0, 1.0, 0.0)}
+
+
+def state_plan(breaks: tuple[float, ...], values: tuple[float, ...], rule: str,
+               bits: int) -> tuple[list[float], list[float], list[float]] | None:
+    r"""For a three-valued rule (mean, pact, min): ``(merged, values, factors)``, the breakpoints of ``mu'`` merged
+    with 0 and 1 (in units of top, as ``breaks``), and on each region between them ``mu'`` and ``dq/dalpha``; so
+    the forward's one-byte region code serves both in the backward. None for ae and lsq (they need ``x`` itself:
+    the level index, the fraction ``k - x/alpha``) or when the merged breakpoints exceed the kernels' table.
+
+    Region ``R`` holds :math:`m_{R-1}\,\mathrm{top} < x \le m_R\,\mathrm{top}`; there ``x`` exceeds the
+    breakpoint ``b`` of ``mu'`` exactly when :math:`b \le m_{R-1}`, so ``mu'`` takes ``values[#{b <= m_{R-1}}]``,
+    and the rule's value is chosen by how many of 0 and 1 are :math:`\le m_{R-1}`."""
+    rule_values = _THREE_VALUED.get(rule)
+    merged = sorted(set(breaks) | {0.0, 1.0})
+    if rule_values is None or len(merged) > kernels.MAX_BREAKS:
+        return None
+    by_class = rule_values(bits, 2**bits - 1)
+    lows = [-float("inf"), *merged]
+    return (merged, [values[sum(b <= low for b in breaks)] for low in lows],
+            [by_class[(0.0 <= low) + (1.0 <= low)] for low in lows])
+
+
 class _QuantizeLearnedFused(torch.autograd.Function):
     """Learned resolution, piecewise-constant ``mu'``, a dense tensor a backend has a ``learned_backward`` for (the C++
     kernel on the CPU, the Triton one on CUDA): one backward pass that writes ``dx`` and reduces ``d alpha`` (the
-    same rules as :func:`alpha_grad_factor`; per-thread partial sums on the CPU, per-block ones on CUDA). It keeps
-    ``x`` for the backward (4 bytes per float32 element, as the unfused path does: ``lsq`` needs ``x/alpha`` itself,
-    and a rule-specific code would not serve ``dx`` and every rule at once). On the CPU ``alpha`` is read on the host
-    (no device synchronisation there) and the forward is the fixed op's one pass; elsewhere ``alpha`` stays a device
-    tensor, read by the kernels themselves, so no call synchronises."""
+    same rules as :func:`alpha_grad_factor`; per-thread partial sums on the CPU, per-block ones on CUDA).
+
+    What it keeps for the backward: for ``mean``, ``pact`` and ``min`` on a backend with a ``learned_state_backward``
+    (the CPU), the forward's **one byte** per element, the region code of :func:`state_plan`, as the fixed op does;
+    for ``ae`` and ``lsq`` (and on CUDA) ``x`` itself, 4 bytes per float32 element, as the unfused path does: ``ae``
+    needs the level index and ``lsq`` the fraction ``k - x/alpha``, which a byte does not hold exactly. On the CPU
+    ``alpha`` is read on the host (no device synchronisation there) and the forward is the fixed op's one pass;
+    elsewhere ``alpha`` stays a device tensor, read by the kernels themselves, so no call synchronises."""
 
     @staticmethod
     def forward(ctx, x: Tensor, alpha: Tensor, forward: str, bits: int, ste: STE, rule: str) -> Tensor:
@@ -173,11 +202,22 @@ class _QuantizeLearnedFused(torch.autograd.Function):
         ctx.a = float(alpha.detach()) if on_cpu else alpha.detach().reshape(())
         ctx.bits, ctx.ste, ctx.rule = bits, ste, rule
         ctx.mode = kernels.MODES[quantizers.get(forward).formula]
+        table = ste.piecewise
+        plan = state_plan(table.breaks, table.values, rule, bits) if on_cpu else None
+        backend = kernels.backend_for(x, len(plan[0])) if plan else None
+        if plan and backend is not None and getattr(backend, "learned_state_backward", None) is not None:
+            y, state, _ = backend.forward(x, ctx.a, 2**bits - 1, ctx.mode, plan[0], -1)
+            ctx.plan, ctx.dtype = plan, x.dtype
+            ctx.save_for_backward(state, alpha)
+            return y
+        ctx.plan = None
         ctx.save_for_backward(x, alpha)
         return quantizers.evaluate(x, forward, bits, ctx.a)  # a float alpha: the fixed op's pass; a tensor: no sync
 
     @staticmethod
     def backward(ctx, grad: Tensor):
+        if ctx.plan is not None:
+            return _QuantizeLearnedFused._from_state(ctx, grad)
         x, alpha = ctx.saved_tensors
         if grad.dtype != x.dtype or grad.stride() != x.stride():
             grad = torch.empty_like(x).copy_(grad)
@@ -190,6 +230,17 @@ class _QuantizeLearnedFused(torch.autograd.Function):
         ga = None
         if ctx.needs_input_grad[1]:  # a float (C++) or a device tensor (Triton): no host read of the latter
             ga = torch.as_tensor(total, dtype=alpha.dtype, device=alpha.device).reshape(alpha.shape)
+        return dx, ga, None, None, None, None
+
+    @staticmethod
+    def _from_state(ctx, grad: Tensor):
+        state, alpha = ctx.saved_tensors
+        if grad.dtype != ctx.dtype or grad.stride() != state.stride():
+            grad = torch.empty_like(state, dtype=ctx.dtype).copy_(grad)
+        dx = torch.empty_like(state, dtype=ctx.dtype)
+        merged, values, factors = ctx.plan
+        total = kernels.backend_for(dx, len(merged)).learned_state_backward(grad, state, dx, values, factors)
+        ga = torch.as_tensor(total, dtype=alpha.dtype).reshape(alpha.shape) if ctx.needs_input_grad[1] else None
         return dx, ga, None, None, None, None
 
 

@@ -16,6 +16,8 @@ Conventions every backend keeps:
   ``dx = grad * values[state]`` in the compute type, rounded to ``grad``'s dtype.
 * ``learned_backward`` (optional, ``None`` when absent): ``dx`` and :math:`\partial\ell/\partial\alpha` of a learned
   resolution in one pass (:func:`stelab.kernels.cpu.learned_backward` gives the signature).
+* ``learned_state_backward`` (optional): the same from the forward's one-byte region state instead of ``x``, for
+  the three-valued rules (:func:`stelab.kernels.cpu.learned_state_backward`, :func:`stelab.activations.ops.state_plan`).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ class Backend(Protocol):
     #: its backward wants ``grad`` in the state's memory layout (a flat loop over both)
     needs_state_layout: bool
     learned_backward: Callable[..., float] | None
+    learned_state_backward: Callable[..., float] | None
 
     def available(self) -> bool:
         """Whether it can run here at all (compiler, library, device)."""

@@ -32,7 +32,7 @@ SOURCE = Path(__file__).with_name("quant_cpu.cpp")
 FLAGS = ("-O3", "-march=native", "-fopenmp", "-fno-math-errno", "-fno-trapping-math", "-ffp-contract=off", "-shared",
          "-fPIC")
 DTYPE_CODES = {torch.float32: 0, torch.float64: 1, torch.bfloat16: 2, torch.float16: 3}
-ABI_VERSION = 3
+ABI_VERSION = 4
 
 
 def cache_dir() -> Path:
@@ -93,6 +93,8 @@ def _load(path: Path) -> ctypes.CDLL:
     lib.stelab_unpack_codes.restype = i32
     lib.stelab_learned_backward.argtypes = [i32, ptr, ptr, ptr, i64, dbl, i32, i32, i32, ptr, i32, ptr, i32, dbl, i32]
     lib.stelab_learned_backward.restype = dbl
+    lib.stelab_learned_state_backward.argtypes = [i32, ptr, ptr, ptr, i64, ptr, ptr, i32, i32]
+    lib.stelab_learned_state_backward.restype = dbl
     return lib
 
 
@@ -185,6 +187,19 @@ def learned_backward(x: torch.Tensor, grad: torch.Tensor, dx: torch.Tensor, alph
                                        levels, bits, mode, b, len(breaks), v, RULES[rule], lsq_scale, threads_for(n))
 
 
+def learned_state_backward(grad: torch.Tensor, state: torch.Tensor, dx: torch.Tensor, values: list[float],
+                           factors: list[float]) -> float:
+    """Fill ``dx`` (``grad * values[state]``) and return ``d alpha`` (``sum grad * factors[state]``) for dense
+    ``grad``, ``state`` and ``dx`` of one layout, in one pass (at most 16 regions)."""
+    lib = library()
+    assert lib is not None and len(values) == len(factors) <= 16
+    n = grad.numel()
+    v = (ctypes.c_double * len(values))(*values)
+    f = (ctypes.c_double * len(factors))(*factors)
+    return lib.stelab_learned_state_backward(DTYPE_CODES[grad.dtype], grad.data_ptr(), state.data_ptr(),
+                                             dx.data_ptr(), n, v, f, len(values), threads_for(n))
+
+
 class _Cpp:
     """This kernel as a backend (:mod:`stelab.kernels.backend`): dense CPU tensors of the four float types."""
 
@@ -194,6 +209,7 @@ class _Cpp:
     finds_nan = True  # the forward pass counts NaN inputs as it goes
     needs_state_layout = True
     learned_backward = staticmethod(learned_backward)
+    learned_state_backward = staticmethod(learned_state_backward)
 
     def available(self) -> bool:
         return available()

@@ -231,6 +231,31 @@ double learned_impl(const T* __restrict x, const T* __restrict g, T* __restrict 
     return acc;
 }
 
+// The same from the forward's one-byte state instead of x (the mask rules mean, pact and min): the state is the
+// region of the merged breakpoints of mu' and of dq/dalpha, so dx = g * values[s] and d alpha = sum g * factors[s].
+template <typename T, typename C>
+double learned_state_impl(const void* g, const uint8_t* __restrict s, void* dx, int64_t n, const double* values,
+                          const double* factors, int nv, int threads) {
+    const T* __restrict gg = static_cast<const T*>(g);
+    T* __restrict out_ = static_cast<T*>(dx);
+    C lut0[16], fac0[16];
+    for (int j = 0; j < 16; ++j) lut0[j] = (C)values[j < nv ? j : nv - 1], fac0[j] = (C)factors[j < nv ? j : nv - 1];
+    double acc = 0.0;
+#pragma omp parallel num_threads(threads) if (threads > 1)
+    {
+        C lut[16], fac[16];
+        for (int j = 0; j < 16; ++j) lut[j] = lut0[j], fac[j] = fac0[j];
+#pragma omp for simd schedule(static) reduction(+ : acc)
+        for (int64_t i = 0; i < n; ++i) {
+            const C gi = load(gg[i]);
+            const int r = s[i] & 15;
+            out_[i] = out<T, C>(gi * lut[r]);
+            acc += (double)(gi * fac[r]);
+        }
+    }
+    return acc;
+}
+
 template <typename T, typename C, int MODE>
 double learned_rule(const void* x, const void* g, void* dx, int64_t n, double alpha, int levels, int bits,
                     const double* breaks, int nb, const double* values, int rule, double lsq_scale, int threads) {
@@ -418,5 +443,18 @@ int stelab_unpack_codes(const uint8_t* in, void* out, int64_t n, const void* tab
     }
 }
 
-int stelab_abi_version(void) { return 3; }
+// The learned-resolution backward from the forward's state (nv <= 16 regions): fills dx, returns d alpha.
+double stelab_learned_state_backward(int dtype, const void* grad, const uint8_t* state, void* dx, int64_t n,
+                                     const double* values, const double* factors, int nv, int threads) {
+    switch (dtype) {
+        case 0: return learned_state_impl<float, float>(grad, state, dx, n, values, factors, nv, threads);
+        case 1: return learned_state_impl<double, double>(grad, state, dx, n, values, factors, nv, threads);
+        case 2: return learned_state_impl<bf16, float>(grad, state, dx, n, values, factors, nv, threads);
+        case 3: return learned_state_impl<f16, float>(grad, state, dx, n, values, factors, nv, threads);
+        default: return NAN;
+    }
 }
+
+int stelab_abi_version(void) { return 4; }
+}
+

@@ -100,6 +100,7 @@ class _Reference:
     finds_nan = False
     needs_state_layout = False
     learned_backward = None
+    learned_state_backward = None
 
     def available(self) -> bool:
         return True

@@ -123,6 +123,7 @@ class _Triton:
     finds_nan = False
     needs_state_layout = True
     learned_backward = staticmethod(learned_backward)
+    learned_state_backward = None  # CUDA keeps x (see stelab.activations.ops)
 
     @property
     def devices(self) -> tuple[str, ...]:
