@@ -12,11 +12,14 @@ model of its own configuration (``x float``) and with the *fastest* float config
 
 With ``--weight-bits B`` (default 2; 0 = off) every activation variant also runs as W<B>A<bits>: the weights of
 every Linear/Conv2d but the first and last (the layers ``stelab train --weight-bits`` quantizes) uniform at B bits,
-one scale per output channel, identity STE (the ``stelab train --weight-bits B`` defaults).
+one scale per output channel, identity STE (the ``stelab train --weight-bits B`` defaults). With ``--learned RULE
+...`` each STE also runs as the practitioners' W<B>A<bits>: a learned activation resolution with that rule
+(``--learn-alpha --alpha-rule RULE``) and LSQ weight steps (``--weight-scale-rule lsq``).
 
     python benchmarks/train_step.py                       # all models, CPU, all four configurations
     python benchmarks/train_step.py --models resnet20 --device cuda --steps 50 --configs bf16-cl fp32-cl
     python benchmarks/train_step.py --threads 1 --check-nan both   # quantized with and without the NaN scan
+    python benchmarks/train_step.py --models resnet20 --configs fp32-cl fp32-nchw --learned pact lsq
     python benchmarks/train_step.py --models lenet5 --steps 1 --rounds 1 --warmup 0 --vgg-steps 1   # smoke test
 """
 
@@ -53,6 +56,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--stes", nargs="+", default=["clipped_relu"])
     p.add_argument("--weight-bits", type=int, default=2,
                    help="also time W<B>A<bits> variants: uniform per-channel weights, identity STE (0: off)")
+    p.add_argument("--learned", nargs="*", default=[], metavar="RULE",
+                   help="also time W<B>A<bits> with a learned activation resolution by RULE and LSQ weight steps")
     p.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS),
                    help="precision-layout configurations (default: all four)")
     p.add_argument("--batch-size", type=int, default=128)
@@ -131,13 +136,24 @@ def build_variants(name: str, args: argparse.Namespace) -> list[Variant]:
                     label = f"{config} W{args.weight_bits}A{args.bits} {ste}" + ("" if check else ", no NaN check")
                     model = weight_twin(name, model, args.weight_bits, cl)
                     variants.append(Variant(label, model, args.device, config, args.compile))
+                for rule in args.learned:
+                    quant = stelab.QuantConfig(bits=args.bits, ste=ste, check_nan=check, learn_alpha=True,
+                                               alpha_rule=rule)
+                    model = build(name, quant, channels_last=cl)
+                    model.load_state_dict(float_model.state_dict())  # alpha keeps its initial value
+                    model = weight_twin(name, model, args.weight_bits or args.bits, cl, scale_rule="lsq")
+                    label = (f"{config} W{args.weight_bits or args.bits}A{args.bits} {ste}, learned {rule}, lsq "
+                             "weights" + ("" if check else ", no NaN check"))
+                    variants.append(Variant(label, model, args.device, config, args.compile))
     return variants
 
 
-def weight_twin(name: str, model: nn.Module, bits: int, channels_last: bool) -> nn.Module:
+def weight_twin(name: str, model: nn.Module, bits: int, channels_last: bool, scale_rule: str | None = None
+                ) -> nn.Module:
     """A copy of ``model`` with the weights ``stelab train --weight-bits bits`` quantizes (first and last layers
     float), in the memory format asked for (the quantized layers are new modules, created contiguous)."""
-    config = TrainConfig(model=name, dataset=DEFAULT_DATASET[name], weights=WeightQuantConfig(bits=bits))
+    weights = WeightQuantConfig(bits=bits, **({"scale_rule": scale_rule} if scale_rule else {}))
+    config = TrainConfig(model=name, dataset=DEFAULT_DATASET[name], weights=weights)
     twin = quantize_run_weights(copy.deepcopy(model), config)
     return twin.to(memory_format=torch.channels_last) if channels_last else twin
 
@@ -175,7 +191,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    per_config = 1 + len(args.stes) * (2 if args.check_nan == "both" else 1) * (2 if args.weight_bits else 1)
+    per_config = 1 + len(args.stes) * (2 if args.check_nan == "both" else 1) * (
+        1 + bool(args.weight_bits) + len(args.learned))
     total = len(args.models) * len(args.configs) * per_config * args.rounds
     with tqdm(total=total, desc="train_step", unit="timing") as bar:
         rows = [row for name in args.models for row in bench_model(name, args, bar)]

@@ -23,3 +23,16 @@ def test_train_step_benchmark_runs_and_writes_results(tmp_path, capsys):
     assert max(rows[0]["ratio_vs_best_float"], rows[5]["ratio_vs_best_float"]) <= 1.0
     out = capsys.readouterr().out
     assert "| lenet5 | bf16-cl 2-bit clipped_relu |" in out and "| lenet5 | bf16-cl W2A2 clipped_relu |" in out
+
+
+def test_train_step_benchmark_times_the_learned_w2a2_variant(tmp_path):
+    spec = importlib.util.spec_from_file_location("bench_train_step", BENCH)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "bench"
+    assert bench.main(["--models", "lenet5", "--batch-size", "8", "--steps", "1", "--rounds", "1", "--warmup", "0",
+                       "--configs", "fp32-nchw", "--learned", "pact", "--out", str(out)]) == 0
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    assert rows[-1]["variant"] == "fp32-nchw W2A2 clipped_relu, learned pact, lsq weights"
+    model = bench.build_variants("lenet5", bench.parse_args(["--configs", "fp32-nchw", "--learned", "pact"]))[-1].model
+    assert [n for n, p in model.named_parameters() if n.endswith(("alpha", "weight_scale"))]  # both learned
