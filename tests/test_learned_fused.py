@@ -81,7 +81,7 @@ def triton_learned_check() -> int:
     summed on the device) against the unfused path, every rule and forward, STE tables up to the kernel's 4 breaks."""
     from stelab.kernels import triton_quant
 
-    checked = 0
+    checked = from_state = 0
     for dtype in (torch.float64, torch.float32):
         for forward, rule in FORWARD_RULES:
             for spec in ("identity", "clipped_relu", "hat", "leaky_relu(slope=0.1)"):
@@ -106,10 +106,23 @@ def triton_learned_check() -> int:
                 torch.testing.assert_close(total.to(da_ref.dtype), da_ref.reshape(()), rtol=tol,
                                            atol=tol * float(grad.abs().sum()))
                 checked += 1
-    return checked
+                plan = ops.state_plan(ste.piecewise.breaks, ste.piecewise.values, rule, bits)
+                if plan is None or len(plan[0]) > triton_quant.MAX_BREAKS:
+                    continue
+                # the three-valued rules from the forward's state: y, dx and d alpha as the unfused path
+                y, state = triton_quant.forward(x, alpha, levels, mode, plan[0], -1)
+                assert torch.equal(y, run(ops._QuantizeLearned, x, alpha, forward, bits, ste, rule, grad)[0])
+                dx = torch.empty_like(x)
+                total = triton_quant.learned_state_backward(grad, state, dx, plan[1], plan[2])
+                assert total.dtype == torch.float64 and torch.equal(dx, dx_ref), (dtype, forward, rule, spec)
+                torch.testing.assert_close(total.to(da_ref.dtype), da_ref.reshape(()), rtol=tol,
+                                           atol=tol * float(grad.abs().sum()))
+                from_state += 1
+    return checked, from_state
 
 
 def test_triton_learned_backward_under_the_interpreter():
+    import ast
     import os
     import subprocess
     import sys
@@ -119,7 +132,9 @@ def test_triton_learned_backward_under_the_interpreter():
     env = {**os.environ, "TRITON_INTERPRET": "1"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
-    assert int(out.stdout.split()[-1]) == 2 * len(FORWARD_RULES) * 4
+    checked, from_state = ast.literal_eval(out.stdout.strip().splitlines()[-1])
+    assert checked == 2 * len(FORWARD_RULES) * 4
+    assert from_state >= 2 * 2 * 3 * 3  # two dtypes, two forwards, three rules, three STEs with few breakpoints
 
 
 @pytest.mark.parametrize("rule", RULES)

@@ -190,9 +190,9 @@ class _QuantizeLearnedFused(torch.autograd.Function):
     same rules as :func:`alpha_grad_factor`; per-thread partial sums on the CPU, per-block ones on CUDA).
 
     What it keeps for the backward: for ``mean``, ``pact`` and ``min`` on a backend with a ``learned_state_backward``
-    (the CPU), the forward's **one byte** per element, the region code of :func:`state_plan`, as the fixed op does;
-    for ``ae`` and ``lsq`` (and on CUDA) ``x`` itself, 4 bytes per float32 element, as the unfused path does: ``ae``
-    needs the level index and ``lsq`` the fraction ``k - x/alpha``, which a byte does not hold exactly. On the CPU
+    (C++ and Triton), the forward's **one byte** per element, the region code of :func:`state_plan`, as the fixed op
+    does; for ``ae`` and ``lsq`` ``x`` itself, 4 bytes per float32 element, as the unfused path does: ``ae`` needs
+    the level index and ``lsq`` the fraction ``k - x/alpha``, which a byte does not hold exactly. On the CPU
     ``alpha`` is read on the host (no device synchronisation there) and the forward is the fixed op's one pass;
     elsewhere ``alpha`` stays a device tensor, read by the kernels themselves, so no call synchronises."""
 
@@ -203,7 +203,7 @@ class _QuantizeLearnedFused(torch.autograd.Function):
         ctx.bits, ctx.ste, ctx.rule = bits, ste, rule
         ctx.mode = kernels.MODES[quantizers.get(forward).formula]
         table = ste.piecewise
-        plan = state_plan(table.breaks, table.values, rule, bits) if on_cpu else None
+        plan = state_plan(table.breaks, table.values, rule, bits)
         backend = kernels.backend_for(x, len(plan[0])) if plan else None
         if plan and backend is not None and getattr(backend, "learned_state_backward", None) is not None:
             y, state, _ = backend.forward(x, ctx.a, 2**bits - 1, ctx.mode, plan[0], -1)
@@ -240,7 +240,9 @@ class _QuantizeLearnedFused(torch.autograd.Function):
         dx = torch.empty_like(state, dtype=ctx.dtype)
         merged, values, factors = ctx.plan
         total = kernels.backend_for(dx, len(merged)).learned_state_backward(grad, state, dx, values, factors)
-        ga = torch.as_tensor(total, dtype=alpha.dtype).reshape(alpha.shape) if ctx.needs_input_grad[1] else None
+        ga = None
+        if ctx.needs_input_grad[1]:  # a float (C++) or a device tensor (Triton): no host read of the latter
+            ga = torch.as_tensor(total, dtype=alpha.dtype, device=alpha.device).reshape(alpha.shape)
         return dx, ga, None, None, None, None
 
 

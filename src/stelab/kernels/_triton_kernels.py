@@ -113,3 +113,17 @@ def learned_bwd(x_ptr, g_ptr, dx_ptr, part_ptr, p_ptr, v_ptr, n,
     else:
         f = tl.where((v > 0) & (v <= top), zero + 1.0, zero)
     tl.store(part_ptr + pid, tl.sum(tl.where(inside, g * f, zero), axis=0))
+
+@triton.jit
+def learned_state_bwd(g_ptr, s_ptr, dx_ptr, part_ptr, v_ptr, f_ptr, n, BLOCK: tl.constexpr):
+    # From the forward's region state: dx = g * v_ptr[s], and this block's sum of g * f_ptr[s] (d alpha) in
+    # part_ptr[program] (the C++ kernel's learned_state_impl, the reduction per block).
+    pid = tl.program_id(0)
+    offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    inside = offs < n
+    s = tl.load(s_ptr + offs, mask=inside, other=0).to(tl.int32)
+    d = tl.load(v_ptr + s, mask=inside, other=0.0)
+    f = tl.load(f_ptr + s, mask=inside, other=0.0)
+    g = tl.load(g_ptr + offs, mask=inside, other=0.0).to(d.dtype)
+    tl.store(dx_ptr + offs, to_output(g * d, dx_ptr), mask=inside)
+    tl.store(part_ptr + pid, tl.sum(tl.where(inside, g * f, tl.zeros_like(g)), axis=0))

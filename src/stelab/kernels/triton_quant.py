@@ -36,27 +36,32 @@ def interpreted() -> bool:
 def _kernels():
     from . import _triton_kernels
 
-    return _triton_kernels.fwd, _triton_kernels.bwd, _triton_kernels.learned_bwd
+    return _triton_kernels.fwd, _triton_kernels.bwd, _triton_kernels.learned_bwd, _triton_kernels.learned_state_bwd
 
 
 def supports(breaks: list[float], values: list[float]) -> bool:
     return len(breaks) <= MAX_BREAKS and len(values) <= MAX_BREAKS + 1
 
 
-def forward(x: Tensor, alpha: float, levels: int, mode: int, breaks: list[float], mask_bits: int) -> tuple[Tensor,
-                                                                                                          Tensor]:
-    """``(y, state)`` for a dense ``x`` (CUDA, or CPU under the interpreter)."""
+def forward(x: Tensor, alpha: float | Tensor, levels: int, mode: int, breaks: list[float],
+            mask_bits: int) -> tuple[Tensor, Tensor]:
+    """``(y, state)`` for a dense ``x`` (CUDA, or CPU under the interpreter). ``alpha`` may be a device tensor (a
+    learned resolution): the kernel's parameters are then computed on the device, with no host read."""
     from .reference import forward as reference_forward
     from .reference import top_level
 
     if not supports(breaks, [0.0]):
         return reference_forward(x, alpha, levels, mode, breaks, mask_bits)
-    fwd, _, _ = _kernels()
+    fwd = _kernels()[0]
     c = compute_dtype(x.dtype)
-    top = top_level(alpha, levels, mode, c)
-    pad = [torch.zeros((), dtype=c)] * (MAX_BREAKS - len(breaks))
-    thresholds = [torch.tensor(b, dtype=c) * top for b in breaks] + pad
-    params = torch.stack([torch.tensor(alpha, dtype=c), torch.tensor(float(levels), dtype=c), *thresholds]).to(x.device)
+    if isinstance(alpha, Tensor):
+        params = _device_params(alpha, float(levels), mode, breaks, c, x.device, [float(levels)])
+    else:
+        top = top_level(alpha, levels, mode, c)
+        pad = [torch.zeros((), dtype=c)] * (MAX_BREAKS - len(breaks))
+        thresholds = [torch.tensor(b, dtype=c) * top for b in breaks] + pad
+        params = torch.stack([torch.tensor(alpha, dtype=c), torch.tensor(float(levels), dtype=c),
+                              *thresholds]).to(x.device)
     y = torch.empty_like(x)
     state = torch.empty_like(x, dtype=torch.uint8) if breaks else torch.empty(1, dtype=torch.uint8, device=x.device)
     n = x.numel()
@@ -71,7 +76,7 @@ def backward(grad: Tensor, state: Tensor, values: list[float]) -> Tensor:
 
     if not supports([], values):
         return reference_backward(grad, state, values)
-    _, bwd, _ = _kernels()
+    bwd = _kernels()[1]
     c = compute_dtype(grad.dtype)
     table = torch.tensor(values, dtype=c, device=grad.device)
     out = torch.empty_like(grad)
@@ -89,24 +94,47 @@ def learned_backward(x: Tensor, grad: Tensor, dx: Tensor, alpha: float | Tensor,
     """Fill ``dx`` (``grad * mu'(x)``) and return ``d alpha`` (``sum grad * dq/dalpha`` by ``rule``) for dense ``x``,
     ``grad`` and ``dx`` of one layout, in one pass: per-block partial sums, added on the device (float64), so
     nothing is read on the host. ``alpha`` may be a device tensor (a learned resolution: no sync to read it)."""
-    from .reference import SIGN
-
     c = compute_dtype(x.dtype)
-    a = (alpha.detach().reshape(()).to(device=x.device, dtype=c) if isinstance(alpha, Tensor)
-         else torch.tensor(alpha, dtype=c, device=x.device))
-    top = a if mode == SIGN else a * float(levels)
-    const = torch.tensor([float(levels), 0.0, float(1 << (bits - 1)), lsq_scale], dtype=c).to(x.device)
-    thresholds = [top * torch.tensor(b, dtype=c, device=x.device) for b in breaks]
-    thresholds += [torch.zeros((), dtype=c, device=x.device)] * (MAX_BREAKS - len(breaks))
-    params = torch.stack([a, const[0], top, const[2], const[3], *thresholds])
+    params = _device_params(alpha, float(levels), mode, breaks, c, x.device,
+                            [float(levels), None, float(1 << (bits - 1)), lsq_scale])
     table = torch.tensor(values, dtype=c).to(x.device)
     n = x.numel()
     blocks = max(1, triton_cdiv(n, BLOCK))
     partial = torch.zeros(blocks, dtype=c, device=x.device)
     if n:
-        _, _, kernel = _kernels()
+        kernel = _kernels()[2]
         kernel[(blocks,)](x, grad, dx, partial, params, table, n, MODE=mode, RULE=RULES[rule], NB=len(breaks),
                           F64=c == torch.float64, BLOCK=BLOCK)
+    return partial.sum(dtype=torch.float64)
+
+
+def _device_params(alpha: float | Tensor, levels: float, mode: int, breaks: list[float], c: torch.dtype,
+                   device: torch.device, consts: list[float | None]) -> Tensor:
+    """``[alpha, *consts, thresholds (MAX_BREAKS)]`` on ``device`` in ``c``, a ``None`` in ``consts`` standing for
+    top (``L alpha``, or ``alpha`` for sign); the thresholds are ``top * b`` (the C++ kernel's rounding)."""
+    from .reference import SIGN
+
+    a = (alpha.detach().reshape(()).to(device=device, dtype=c) if isinstance(alpha, Tensor)
+         else torch.tensor(alpha, dtype=c, device=device))
+    top = a if mode == SIGN else a * levels
+    known = torch.tensor([0.0 if v is None else v for v in consts], dtype=c).to(device)
+    thresholds = [top * torch.tensor(b, dtype=c, device=device) for b in breaks]
+    thresholds += [torch.zeros((), dtype=c, device=device)] * (MAX_BREAKS - len(breaks))
+    return torch.stack([a, *(top if v is None else known[i] for i, v in enumerate(consts)), *thresholds])
+
+
+def learned_state_backward(grad: Tensor, state: Tensor, dx: Tensor, values: list[float],
+                           factors: list[float]) -> Tensor:
+    """Fill ``dx`` (``grad * values[state]``) and return ``d alpha`` (``sum grad * factors[state]``, per-block partial
+    sums added on the device in float64: no host read) for dense ``grad``, ``state`` and ``dx`` of one layout."""
+    c = compute_dtype(grad.dtype)
+    v = torch.tensor(values, dtype=c).to(grad.device)
+    f = torch.tensor(factors, dtype=c).to(grad.device)
+    n = grad.numel()
+    blocks = max(1, triton_cdiv(n, BLOCK))
+    partial = torch.zeros(blocks, dtype=c, device=grad.device)
+    if n:
+        _kernels()[3][(blocks,)](grad, state, dx, partial, v, f, n, BLOCK=BLOCK)
     return partial.sum(dtype=torch.float64)
 
 
@@ -123,7 +151,7 @@ class _Triton:
     finds_nan = False
     needs_state_layout = True
     learned_backward = staticmethod(learned_backward)
-    learned_state_backward = None  # CUDA keeps x (see stelab.activations.ops)
+    learned_state_backward = staticmethod(learned_state_backward)
 
     @property
     def devices(self) -> tuple[str, ...]:
@@ -135,7 +163,7 @@ class _Triton:
     def accepts(self, dtype: torch.dtype, dense: bool) -> bool:
         return dense and dtype in (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 
-    def forward(self, x: Tensor, alpha: float, levels: int, mode: int, breaks: list[float],
+    def forward(self, x: Tensor, alpha: float | Tensor, levels: int, mode: int, breaks: list[float],
                 mask_bits: int) -> tuple[Tensor, Tensor, bool | None]:
         return (*forward(x, alpha, levels, mode, breaks, mask_bits), None)
 
