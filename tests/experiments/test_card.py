@@ -141,6 +141,9 @@ def test_the_standard_tier_adds_resnet20_and_ranks_by_it(monkeypatch, tmp_path):
         assert s["train_resnet20"]["best_lr"] == 0.05
     assert "ResNet-20 / CIFAR-10" in results["rule"]
     assert "6. ResNet-20 best (lr)" in (tmp_path / "s" / "report.md").read_text()
+    # ranked by ResNet-20: its fidelity and the LeNet-5 training join the cheap measures that may predict it
+    assert {"fidelity_cosine_resnet20", "lenet5_best_accuracy"} <= set(results["predictors"])
+    assert results["predictors"]["fidelity_cosine_resnet20"]["n"] == len(results["stes"])
     # synthetic images: no first-1,000 accuracy; a cell cached without one gets it from its run folder on a rerun
     assert all("best_accuracy_first1000" not in s["train_resnet20"] for s in results["stes"].values())
     seen = []

@@ -278,9 +278,13 @@ def verdict(stes: dict[str, dict], config: CardConfig) -> dict[str, Any]:
     common = sorted(labels, key=lambda s: (-acc(s, "common_accuracy"), -cos(s)))
     outcome = [acc(s, "best_accuracy") for s in labels]  # of the ranked network
     predictors = {}
-    for name, get in (("two_layer_min_cosine", lambda s: stes[s].get("two_layer", {}).get("min_cosine")),
-                      ("fidelity_cosine", lambda s: stes[s].get("fidelity", {}).get("cosine")),
-                      ("fidelity_cosine_at_end_point", lambda s: stes[s].get("fidelity_end", {}).get("cosine"))):
+    cheap = [("two_layer_min_cosine", lambda s: stes[s].get("two_layer", {}).get("min_cosine")),
+             ("fidelity_cosine", lambda s: stes[s].get("fidelity", {}).get("cosine")),
+             ("fidelity_cosine_at_end_point", lambda s: stes[s].get("fidelity_end", {}).get("cosine"))]
+    if section != "train":  # the standard and full tiers: their ResNet-20 fidelity, and the LeNet-5 training
+        cheap += [("fidelity_cosine_resnet20", lambda s: stes[s].get("fidelity_resnet20", {}).get("cosine")),
+                  ("lenet5_best_accuracy", lambda s: stes[s].get("train", {}).get("best_accuracy"))]
+    for name, get in cheap:
         pairs = [(get(s), o) for s, o in zip(labels, outcome) if isinstance(get(s), float)]
         predictors[name] = spearman([p for p, _ in pairs], [o for _, o in pairs])
     return {"ranking": ranking, "ranking_common_lr": common, "ranking_changes_with_retuning": ranking != common,
