@@ -166,8 +166,9 @@ def test_training_step_is_bit_identical(bits, forward, channels_last, learn_alph
         assert_identical(weights, packed_weights)
         # saved and packed: act0 by conv1, act1 by the max pool, its pool by conv2, act3 by fc (not y1 + y2)
         assert packer.last.packed == 4, precision
-        # the fixed resolution's four STE states (clipped relu: a mask, 1 bit); a learned one saves x instead
-        assert packer.last.states == (0 if learn_alpha else 4)
+        # the four STE states: a fixed resolution's (clipped relu: a mask, 1 bit), or a learned one's (the mean rule:
+        # the regions of 0 and top, 2 bits)
+        assert packer.last.states == 4
         # conv1's and conv2's outputs (saved by the BNs) and the max pool's indices
         assert packer.last.recomputed == (3 if recompute else 0)
         assert packer.last.saved_bytes < packer.last.unpacked_bytes

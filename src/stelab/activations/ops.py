@@ -207,6 +207,7 @@ class _QuantizeLearnedFused(torch.autograd.Function):
         backend = kernels.backend_for(x, len(plan[0])) if plan else None
         if plan and backend is not None and getattr(backend, "learned_state_backward", None) is not None:
             y, state, _ = backend.forward(x, ctx.a, 2**bits - 1, ctx.mode, plan[0], -1)
+            setattr(state, kernels.STATE_BITS, len(plan[0]).bit_length())  # so stelab.PackSaved keeps it in bits
             ctx.plan, ctx.dtype = plan, x.dtype
             ctx.save_for_backward(state, alpha)
             return y

@@ -3,9 +3,10 @@ r"""What :class:`stelab.PackSaved` keeps besides the quantized outputs: the STE'
 
 **The STE state in bits.** The fused quantized activation keeps one byte per element for its backward
 (:mod:`stelab.kernels`): a mask bit when ``mu'`` takes two values, else the region index :math:`r \le R` of ``mu'``'s
-:math:`R` breakpoints. The kernel marks the state it saves with its width (:data:`stelab.kernels.STATE_BITS`: 1, or
-the bits of :math:`R`), and the hook keeps it bit-packed (:func:`stelab.pack.codes.pack_codes`): 1/8 or 2/8 of a byte
-per element instead of one. Restoring gives the same bytes.
+:math:`R` breakpoints (for a learned resolution with the mean, pact or min rule, of those breakpoints merged with 0
+and top: :func:`stelab.activations.ops.state_plan`). The kernel marks the state it saves with its width
+(:data:`stelab.kernels.STATE_BITS`: 1, or the bits of :math:`R`), and the hook keeps it bit-packed
+(:func:`stelab.pack.codes.pack_codes`): 1/8 or 2/8 of a byte per element instead of one. Restoring gives the same bytes.
 
 **Recomputing a convolution's output** (``recompute=True``). In a conv -> batch norm -> quantized activation unit,
 what autograd keeps per element is the convolution's input (a quantized output: packed codes), the batch norm's input
