@@ -9,6 +9,7 @@ the largest batch whose saved tensors fit ``--budget-gib`` (saved bytes are affi
 batch and half of it). Bit-identity of the packed step is a test (tests/test_pack.py), not measured here.
 
     python benchmarks/saved_memory.py --out runs/bench-saved-memory
+    python benchmarks/saved_memory.py --models resnet20 --configs fp32-cl --learned pact   # a learned resolution
 """
 
 from __future__ import annotations
@@ -58,6 +59,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=["fp32-cl", "bf16-cl"])
     p.add_argument("--bits", type=int, default=2)
     p.add_argument("--ste", default="clipped_relu")
+    p.add_argument("--learned", default=None, metavar="RULE",
+                   help="quantized variants with a learned resolution by RULE (mean, ae, pact, min, lsq)")
     p.add_argument("--recompute-limit", type=int, default=300,
                    help="multiply-adds per output element of the convolutions the recomputed-limit variant recomputes")
     p.add_argument("--batch-size", type=int, default=128)
@@ -72,7 +75,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def make_model(name: str, variant: str, args: argparse.Namespace, channels_last: bool) -> torch.nn.Module:
     torch.manual_seed(0)
-    quant = None if variant == "float" else stelab.QuantConfig(bits=args.bits, ste=args.ste, check_nan=False)
+    learned = {"learn_alpha": True, "alpha_rule": args.learned} if args.learned else {}
+    quant = None if variant == "float" else stelab.QuantConfig(bits=args.bits, ste=args.ste, check_nan=False,
+                                                               **learned)
     return build(name, quant, channels_last=channels_last).to(args.device)
 
 
@@ -166,7 +171,8 @@ def main(argv: list[str] | None = None) -> int:
           r["max_batch"]]
          + ([f"{r['cuda_peak_bytes'] / 1e6:.1f}"] if args.device.startswith("cuda") else []) for r in rows])
     header = (f"saved_memory on {args.device} ({torch.get_num_threads()} threads), batch {args.batch_size}, "
-              f"{args.bits}-bit {args.ste}, median of {args.rounds} interleaved rounds of {args.steps} steps; "
+              f"{args.bits}-bit {args.ste}" + (f", learned resolution ({args.learned})" if args.learned else "")
+              + f", median of {args.rounds} interleaved rounds of {args.steps} steps; "
               f"recomputed-limit: convolutions of at most {args.recompute_limit} multiply-adds per element\n\n")
     print("\n" + header + table)
     env = {"device": args.device, "torch": torch.__version__, "threads": torch.get_num_threads(),
