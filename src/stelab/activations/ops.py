@@ -31,6 +31,7 @@ gradient code (Yin et al. 2019), for :math:`x` in the region named (0 elsewhere)
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -164,6 +165,7 @@ _THREE_VALUED = {"mean": lambda bits, L: (0.0, float(2 ** (bits - 1)), float(L))
                  "min": lambda bits, L: (0.0, 1.0, 0.0)}
 
 
+@functools.lru_cache(maxsize=256)  # per layer and call on the training step: computed once per (STE, rule, bits)
 def state_plan(breaks: tuple[float, ...], values: tuple[float, ...], rule: str,
                bits: int) -> tuple[list[float], list[float], list[float]] | None:
     r"""For a three-valued rule (mean, pact, min): ``(merged, values, factors)``, the breakpoints of ``mu'`` merged

@@ -144,9 +144,13 @@ def train_cells(config: CardConfig, out: Path, labels: list[str], models: tuple[
     cells: dict[tuple[str, str], list[dict]] = {(label, model): [] for label in labels for model in models}
     for c in grid:
         key = str(out / names[c][0] / names[c][1])
-        result = done.get(key) if c in todo else read_json(out / "cache" / names[c][0] / f"{names[c][1]}.json")
+        cache = out / "cache" / names[c][0] / f"{names[c][1]}.json"
+        result = done.get(key) if c in todo else read_json(cache)
         if result and c[1] != "lenet5" and "test_acc_first1000" not in result:  # a cell cached before it was kept
-            result = {**result, **first_1000(Path(key), read_summary(key) or {})}
+            extra = first_1000(Path(key), read_summary(key) or {})
+            result = {**result, **extra}
+            if extra and c not in todo:
+                write_json(cache, result)  # evaluated once, not on every rerun
         cells[c[0], c[1]].append({"lr": c[2], "seed": c[3], **(result or {"error": "the run returned nothing"})})
     return cells
 
