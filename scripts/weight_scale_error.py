@@ -6,8 +6,8 @@ For every Conv2d/Linear weight but the first and last (the layers stelab keeps f
 float weights of RUN_DIR's last checkpoint and prints, pooled over those layers, the relative squared error
 ``sum (w - Q(w))^2 / sum w^2`` and the fraction of weights sent to 0, for
 
-- ``uniform`` with the ``max`` rule (``s = max|w| / Q_P``) and with LSQ's initial step (``2 mean|w| / sqrt(Q_P)``,
-  where the ``lsq`` rule starts before it learns),
+- ``uniform`` and ``midrise`` (no zero level, all ``2^b`` codes) with the ``max`` rule (``s = max|w| / Q_P``) and
+  with LSQ's initial step (``2 mean|w| / sqrt(Q_P)``, where the ``lsq`` rule starts before it learns),
 - the least-squares step of each channel (or tensor), found by a dense search over ``s`` in
   ``(0, max|w| / Q_P]`` (the reference no data rule can beat),
 - and, for comparison at 2 bits, ``ternary`` (TWN) and at 1 bit ``binary``.
@@ -39,15 +39,14 @@ def codes_error(w: torch.Tensor, q: wq.WeightQuantizer, scale: torch.Tensor, bit
     return float(((w - scale * k) ** 2).sum()), float((k == 0).sum())
 
 
-def best_uniform(w: torch.Tensor, bits: int, gran: str) -> tuple[float, float]:
-    """The least-squares error of uniform codes with the best step per channel (dense search) and its zeros."""
-    q = wq.get("uniform")
+def best_step(w: torch.Tensor, q: wq.WeightQuantizer, bits: int, gran: str) -> tuple[float, float]:
+    """The least-squares error of ``q``'s codes with the best step per channel (dense search) and its zeros."""
     flat = w.reshape(w.shape[0], -1) if gran == "channel" else w.reshape(1, -1)
     top = flat.abs().amax(1, keepdim=True) / q.q_max(bits)
     err, zeros = 0.0, 0.0
     for row, t in zip(flat, top):
         steps = torch.linspace(1.0 / GRID, 1.0, GRID).unsqueeze(1) * t  # (GRID, 1)
-        k = wq.uniform_codes(row.unsqueeze(0) / steps, q.q_max(bits), q.q_max(bits))
+        k = q.codes(row.unsqueeze(0), steps, bits, "tensor")
         e = ((row.unsqueeze(0) - steps * k) ** 2).sum(1)
         i = int(e.argmin())
         err, zeros = err + float(e[i]), zeros + float((k[i] == 0).sum())
@@ -69,13 +68,15 @@ def main() -> None:
         err, zeros = (sum(x) for x in zip(*parts))
         print(f"| {name} | {bits} | {label} | {err / norm:.4f} | {zeros / count:.1%} |")
 
-    uniform = wq.get("uniform")
     for bits in args.bits:
-        row("uniform", bits, "max", [codes_error(w, uniform, uniform.data_scale(w, bits, gran, "max"), bits, gran)
-                                     for w in ws])
-        row("uniform", bits, "LSQ initial step", [codes_error(w, uniform, wq.init_step(w, uniform.q_max(bits), gran),
-                                                              bits, gran) for w in ws])
-        row("uniform", bits, "least squares (search)", [best_uniform(w, bits, gran) for w in ws])
+        for name in ("uniform", "midrise"):
+            q = wq.get(name)
+            if not q.min_bits <= bits <= q.max_bits:
+                continue
+            row(name, bits, "max", [codes_error(w, q, q.data_scale(w, bits, gran, "max"), bits, gran) for w in ws])
+            row(name, bits, "LSQ initial step", [codes_error(w, q, q.data_scale(w, bits, gran, "lsq"), bits, gran)
+                                                 for w in ws])
+            row(name, bits, "least squares (search)", [best_step(w, q, bits, gran) for w in ws])
         if bits == 2:
             ternary = wq.get("ternary")
             row("ternary", 2, "TWN", [codes_error(w, ternary, ternary.data_scale(w, 2, gran, "mean"), 2, gran)

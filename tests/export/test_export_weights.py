@@ -17,7 +17,7 @@ from stelab.export import ExportError, IntegerModel, build  # noqa: E402
 from stelab.export.verify import verify  # noqa: E402
 
 CASES = [("binary", 1, "int2"), ("ternary", 2, "int2"), ("uniform", 2, "int2"), ("uniform", 3, "int4"),
-         ("uniform", 4, "int4"), ("uniform", 8, "int8")]
+         ("uniform", 4, "int4"), ("uniform", 8, "int8"), ("midrise", 2, "int4"), ("midrise", 3, "int4")]
 
 
 def integer_net(quantizer: str, bits: int, granularity: str, rule: str | None = None, act_bits: int = 2,
@@ -56,7 +56,9 @@ def test_qdq_stores_the_codes_and_scales_exactly(quantizer, bits, int_type, gran
                                                                 ("ternary", 2, None, "tensor"),
                                                                 ("uniform", 2, "lsq", "channel"),
                                                                 ("uniform", 4, "max", "tensor"),
-                                                                ("uniform", 8, "lsq", "tensor")])
+                                                                ("uniform", 8, "lsq", "tensor"),
+                                                                ("midrise", 2, "lsq", "channel"),
+                                                                ("midrise", 3, "max", "tensor")])
 @pytest.mark.parametrize("forward", ["staircase", "round"])
 def test_every_runner_matches_pytorch(quantizer, bits, rule, granularity, forward):
     pytest.importorskip("qonnx")

@@ -182,3 +182,29 @@ def test_a_start_at_other_widths_refits_its_learned_steps(tmp_path, capsys):
         assert torch.allclose(layer.weight_scale.detach(), expected)
         assert not torch.allclose(state["classifier.1.weight_scale"], expected)
         assert all(torch.equal(got[k], v) for k, v in state.items() if not k.endswith(("alpha", "weight_scale")))
+
+
+def test_another_weight_grid_at_the_same_width_refits_and_an_unknown_start_says_so(tmp_path, capsys):
+    from stelab.train.runs import build_model
+
+    tiny = dict(synthetic=128, batch_size=64, epochs=1, seed=1)
+    acts = QuantConfig(bits=2, learn_alpha=True, alpha_rule="lsq")
+    w2 = tmp_path / "w2-uniform"
+    train(TrainConfig(quant=acts, weights=WeightQuantConfig(bits=2, scale_rule="lsq"), out=str(w2), **tiny),
+          progress=False)
+    state = load_checkpoint(w2 / "checkpoint.pt")["model"]
+    midrise = build_model(TrainConfig(quant=acts, weights=WeightQuantConfig(quantizer="midrise", bits=2,
+                                                                           scale_rule="lsq"), **tiny), init=str(w2))
+    assert "with another weight quantizer" in capsys.readouterr().err
+    layer = midrise.get_submodule("classifier.1")
+    # midrise's lsq start: mean|w| / sqrt(Q_P), Q_P = 3 at 2 bits
+    assert torch.allclose(layer.weight_scale.detach(), state["classifier.1.weight"].abs().mean(1) / math.sqrt(3))
+    alphas = [k for k in state if k.endswith(".alpha")]
+    assert alphas and all(torch.equal(midrise.state_dict()[k], state[k]) for k in alphas)  # same activation width
+    torch.save(state, tmp_path / "bare.pt")  # no config.json beside it: its widths are unknown
+    kept = build_model(TrainConfig(quant=QuantConfig(bits=4, learn_alpha=True, alpha_rule="lsq"),
+                                   weights=WeightQuantConfig(bits=4, scale_rule="lsq"), **tiny),
+                       init=str(tmp_path / "bare.pt"))
+    err = capsys.readouterr().err
+    assert "widths it was trained at are unknown" in err and "not re-fitted" in err
+    assert all(torch.equal(kept.state_dict()[k], v) for k, v in state.items())

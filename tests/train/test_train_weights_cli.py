@@ -51,7 +51,7 @@ def test_weight_flags_build_the_config(tmp_path):
     (["--optimizer", "bcgd"], "optimizer 'bcgd' moves quantized weights, but the weights are float"),
     (["--weight-bits", "2", "--optimizer", "adam"], "unknown optimizer 'adam'; valid choices: bcgd, binaryrelax, sgd"),
     (["--weight-bits", "2", "--weight-quantizer", "octal"], "unknown weight quantizer 'octal'; valid choices: "
-                                                            "binary, ternary, uniform"),
+                                                            "binary, midrise, ternary, uniform"),
     (["--weight-bits", "2", "--weight-ste", "relu"],
      "valid choices for weights: approx_sign, dsq, ede, gaussian_smoothed, hardtanh, identity"),
     (["--weight-bits", "2", "--weight-granularity", "row"], "unknown granularity 'row'; valid choices: channel, "

@@ -19,7 +19,8 @@ NP_MU = {  # mu'(x; top) in numpy, written from the registry's docstrings
 
 @pytest.mark.parametrize("ste", sorted(NP_MU))
 @pytest.mark.parametrize("name, bits, granularity", [("binary", 1, "channel"), ("ternary", 2, "tensor"),
-                                                     ("uniform", 3, "channel"), ("uniform", 4, "tensor")])
+                                                     ("uniform", 3, "channel"), ("uniform", 4, "tensor"),
+                                                     ("midrise", 2, "channel")])
 def test_weight_gradient_is_upstream_times_mu_prime(ste, name, bits, granularity):
     gen = torch.Generator().manual_seed(3)
     w = (torch.randn(4, 3, 3, 3, generator=gen, dtype=torch.float64) * 2).requires_grad_(True)

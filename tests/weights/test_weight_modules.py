@@ -41,7 +41,7 @@ def test_config_defaults_and_derived_fields():
 
 
 @pytest.mark.parametrize("fields, message", [
-    ({"quantizer": "octal"}, "valid choices: binary, ternary, uniform"),
+    ({"quantizer": "octal"}, "valid choices: binary, midrise, ternary, uniform"),
     ({"quantizer": "binary", "bits": 2}, "takes bits 1, got 2"),
     ({"bits": 1}, "takes bits 2..16, got 1"),
     ({"bits": 2.0}, "bits must be an int"),

@@ -119,7 +119,7 @@ def test_levels_and_storage(name, bits, count):
 
 
 def test_registry_errors_list_valid_names():
-    with pytest.raises(ValueError, match="valid choices: binary, ternary, uniform"):
+    with pytest.raises(ValueError, match="valid choices: binary, midrise, ternary, uniform"):
         wq.get("quaternary")
     with pytest.raises(ValueError, match="takes bits 1, got 2"):
         wq.get("binary").check_bits(2)
@@ -127,7 +127,7 @@ def test_registry_errors_list_valid_names():
         wq.get("uniform").check_rule("mean")
     with pytest.raises(ValueError, match="valid choices: channel, tensor"):
         wq.get("uniform")(torch.ones(2), 1.0, 4, "row")
-    assert wq.names() == ["binary", "ternary", "uniform"]
+    assert wq.names() == ["binary", "midrise", "ternary", "uniform"]
 
 
 weights = st.lists(st.floats(-50, 50, allow_nan=False, width=32), min_size=1, max_size=40)

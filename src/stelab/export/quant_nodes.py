@@ -32,6 +32,8 @@ Weights: float keeps :math:`Q(w)` as float32; qdq stores the integer codes :math
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from ..weights import quantizers as weight_quantizers
@@ -104,10 +106,11 @@ def weight(b: Builder, w: WeightSpec, fmt: str, hint: str, int_bits: int | None,
         s = b.const(shaped.astype(np.float32), f"{hint}.scale")
         values = b.const(w.weight, f"{hint}.weight")
         # the values are s * k already, so a QONNX quantizer at scale s gives k back: a two-code (+-1) quantizer is
-        # bipolar, any other a narrow signed integer range at its storage width (ternary's -1, 0, 1 in 2 bits)
+        # bipolar, any other a narrow signed integer range wide enough for -Q_P..Q_P (ternary's -1, 0, 1 in 2 bits;
+        # midrise's odd codes -3..3 in 3)
         if tuple(weight_quantizers.get(w.quantizer).code_values(w.bits)) == (-1, 1):
             return b.op("BipolarQuant", [values, s], f"{hint}.wq", domain=QONNX_DOMAIN)
-        bits = weight_quantizers.storage_bits(w.quantizer, w.bits)
+        bits = math.ceil(math.log2(2 * w.q_max + 1))
         return b.op("Quant", [values, s, b.const(0.0, f"{hint}.zero"), b.const(float(bits), f"{hint}.bits")],
                     f"{hint}.wq", domain=QONNX_DOMAIN, signed=1, narrow=1, rounding_mode="ROUND")
     t = choose(-w.q_max, w.q_max, True, b.opset, int_bits)

@@ -75,10 +75,22 @@ def refit_steps(model: nn.Module, source: TrainConfig, init: str | Path, state: 
                     f"{ratio:.3g}")
     old = _weight_bits(source)
     layers = [m for m in model.modules() if isinstance(m, WEIGHT_QUANT_TYPES) and m.weight_scale is not None]
-    if old is not None and "weight_scale" in keys and layers and layers[0].bits != old:
+    # another grid at the same width (uniform -> midrise) needs another step too
+    if old is not None and "weight_scale" in keys and layers and (
+            layers[0].bits != old or layers[0].weight_quantizer.name != source.weights.quantizer):
         for m in layers:
             m.weight_scale.copy_(m._initial_step())
-        done.append(f"weight steps ({len(layers)} layers) re-fitted by LSQ's initial step to the loaded weights at "
-                    f"{layers[0].bits} bits")
+        done.append(f"weight steps ({len(layers)} layers) re-fitted by the lsq rule's initial step to the loaded "
+                    f"weights at {layers[0].bits} bits ({layers[0].weight_quantizer.name})")
     if done:
-        print(f"stelab train: {init} was trained at other widths; its " + "; ".join(done), file=sys.stderr)
+        print(f"stelab train: {init} was trained at other widths or with another weight quantizer; its "
+              + "; ".join(done), file=sys.stderr)
+
+
+def refit_unknown(model: nn.Module, init: str | Path) -> None:
+    """Say on stderr that ``init``'s widths are unknown (no config that this version can read), so learned steps it
+    holds are kept as they are, fitted or not to the model's widths."""
+    if any(n.rsplit(".", 1)[-1] in ("alpha", "weight_scale") for n, _ in model.named_parameters()):
+        print(f"stelab train: {init} has no config.json this version can read, so the widths it was trained at are "
+              "unknown and its learned steps are loaded as they are (not re-fitted); if it was trained at other "
+              "widths, start from its float network or put its config.json beside it", file=sys.stderr)

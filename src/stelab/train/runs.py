@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from ..io import epoch_axis, markdown_table, read_json, read_jsonl, save_figure, write_json, write_text
 from .checkpoint import load_state, load_weights, read_weights
 from .config import TrainConfig
-from .progressive import init_config, refit_steps
+from .progressive import init_config, refit_steps, refit_unknown
 from .quant_weights import quantize_run_weights
 
 CONFIG = "config.json"
@@ -74,6 +74,8 @@ def build_model(config: TrainConfig, init: str | Path | None = None) -> nn.Modul
     source = init_config(init, blob)
     if source is not None:  # a quantized start at other widths: its learned steps re-fitted (progressive)
         refit_steps(model, source, init, state)
+    elif any(k.rsplit(".", 1)[-1] in ("alpha", "weight_scale") for k in state):
+        refit_unknown(model, init)
     return model
 
 

@@ -24,6 +24,18 @@ quantizers (``names()``):
   :math:`s/2`. Data scales: rule ``max``, :math:`s = \max|w| / Q_P` (no weight is clipped); rule ``lsq``'s
   initial step :math:`s_0 = 2\,\mathrm{mean}|w| / \sqrt{Q_P}` (:mod:`stelab.quant.lsq`).
 
+* ``midrise`` (b bits, :math:`2 \le b \le 8`, symmetric, no zero level; DoReFa's and PACT's 2-bit weight grid
+  :math:`\{\pm\tfrac12, \pm\tfrac32\}`, here with integer codes): :math:`k` is the odd integer nearest
+  :math:`u = w/s`, :math:`k = \mathrm{clamp}(2\lceil u/2 \rceil - 1, -Q_P, Q_P)` with :math:`Q_P = 2^b - 1`, so
+  the :math:`2^b` levels :math:`s\,\{-Q_P, \dots, -1, 1, \dots, Q_P\}` are equally spaced :math:`2s` apart
+  and all :math:`2^b` codes are used (``uniform`` leaves one unused and, at 2 bits, is ternary). A tie, :math:`u` an
+  even integer, goes to the step below (at :math:`u = 0` to :math:`-s`: binary's convention; midrise at 1 bit
+  would be binary), so :math:`Q(-w) = -Q(w)` except at the ties. Data scales: rule ``max``,
+  :math:`s = \max|w| / Q_P`; rule ``lsq``'s initial step :math:`\mathrm{mean}|w|/\sqrt{Q_P}`, so that the
+  level spacing :math:`2s` is LSQ's formula :math:`2\,\mathrm{mean}|w|/\sqrt{Q_P}` (stelab's choice: it starts
+  near the least-squares step on a trained ResNet-20, and :math:`s` at LSQ's formula twice too coarse). Stored in :math:`b` bits (``storage_bits``: the code :math:`(k + Q_P)/2`);
+  a QDQ export keeps the odd codes, in the signed type that holds :math:`\pm Q_P` (int4 at 2 bits).
+
 Codes are computed in float32 for float16/bfloat16 weights (in the weight's dtype otherwise), with the scale
 rounded to the weight's dtype: ``w / s`` in bfloat16 would itself round (8 significant bits), and 10 % of 8-bit
 codes of trained bfloat16 weights then differed from the exact rounding of the same ``w`` and ``s``; ``Q(w) = s k``
@@ -207,6 +219,19 @@ def _uniform_scale(w: Tensor, bits: int, granularity: str, rule: str, **params: 
     return floored(s, w.dtype)
 
 
+def _midrise_codes(c: Tensor, s: Tensor, bits: int, granularity: str, **params: float) -> Tensor:
+    q = 2**bits - 1
+    return torch.clamp(2 * torch.ceil(c / s / 2) - 1, -q, q)  # the nearest odd integer, an even u going down
+
+
+def _midrise_scale(w: Tensor, bits: int, granularity: str, rule: str, **params: float) -> Tensor:
+    q = 2**bits - 1
+    # lsq: the level spacing 2 s is LSQ's formula 2 mean|w| / sqrt(Q_P); s itself from it would start twice too
+    # coarse (docs/weights.md measures both)
+    s = init_step(w, q, granularity) / 2 if rule == "lsq" else abs_max(w, granularity) / q
+    return floored(s, w.dtype)
+
+
 _QUANTIZERS: dict[str, WeightQuantizer] = {}
 
 
@@ -252,6 +277,11 @@ register("uniform", codes=_uniform_codes, scale=_uniform_scale,
          code_values=lambda b: tuple(range(-(2 ** (b - 1) - 1), 2 ** (b - 1))), bits=(2, 16),
          rules=("max", "fixed", "lsq"), default_bits=4, codes_follow_step=True,
          doc="Q(w) = s * clamp(rnd(w/s), -Q_P, Q_P), Q_P = 2^(b-1)-1, ties toward 0; s = max|w|/Q_P (rule max)")
+register("midrise", codes=_midrise_codes, scale=_midrise_scale,
+         code_values=lambda b: tuple(range(-(2**b - 1), 2**b, 2)), bits=(2, 8),
+         rules=("max", "fixed", "lsq"), default_bits=2, codes_follow_step=True, tag=lambda b: f"w{b}m",
+         doc="Q(w) = s * (the odd integer nearest w/s, within +-Q_P), Q_P = 2^b-1: 2^b levels, no zero "
+             "(2 bits: s * {-3, -1, 1, 3}); s = max|w|/Q_P (rule max)")
 
 
 def names() -> list[str]:
@@ -283,7 +313,8 @@ def get(name: str | WeightQuantizer) -> WeightQuantizer:
 
 
 def levels(name: str, bits: int, scale: float = 1.0) -> list[float]:
-    """The output levels of a quantizer, lowest first: ``[-s, s]``, ``[-s, 0, s]``, ``s * (-Q_P..Q_P)``."""
+    """The output levels of a quantizer, lowest first: ``[-s, s]``, ``[-s, 0, s]``, ``s * (-Q_P..Q_P)``,
+    ``s * (-Q_P, -Q_P + 2, ..., Q_P)`` (midrise)."""
     return get(name).levels(bits, scale)
 
 
