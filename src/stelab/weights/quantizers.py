@@ -33,8 +33,9 @@ quantizers (``names()``):
   would be binary), so :math:`Q(-w) = -Q(w)` except at the ties. Data scales: rule ``max``,
   :math:`s = \max|w| / Q_P`; rule ``lsq``'s initial step :math:`\mathrm{mean}|w|/\sqrt{Q_P}`, so that the
   level spacing :math:`2s` is LSQ's formula :math:`2\,\mathrm{mean}|w|/\sqrt{Q_P}` (stelab's choice: it starts
-  near the least-squares step on a trained ResNet-20, and :math:`s` at LSQ's formula twice too coarse). Stored in :math:`b` bits (``storage_bits``: the code :math:`(k + Q_P)/2`);
-  a QDQ export keeps the odd codes, in the signed type that holds :math:`\pm Q_P` (int4 at 2 bits).
+  near the least-squares step on a trained ResNet-20, and :math:`s` at LSQ's formula twice too coarse). Stored in
+  :math:`b` bits (``storage_bits``: the code :math:`(k + Q_P)/2`); a QDQ export keeps the odd codes, in the signed
+  type that holds :math:`\pm Q_P` (int4 at 2 bits).
 
 Codes are computed in float32 for float16/bfloat16 weights (in the weight's dtype otherwise), with the scale
 rounded to the weight's dtype: ``w / s`` in bfloat16 would itself round (8 significant bits), and 10 % of 8-bit
