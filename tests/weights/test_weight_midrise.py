@@ -77,7 +77,26 @@ def test_lsq_step_gradient_against_numpy():
     u = w.numpy() / step.detach().numpy()[:, None]
     k = np_midrise_codes(u, 2)
     factor = np.where(u <= -3, -3, np.where(u >= 3, 3, k - u))  # dQ/ds: the code's distance inside, +-Q_P clipped
-    np.testing.assert_allclose(step.grad.numpy(), (upstream.numpy() * factor).sum(1) / math.sqrt(7 * 3), rtol=1e-12)
+    # LSQ on the level spacing d = 2 s (largest code 3/2): the step's factor 1/(2^2 sqrt(N 3/2))
+    g = 1 / (4 * math.sqrt(7 * 1.5))
+    np.testing.assert_allclose(step.grad.numpy(), (upstream.numpy() * factor).sum(1) * g, rtol=1e-12)
+
+
+def test_the_step_gradient_is_lsq_on_the_level_spacing():
+    """An SGD step on s with midrise's factor moves s exactly as LSQ's step on the spacing d = 2 s (codes k/2, largest
+    3/2) moves d / 2, computed independently with lsq_quantize-free numpy."""
+    gen = torch.Generator().manual_seed(7)
+    w = torch.randn(50, generator=gen, dtype=torch.float64)
+    upstream = torch.randn(50, generator=gen, dtype=torch.float64)
+    s = torch.tensor(0.4, dtype=torch.float64, requires_grad=True)
+    quantize_weight(w, quantizer="midrise", bits=2, granularity="tensor", scale_rule="lsq", step=s).backward(upstream)
+    d = 0.8
+    ud = w.numpy() / d
+    kd = np_midrise_codes(2 * ud, 2) / 2  # the levels in units of d: -3/2 .. 3/2
+    fd = np.where(ud <= -1.5, -1.5, np.where(ud >= 1.5, 1.5, kd - ud))
+    grad_d = (upstream.numpy() * fd).sum() / math.sqrt(50 * 1.5)
+    lr = 0.01
+    assert s.item() - lr * s.grad.item() == pytest.approx((d - lr * grad_d) / 2, rel=1e-12)
 
 
 @settings(max_examples=60, deadline=None)

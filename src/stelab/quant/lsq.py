@@ -37,7 +37,7 @@ from .scales import compute_dtype, init_step, uniform_codes
 __all__ = ["ScaledCodes", "check_step", "grad_scale", "init_step", "lsq_quantize", "step_grad_factor"]
 
 
-def grad_scale(n: int, q_p: int) -> float:
+def grad_scale(n: int, q_p: float) -> float:
     """LSQ's gradient scale :math:`g = 1/\\sqrt{N Q_P}`."""
     if n < 1 or q_p < 1:
         raise ValueError(f"grad_scale needs N >= 1 and Q_P >= 1, got N={n}, Q_P={q_p}")

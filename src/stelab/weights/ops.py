@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..quant.lsq import ScaledCodes, check_step, grad_scale
+from ..quant.lsq import ScaledCodes, check_step
 from ..ste import STE
 from .config import WeightQuantConfig, check_weight_ste
 from .quantizers import channel_view, get
@@ -45,7 +45,8 @@ def quantize_weight(w: Tensor, config: WeightQuantConfig | None = None, /, *, st
 
     ``step`` is the learned scale when the rule is ``lsq`` (a tensor that requires grad, shape ``()`` per tensor or
     ``(C,)`` per channel); it then receives LSQ's gradient, scaled by :math:`1/\\sqrt{N Q_P}` with :math:`N` the
-    number of weights sharing one scale.
+    number of weights sharing one scale (for codes ``spacing`` apart, LSQ's for the level spacing:
+    :meth:`~stelab.weights.quantizers.WeightQuantizer.step_grad_scale`).
     """
     cfg = WeightQuantConfig.merged(config, **fields)
     return quantize_weight_with(w, cfg, check_weight_ste(cfg.ste), step)
@@ -60,7 +61,7 @@ def quantize_weight_with(w: Tensor, config: WeightQuantConfig, ste: STE, step: T
     q_p = q.q_max(bits)
     scale = resolve_scale(w, config, step, where)
     codes = q.codes(w, scale, bits, config.granularity)
-    g = grad_scale(max(1, w.numel() // max(1, scale.numel())), q_p)
+    g = q.step_grad_scale(max(1, w.numel() // max(1, scale.numel())), bits)
     return ScaledCodes.apply(w, scale, codes, ste, q.codes_follow_step, q_p, q_p, g)
 
 

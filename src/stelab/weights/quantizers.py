@@ -60,6 +60,7 @@ import torch
 from torch import Tensor
 
 from ..errors import check_bits, check_choice, unknown_name
+from ..quant.lsq import grad_scale
 from ..quant.scales import (  # noqa: F401  (compute_dtype, channel_view, abs_max: stelab.weights.quantizers.*)
     abs_max,
     abs_mean,
@@ -118,6 +119,9 @@ class WeightQuantizer:
     tag: Callable[[int], str] = staticmethod(lambda bits: f"w{bits}")  # type: ignore[assignment]
     #: the parameters its functions take as keywords (``ternary(delta=0.5)``), their values in this instance
     params: Mapping[str, float] = dataclasses.field(default_factory=dict)
+    #: how many codes apart two neighbouring levels are (midrise's odd codes: 2); the learned step's gradient scale
+    #: is LSQ's for the level spacing (:meth:`step_grad_scale`)
+    spacing: int = 1
 
     @property
     def default_rule(self) -> str:
@@ -144,6 +148,18 @@ class WeightQuantizer:
     def q_max(self, bits: int) -> int:
         """:math:`Q_P`, the largest code (so the top level is ``q_max * s``): 1, 1, :math:`2^{b-1}-1`."""
         return max(self.code_values(bits))
+
+    def step_grad_scale(self, n: int, bits: int) -> float:
+        """The factor of a learned step's gradient, for ``n`` weights sharing the step: LSQ's
+        :math:`1/\\sqrt{N Q_P}` when neighbouring codes are 1 apart. With codes :math:`m` apart (``spacing``), LSQ is
+        applied to the level spacing :math:`d = m s`, whose largest code is :math:`Q_P/m`: an SGD step on :math:`d`
+        with the factor :math:`1/\\sqrt{N Q_P/m}` is one on :math:`s` with :math:`1/(m^2\\sqrt{N Q_P/m})` (the
+        gradient with respect to :math:`d` is :math:`1/m` that with respect to :math:`s`, and :math:`s` moves
+        :math:`1/m` as far as :math:`d`). Without it a midrise step (half the spacing, codes up to 3 at 2 bits) moved
+        about 7 times as fast, relative to its size, as a uniform one and turned negative in 53 steps of a ResNet-20
+        run at rate 0.01."""
+        m = self.spacing
+        return grad_scale(n, self.q_max(bits) / m) / m**2
 
     def codes(self, w: Tensor, scale: Tensor | float, bits: int, granularity: str) -> Tensor:
         """The integer codes :math:`k(w)` for a scale broadcastable to ``w``, in :func:`compute_dtype` of ``w``'s
@@ -239,13 +255,14 @@ _QUANTIZERS: dict[str, WeightQuantizer] = {}
 def register(name: str, *, codes: CodesFn, scale: ScaleFn, code_values: Callable[[int], tuple[int, ...]],
              bits: tuple[int, int], rules: tuple[str, ...], doc: str, default_bits: int | None = None,
              codes_follow_step: bool = False, tag: Callable[[int], str] | None = None,
-             params: Mapping[str, float] | None = None, overwrite: bool = False) -> WeightQuantizer:
+             params: Mapping[str, float] | None = None, spacing: int = 1, overwrite: bool = False) -> WeightQuantizer:
     """Register a weight quantizer under ``name`` (see :class:`WeightQuantizer` for the functions); it is then a valid
     ``WeightQuantConfig.quantizer`` and ``--weight-quantizer`` in every command, and appears in ``stelab info`` and
     the docs gallery. ``bits`` is the (min, max) bit-width range; ``rules`` the scale rules it takes (the first is the
     default, each one of :data:`SCALE_RULES`); ``params`` the keyword parameters ``codes`` and ``scale`` take, with
-    their defaults: ``name(key=value, ...)`` then selects other values, as for STEs (``ternary(delta=0.5)``). A name
-    already taken is an error unless ``overwrite``."""
+    their defaults: ``name(key=value, ...)`` then selects other values, as for STEs (``ternary(delta=0.5)``);
+    ``spacing`` how many codes apart neighbouring levels are (2 for odd codes). A name already taken is an error
+    unless ``overwrite``."""
     if not isinstance(name, str) or not name.isidentifier():
         raise ValueError(f"a weight quantizer's name must be an identifier, got {name!r}")
     if name in _QUANTIZERS and not overwrite:
@@ -256,7 +273,7 @@ def register(name: str, *, codes: CodesFn, scale: ScaleFn, code_values: Callable
         check_choice("scale rule", rule, SCALE_RULES)
     q = WeightQuantizer(name, lo, hi, tuple(rules), doc, codes, scale, code_values,
                         lo if default_bits is None else default_bits, codes_follow_step,
-                        tag or (lambda b: f"w{b}"), dict(params or {}))
+                        tag or (lambda b: f"w{b}"), dict(params or {}), spacing)
     q.check_bits(q.default_bits)
     _QUANTIZERS[name] = q
     return q
@@ -280,7 +297,7 @@ register("uniform", codes=_uniform_codes, scale=_uniform_scale,
          doc="Q(w) = s * clamp(rnd(w/s), -Q_P, Q_P), Q_P = 2^(b-1)-1, ties toward 0; s = max|w|/Q_P (rule max)")
 register("midrise", codes=_midrise_codes, scale=_midrise_scale,
          code_values=lambda b: tuple(range(-(2**b - 1), 2**b, 2)), bits=(2, 8),
-         rules=("max", "fixed", "lsq"), default_bits=2, codes_follow_step=True, tag=lambda b: f"w{b}m",
+         rules=("max", "fixed", "lsq"), default_bits=2, codes_follow_step=True, tag=lambda b: f"w{b}m", spacing=2,
          doc="Q(w) = s * (the odd integer nearest w/s, within +-Q_P), Q_P = 2^b-1: 2^b levels, no zero "
              "(2 bits: s * {-3, -1, 1, 3}); s = max|w|/Q_P (rule max)")
 
