@@ -120,7 +120,7 @@ def _weights(name: str, m: nn.Module) -> WeightSpec:
     view = s.reshape(-1, *([1] * (w.dim() - 1))) if s.dim() else s
     if not torch.equal(view * codes, values):
         raise ExportError(f"layer {name}: its weights are not scale * integer codes bit for bit; only stelab's "
-                          "weight quantizers (binary, ternary, uniform) can be exported")
+                          "weight quantizers (binary, midrise, ternary, uniform) can be exported")
     return WeightSpec(_f32(values), bias, codes.detach().cpu().numpy().astype(np.int64), _f32(s), cfg.quantizer,
                       cfg.effective_bits, m.weight_quantizer.q_max(cfg.effective_bits))
 

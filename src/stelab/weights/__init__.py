@@ -1,4 +1,4 @@
-"""Weight quantization: forward quantizers (binary, ternary, uniform), an STE backward chosen from
+"""Weight quantization: forward quantizers (binary, midrise, ternary, uniform), an STE backward chosen from
 :mod:`stelab.ste`, LSQ learned scales, ``QuantLinear``/``QuantConv2d`` and :func:`quantize_weights`.
 
 Layers, from the bottom: :mod:`~stelab.weights.quantizers` (pure forward maps, the registry) ->

@@ -24,8 +24,10 @@ quantizers (``names()``):
   :math:`s/2`. Data scales: rule ``max``, :math:`s = \max|w| / Q_P` (no weight is clipped); rule ``lsq``'s
   initial step :math:`s_0 = 2\,\mathrm{mean}|w| / \sqrt{Q_P}` (:mod:`stelab.quant.lsq`).
 
-* ``midrise`` (b bits, :math:`2 \le b \le 8`, symmetric, no zero level; DoReFa's and PACT's 2-bit weight grid
-  :math:`\{\pm\tfrac12, \pm\tfrac32\}`, here with integer codes): :math:`k` is the odd integer nearest
+* ``midrise`` (b bits, :math:`2 \le b \le 8`, symmetric, no zero level: the grid of DoReFa-Net's k-bit weights,
+  :math:`2\,\mathrm{round}((2^k - 1) r)/(2^k - 1) - 1`, i.e. :math:`\{-1, -\tfrac13, \tfrac13, 1\}` at 2 bits,
+  as a public implementation writes it (zzzxxxttt/pytorch_DoReFaNet, ``utils/quant_dorefa.py``; stelab uses the
+  grid, not its tanh normalisation), here with integer codes): :math:`k` is the odd integer nearest
   :math:`u = w/s`, :math:`k = \mathrm{clamp}(2\lceil u/2 \rceil - 1, -Q_P, Q_P)` with :math:`Q_P = 2^b - 1`, so
   the :math:`2^b` levels :math:`s\,\{-Q_P, \dots, -1, 1, \dots, Q_P\}` are equally spaced :math:`2s` apart
   and all :math:`2^b` codes are used (``uniform`` leaves one unused and, at 2 bits, is ternary). A tie, :math:`u` an
