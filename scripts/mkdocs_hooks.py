@@ -212,8 +212,10 @@ def _weight_figure(name: str) -> bytes:
 
     q = wq.get(name)
     fig, ax = plt.subplots(figsize=(4.4, 3.0))
-    w = torch.linspace(-2.0, 2.0, 3001, dtype=torch.float64)
-    for bits in sorted({q.min_bits, min(q.max_bits, 3)}):
+    widths = sorted({q.min_bits, min(q.max_bits, 3)})
+    lim = max(2.0, q.q_max(widths[-1]) + 1.0)  # both widths' clipping in view
+    w = torch.linspace(-lim, lim, 3001, dtype=torch.float64)
+    for bits in widths:
         ax.plot(w, q(w, 1.0, bits), label=f"{bits} bit(s), scale 1")
     ax.set_title(f"weight quantizer {name}", fontsize=10)
     ax.legend(fontsize=8)
