@@ -115,3 +115,12 @@ def test_non_finite_weights_stay_non_finite():
     w[1, 2] = float("nan")
     q = quantize_weight(w, quantizer="midrise", granularity="channel")
     assert not bool(torch.isfinite(q[1]).any()) and bool(torch.isfinite(q[[0, 2]]).all())
+
+
+@pytest.mark.parametrize("spacing", [0, -1, 1.5, True])
+def test_a_registered_spacing_must_be_a_positive_int(spacing):
+    q = wq.get("midrise")
+    with pytest.raises(ValueError, match="spacing .* must be a positive int"):
+        wq.register("odd_codes", codes=q.codes_fn, scale=q.scale_fn, code_values=q.code_values, bits=(2, 8),
+                    rules=q.rules, doc="midrise again", spacing=spacing)
+    assert "odd_codes" not in wq.names()

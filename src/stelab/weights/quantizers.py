@@ -273,6 +273,8 @@ def register(name: str, *, codes: CodesFn, scale: ScaleFn, code_values: Callable
     check_bits(lo), check_bits(hi)
     for rule in rules:
         check_choice("scale rule", rule, SCALE_RULES)
+    if isinstance(spacing, bool) or not isinstance(spacing, int) or spacing < 1:
+        raise ValueError(f"spacing (codes between neighbouring levels) must be a positive int, got {spacing!r}")
     q = WeightQuantizer(name, lo, hi, tuple(rules), doc, codes, scale, code_values,
                         lo if default_bits is None else default_bits, codes_follow_step,
                         tag or (lambda b: f"w{b}"), dict(params or {}), spacing)
