@@ -8,8 +8,26 @@ common="--model resnet20 --dataset cifar10 --init $F --distill $F --ste clipped_
 run() { local out=$1; shift; if [ -f "$out/checkpoint.pt" ]; then stelab train --resume --out "$out" --no-progress; else stelab train $common "$@" --out "$out"; fi; }
 run runs/qat/w4a4-lsq-kd --bits 4 --weight-bits 4 --epochs 8
 run runs/qat/w2a2-lsq-kd --bits 2 --weight-bits 2 --epochs 10
-# progressive and longer: W2A2 from the W4A4 network above (its learned steps re-fitted to 2 bits), 40 epochs
+# progressive and longer: W2A2 from the W4A4 network above (its learned steps re-fitted to 2 bits)
 common=${common/--init $F/--init results/qat-resnet20/w4a4-lsq-kd}
 # 2-bit weights on the midrise grid s*{-3,-1,1,3} (uniform's 2 bits are ternary), from W4A4, 20 epochs
 run runs/qat/w2a2m-lsq-kd-prog20 --bits 2 --weight-bits 2 --weight-quantizer midrise --epochs 20
-run runs/qat/w2a2-lsq-kd-prog40 --bits 2 --weight-bits 2 --epochs 40
+# summary.json: each finished run's accuracy on the exact first 1,000 test images and on all 10,000
+python - <<'PY'
+import json
+from pathlib import Path
+
+from stelab.experiments.reproduce.table1 import EXACT_TEST_IMAGES, subset_accuracy
+from stelab.io import read_json, write_json
+
+path = Path("results/qat-resnet20/summary.json")
+summary = read_json(path) if path.is_file() else {}
+for run in sorted(Path("runs/qat").iterdir()):
+    r = read_json(run / "results.json") if (run / "results.json").is_file() else {}
+    if r.get("status") == "finished":
+        summary[run.name] = {"test_acc_first1000": subset_accuracy(run, EXACT_TEST_IMAGES), "test_acc": r["test_acc"],
+                             "epochs": r["epochs_done"], "wall_time_s": r["wall_time_s"],
+                             "train_objective": r["train_loss"], "status": r["status"]}
+write_json(path, summary)
+print(json.dumps(summary, indent=1))
+PY
