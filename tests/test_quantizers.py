@@ -139,3 +139,17 @@ def test_forward_is_monotone(values, bits, alpha, forward):
     x = torch.tensor(sorted(values), dtype=torch.float32)
     y = quantizers.get(forward)(x, bits, alpha)
     assert (y[1:] >= y[:-1]).all()
+
+
+@pytest.mark.parametrize("bits", [1, 2, 3])
+def test_the_staircase_is_round_shifted_by_half_a_step(bits):
+    """staircase(x) = round(x + alpha/2) except at the thresholds k alpha (docs/quantizers.md): a BatchNorm bias can
+    turn one into the other. Checked on a dense grid, at every threshold and beside it."""
+    alpha = 0.75  # exact in binary: x + alpha/2 and k alpha are exact
+    L = 2**bits - 1
+    ties = torch.arange(0, L, dtype=torch.float64) * alpha
+    x = torch.cat([torch.linspace(-2, (L + 2) * alpha, 4001, dtype=torch.float64), ties - 1e-9, ties + 1e-9])
+    stair = quantizers.get("staircase")(x, bits, alpha)
+    rnd = quantizers.get("round")(x + alpha / 2, bits, alpha)
+    off_ties = ~torch.isin(x, ties)
+    assert torch.equal(stair[off_ties], rnd[off_ties])
