@@ -127,9 +127,10 @@ def train_cells(config: CardConfig, out: Path, labels: list[str], models: tuple[
     grid = [(label, model, lr, seed) for model in models for label in labels for lr in config.lrs
             for seed in range(config.seeds)]
     names = {c: (_cell_folder(c[1]), f"{_slug(c[0])}-lr{c[2]:g}-seed{c[3]}") for c in grid}
-    todo = [c for c in grid if not (out / "cache" / names[c][0] / f"{names[c][1]}.json").is_file()]
-    tasks = [Task(str(out / names[c][0] / names[c][1]), _train_cached, (str(out), *names[c], *c, config),
-                  lock=str(out / names[c][0] / names[c][1] / ".lock")) for c in todo]
+    paths = {c: _cell_paths(out, *names[c]) for c in grid}  # (run folder, cache file)
+    todo = [c for c in grid if not paths[c][1].is_file()]
+    tasks = [Task(str(paths[c][0]), _train_cached, (str(out), *names[c], *c, config),
+                  lock=str(paths[c][0] / ".lock")) for c in todo]
     owned = executor is None
     executor = local_executor(config.jobs) if owned else executor
     bar = tqdm(total=len(tasks), desc="stelab card: training", disable=not progress or not tasks, file=sys.stderr)
@@ -143,11 +144,10 @@ def train_cells(config: CardConfig, out: Path, labels: list[str], models: tuple[
 
     cells: dict[tuple[str, str], list[dict]] = {(label, model): [] for label in labels for model in models}
     for c in grid:
-        key = str(out / names[c][0] / names[c][1])
-        cache = out / "cache" / names[c][0] / f"{names[c][1]}.json"
-        result = done.get(key) if c in todo else read_json(cache)
+        run_dir, cache = paths[c]
+        result = done.get(str(run_dir)) if c in todo else read_json(cache)
         if result and c[1] != "lenet5" and "test_acc_first1000" not in result:  # a cell cached before it was kept
-            extra = first_1000(Path(key), read_summary(key) or {})
+            extra = first_1000(run_dir, read_summary(run_dir) or {})
             result = {**result, **extra}
             if extra and c not in todo:
                 write_json(cache, result)  # evaluated once, not on every rerun
@@ -159,9 +159,14 @@ def _train_cached(out: str, section: str, name: str, label: str, model: str, lr:
                   config: CardConfig) -> dict:
     """One cell, on an executor's worker: :func:`.sections.train_cell` in ``<out>/<section>/<name>``, its result
     cached at ``<out>/cache/<section>/<name>.json`` (an error is returned, not cached)."""
-    root = Path(out)
-    return _cached(root / "cache" / section / f"{name}.json",
-                   partial(train_cell, label, config, lr, seed, root / section / name, model))
+    run_dir, cache = _cell_paths(Path(out), section, name)
+    return _cached(cache, partial(train_cell, label, config, lr, seed, run_dir, model))
+
+
+def _cell_paths(out: Path, section: str, name: str) -> tuple[Path, Path]:
+    """A training cell's run folder ``<out>/<section>/<name>`` and its cached result
+    ``<out>/cache/<section>/<name>.json``."""
+    return out / section / name, out / "cache" / section / f"{name}.json"
 
 
 def table1_cells(config: CardConfig, out: Path, labels: list[str], stes: dict[str, dict], progress: bool,
