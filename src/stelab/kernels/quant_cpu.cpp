@@ -233,9 +233,38 @@ double learned_impl(const T* __restrict x, const T* __restrict g, T* __restrict 
 
 // The same from the forward's one-byte state instead of x (the mask rules mean, pact and min): the state is the
 // region of the merged breakpoints of mu' and of dq/dalpha, so dx = g * values[s] and d alpha = sum g * factors[s].
+// Two to four regions (every built-in STE with mean, pact or min: 0, the top and mu''s own breakpoints): a chain of
+// selects instead of two table lookups, which the compiler turns into gathers; the pass then runs at the fixed
+// backward's speed (the lookups made it 2.6x slower on AVX-512).
+template <typename T, typename C, int NV>
+double learned_state_select(const void* g, const uint8_t* __restrict s, void* dx, int64_t n, const double* values,
+                            const double* factors, int threads) {
+    const T* __restrict gg = static_cast<const T*>(g);
+    T* __restrict out_ = static_cast<T*>(dx);
+    C v[NV], f[NV];
+    for (int j = 0; j < NV; ++j) v[j] = (C)values[j], f[j] = (C)factors[j];
+    double acc = 0.0;
+#pragma omp parallel for simd num_threads(threads) schedule(static) reduction(+ : acc) if (parallel : threads > 1)
+    for (int64_t i = 0; i < n; ++i) {
+        const C gi = load(gg[i]);
+        const int r = s[i];
+        C vi = v[0], fi = f[0];
+        for (int j = 1; j < NV; ++j) {  // NV is a constant: unrolled into compares and blends
+            vi = r == j ? v[j] : vi;
+            fi = r == j ? f[j] : fi;
+        }
+        out_[i] = out<T, C>(gi * vi);
+        acc += (double)(gi * fi);
+    }
+    return acc;
+}
+
 template <typename T, typename C>
 double learned_state_impl(const void* g, const uint8_t* __restrict s, void* dx, int64_t n, const double* values,
                           const double* factors, int nv, int threads) {
+    if (nv == 2) return learned_state_select<T, C, 2>(g, s, dx, n, values, factors, threads);
+    if (nv == 3) return learned_state_select<T, C, 3>(g, s, dx, n, values, factors, threads);
+    if (nv == 4) return learned_state_select<T, C, 4>(g, s, dx, n, values, factors, threads);
     const T* __restrict gg = static_cast<const T*>(g);
     T* __restrict out_ = static_cast<T*>(dx);
     C lut0[16], fac0[16];
