@@ -1,4 +1,5 @@
-"""The C++ CPU kernel (``quant_cpu.cpp``): built with the system's ``g++`` on first use, cached, loaded with ctypes.
+"""The C++ CPU kernels (``quant_cpu.cpp``, the activation op; ``weight_cpu.cpp``, the learned-step weight op): built
+into one library with the system's ``g++`` on first use, cached, loaded with ctypes.
 
 Why this way: the kernel is two plain loops with ``extern "C"`` entry points, so it needs no PyTorch headers and
 builds in about 2 s (a ``torch.utils.cpp_extension`` build takes a minute on 2 cores), works with any torch version,
@@ -29,10 +30,11 @@ from pathlib import Path
 import torch
 
 SOURCE = Path(__file__).with_name("quant_cpu.cpp")
+SOURCES = (SOURCE, Path(__file__).with_name("weight_cpu.cpp"))
 FLAGS = ("-O3", "-march=native", "-fopenmp", "-fno-math-errno", "-fno-trapping-math", "-ffp-contract=off", "-shared",
          "-fPIC")
 DTYPE_CODES = {torch.float32: 0, torch.float64: 1, torch.bfloat16: 2, torch.float16: 3}
-ABI_VERSION = 4
+ABI_VERSION = 5
 
 
 def cache_dir() -> Path:
@@ -51,7 +53,7 @@ def _cpu_flags() -> str:
 
 def _key(compiler: str) -> str:
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=60).stdout
-    text = "\n".join([SOURCE.read_text(), " ".join(FLAGS), version, platform.machine(), _cpu_flags()])
+    text = "\n".join([*(f.read_text() for f in SOURCES), " ".join(FLAGS), version, platform.machine(), _cpu_flags()])
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -67,7 +69,7 @@ def build(compiler: str | None = None) -> Path:
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
     os.close(fd)
     try:
-        result = subprocess.run([compiler, *FLAGS, "-o", tmp, str(SOURCE)], capture_output=True, text=True,
+        result = subprocess.run([compiler, *FLAGS, "-o", tmp, *map(str, SOURCES)], capture_output=True, text=True,
                                 timeout=600)
         if result.returncode != 0:
             raise RuntimeError(f"{compiler} failed:\n{result.stderr.strip()[-2000:]}")
@@ -95,6 +97,10 @@ def _load(path: Path) -> ctypes.CDLL:
     lib.stelab_learned_backward.restype = dbl
     lib.stelab_learned_state_backward.argtypes = [i32, ptr, ptr, ptr, i64, ptr, ptr, i32, i32]
     lib.stelab_learned_state_backward.restype = dbl
+    lib.stelab_weight_forward.argtypes = [i32, ptr, ptr, ptr, i64, i64, dbl, i32, i32]
+    lib.stelab_weight_forward.restype = i64
+    lib.stelab_weight_step_grad.argtypes = [i32, ptr, ptr, ptr, ptr, i64, i64, dbl, i32, i32]
+    lib.stelab_weight_step_grad.restype = i32
     return lib
 
 
@@ -231,3 +237,27 @@ class _Cpp:
 
 
 BACKEND = _Cpp()
+
+
+WEIGHT_KINDS = {"uniform": 0, "midrise": 1}
+
+
+def weight_forward(w: torch.Tensor, step: torch.Tensor, out: torch.Tensor, q: int, kind: str) -> int:
+    """Fill ``out`` with ``s k(w/s)`` for dense ``w`` (float32/64), one step per output channel (``step`` of shape
+    ``(C,)``) or one for the tensor; returns how many steps are not positive and finite."""
+    lib = library()
+    assert lib is not None
+    channels = step.numel()
+    return lib.stelab_weight_forward(DTYPE_CODES[w.dtype], w.data_ptr(), step.data_ptr(), out.data_ptr(), channels,
+                                     w.numel() // channels, float(q), WEIGHT_KINDS[kind], threads_for(w.numel()))
+
+
+def weight_step_grad(w: torch.Tensor, step: torch.Tensor, grad: torch.Tensor, q: int, kind: str) -> torch.Tensor:
+    """Per step, the sum of ``grad * d(s k)/ds`` over the weights it scales (float64, shape ``(step.numel(),)``)."""
+    lib = library()
+    assert lib is not None
+    channels = step.numel()
+    out = torch.empty(channels, dtype=torch.float64)
+    lib.stelab_weight_step_grad(DTYPE_CODES[w.dtype], w.data_ptr(), step.data_ptr(), grad.data_ptr(), out.data_ptr(),
+                                channels, w.numel() // channels, float(q), WEIGHT_KINDS[kind], threads_for(w.numel()))
+    return out

@@ -484,6 +484,6 @@ double stelab_learned_state_backward(int dtype, const void* grad, const uint8_t*
     }
 }
 
-int stelab_abi_version(void) { return 4; }
+int stelab_abi_version(void) { return 5; }
 }
 

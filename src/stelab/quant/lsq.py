@@ -74,7 +74,7 @@ class ScaledCodes(torch.autograd.Function):
         s = scale.detach().to(w.dtype)
         gw = gs = None
         if ctx.needs_input_grad[0]:
-            if _passes_through(ctx.ste):  # mu' = 1 everywhere (identity): grad * 1 is grad, without the passes
+            if passes_through(ctx.ste):  # mu' = 1 everywhere (identity): grad * 1 is grad, without the passes
                 gw = grad
             elif ctx.ste is None:
                 u = w / s
@@ -89,7 +89,7 @@ class ScaledCodes(torch.autograd.Function):
         return gw, gs, None, None, None, None, None, None
 
 
-def _passes_through(ste: STE | None) -> bool:
+def passes_through(ste: STE | None) -> bool:
     """Whether ``mu'`` is 1 everywhere (a piecewise table of ones: the identity STE)."""
     return ste is not None and ste.piecewise is not None and all(v == 1.0 for v in ste.piecewise.values)
 

@@ -18,10 +18,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..quant.lsq import ScaledCodes, check_step
+from ..kernels import cpu
+from ..quant.lsq import ScaledCodes, check_step, passes_through
 from ..ste import STE
 from .config import WeightQuantConfig, check_weight_ste
-from .quantizers import channel_view, get
+from .quantizers import WeightQuantizer, channel_view, fused_kind, get
 
 
 def resolve_scale(w: Tensor, config: WeightQuantConfig, step: Tensor | None = None, where: str = "") -> Tensor:
@@ -59,10 +60,56 @@ def quantize_weight_with(w: Tensor, config: WeightQuantConfig, ste: STE, step: T
     q = get(config.quantizer)
     bits = config.effective_bits
     q_p = q.q_max(bits)
+    if step is not None and config.learned and _runs_fused(w, step, q, ste):
+        n = max(1, w.numel() // max(1, step.numel()))
+        return _FusedStepWeight.apply(w, step, fused_kind(q), q_p, q.step_grad_scale(n, bits), where)
     scale = resolve_scale(w, config, step, where)
     codes = q.codes(w, scale, bits, config.granularity)
     g = q.step_grad_scale(max(1, w.numel() // max(1, scale.numel())), bits)
     return ScaledCodes.apply(w, scale, codes, ste, q.codes_follow_step, q_p, q_p, g)
+
+
+def _runs_fused(w: Tensor, step: Tensor, q: WeightQuantizer, ste: STE) -> bool:
+    """Whether the CPU kernel serves this learned-step weight: built-in uniform or midrise codes, the identity STE
+    (LSQ's weights' default), dense float32/64 weights with a step of their dtype, per tensor or per output channel,
+    in eager mode."""
+    return (w.device.type == "cpu" and w.dtype in (torch.float32, torch.float64) and step.dtype == w.dtype
+            and w.dim() >= 1 and step.numel() in (1, w.shape[0]) and _channel_major(w) and step.is_contiguous()
+            and fused_kind(q) is not None and passes_through(ste) and not torch.compiler.is_compiling()
+            and type(w) in (Tensor, torch.nn.Parameter) and cpu.available())  # no other subclass (FakeTensor, ...)
+
+
+def _channel_major(w: Tensor) -> bool:
+    """Dense with each output channel's weights in one block (contiguous, or a channels_last conv weight): what the
+    kernel reads as ``C`` runs of ``numel / C`` elements, in any order within a run."""
+    return w.is_contiguous() or (w.dim() == 4 and w.is_contiguous(memory_format=torch.channels_last))
+
+
+class _FusedStepWeight(torch.autograd.Function):
+    r""":math:`\hat w = s\,k(w/s)` with a learned step ``s`` in one C++ call, and in one more the step's LSQ gradient
+    (:func:`stelab.quant.lsq.step_grad_factor` summed over the weights it scales, times ``g``); the weight's gradient
+    is the incoming one (identity STE). The same numbers as :class:`stelab.quant.lsq.ScaledCodes` (the forward bit for
+    bit; the step's sum in double), without its ten small tensor operations each way per layer."""
+
+    @staticmethod
+    def forward(ctx, w: Tensor, step: Tensor, kind: str, q: int, g: float, where: str) -> Tensor:
+        out = torch.empty_like(w)
+        if cpu.weight_forward(w.detach(), step.detach(), out, q, kind):
+            check_step(step, where)  # a step not positive and finite: the error naming the layer
+        ctx.save_for_backward(w, step)
+        ctx.kind, ctx.q, ctx.g = kind, q, g
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        w, step = ctx.saved_tensors
+        gs = None
+        if ctx.needs_input_grad[1]:
+            if grad.stride() != w.stride():  # the kernel pairs grad and w element by element in memory
+                grad = torch.empty_like(w).copy_(grad)
+            sums = cpu.weight_step_grad(w.detach(), step.detach(), grad, ctx.q, ctx.kind)
+            gs = (sums * ctx.g).to(step.dtype).reshape(step.shape)
+        return grad, gs, None, None, None, None
 
 
 class _PassThrough(torch.autograd.Function):

@@ -306,6 +306,12 @@ register("midrise", codes=_midrise_codes, scale=_midrise_scale,
              "(2 bits: s * {-3, -1, 1, 3}); s = max|w|/Q_P (rule max)")
 
 
+def fused_kind(q: WeightQuantizer) -> str | None:
+    """``"uniform"`` or ``"midrise"`` when ``q`` computes the built-in codes of that name (which the CPU kernel
+    :mod:`stelab.kernels.cpu` fuses with LSQ's step gradient), else None (a user's or re-registered quantizer)."""
+    return {_uniform_codes: "uniform", _midrise_codes: "midrise"}.get(q.codes_fn)
+
+
 def names() -> list[str]:
     """Registered weight quantizer names, sorted."""
     return sorted(_QUANTIZERS)
