@@ -30,6 +30,11 @@ class QuantReLU(nn.Module):
 
     #: :class:`stelab.PackSaved` packs what such a module's op saves (it looks for this flag).
     packs_saved_output = True
+    #: A learned resolution started from data rather than Lloyd's (:mod:`stelab.activations.calibrate`); models
+    #: set it on quantizers of unstandardised inputs.
+    init_from_data = False
+    #: Whether a state dict gave this layer its resolution (then no start from data replaces it).
+    alpha_loaded = False
 
     def __init__(self, config: QuantConfig | None = None, **fields: Any) -> None:
         super().__init__()
@@ -69,6 +74,8 @@ class QuantReLU(nn.Module):
         # A float model's state dict has no alpha: keep the initial resolution instead of failing strict loading.
         if prefix + "alpha" in missing_keys:
             missing_keys.remove(prefix + "alpha")
+        elif prefix + "alpha" in state_dict and self.config.learn_alpha:
+            self.alpha_loaded = True
 
     def current_alpha(self) -> float:
         if self.config.learn_alpha:

@@ -7,13 +7,15 @@ state dict keys, so a trained float model initialises its quantized twin with ``
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 
 import torch
 from torch import nn
 
 from ..activations.config import QuantConfig
-from ..errors import unknown_name
+from ..errors import check_choice, unknown_name
+from .layers import PLACEMENTS
 from .lenet5 import LeNet5, lenet5_caffe
 from .resnet import BasicBlock, CifarResNet, resnet20
 from .vgg import VGG, vgg11
@@ -67,6 +69,23 @@ def check_dataset(name: str, dataset: str) -> None:
                          f"or a model built for {dataset}: {fits}")
 
 
+def placements(name: str) -> tuple[str, ...]:
+    """The activation placements model ``name`` offers: ``relu`` always; all of :data:`PLACEMENTS` when its builder
+    takes a ``placement`` argument."""
+    if name not in _BUILDERS:
+        raise unknown_name("model", name, _BUILDERS)
+    return PLACEMENTS if "placement" in inspect.signature(_BUILDERS[name]).parameters else ("relu",)
+
+
+def check_placement(name: str, placement: str) -> None:
+    """Raise ``ValueError`` unless model ``name`` offers activation ``placement``, naming the models that do."""
+    check_choice("activation placement", placement, PLACEMENTS)
+    if placement not in placements(name):
+        offering = ", ".join(m for m in _BUILDERS if placement in placements(m))
+        raise ValueError(f"model {name} quantizes its activations at every ReLU only (its ReLUs already feed its "
+                         f"convs); placement {placement!r} is offered by: {offering}")
+
+
 def build(name: str, quant: QuantConfig | None = None, num_classes: int = 10, *, channels_last: bool = False,
           **kwargs) -> nn.Module:
     """Model ``name`` (see :func:`names`) with float (``quant=None``) or quantized activations.
@@ -83,6 +102,7 @@ def build(name: str, quant: QuantConfig | None = None, num_classes: int = 10, *,
 
 
 __all__ = [
-    "DEFAULT_DATASET", "PAPER_EPOCHS", "VGG", "BasicBlock", "CifarResNet", "LeNet5", "build", "check_dataset",
-    "describe", "lenet5_caffe", "names", "register", "resnet20", "vgg11",
+    "DEFAULT_DATASET", "PAPER_EPOCHS", "PLACEMENTS", "VGG", "BasicBlock", "CifarResNet", "LeNet5", "build",
+    "check_dataset", "check_placement", "describe", "lenet5_caffe", "names", "placements", "register", "resnet20",
+    "vgg11",
 ]

@@ -7,6 +7,10 @@ from torch import nn
 from ..activations.config import QuantConfig
 from ..activations.modules import QuantReLU
 
+#: Where a model's activations may be quantized: at every ReLU (every model), or at the inputs of the convs with a
+#: float residual stream (models that take ``placement``, e.g. ResNet-20; :mod:`stelab.models.resnet`).
+PLACEMENTS = ("relu", "conv_input")
+
 
 def activation(quant: QuantConfig | None) -> nn.Module:
     """A float ``nn.ReLU`` when ``quant`` is None, else ``QuantReLU(config=quant)``; a fresh module per call so

@@ -25,6 +25,19 @@ def ste_schedule(self: Any) -> None:
                          "activations are float (--float); drop --ste-schedule or quantize the activations")
     ste_schedule.check(self.quant.ste, ste_schedule.parse_all(self.ste_schedule))
 
+
+def placement(self: Any) -> None:
+    """``act_placement`` is one the model offers; ``conv_input`` quantizes unstandardised values, so it needs a
+    learned resolution (:mod:`stelab.models.resnet`)."""
+    from .. import models
+
+    models.check_placement(self.model, self.act_placement)
+    if self.act_placement == "conv_input" and self.quant is not None and not self.quant.learn_alpha:
+        raise ValueError("act_placement 'conv_input' (--act-placement) quantizes the residual stream's "
+                         "unstandardised values, for which Lloyd's fixed resolution (made for N(0, 1) inputs) does "
+                         "not fit: add --learn-alpha (its start is fitted to data), or use --act-placement relu")
+
+
 def pack_saved(self: Any) -> None:
     """``pack_saved`` needs quantized activations and eager autograd (:mod:`stelab.pack`)."""
     for name in ("pack_saved", "recompute"):

@@ -120,6 +120,9 @@ class TrainConfig(JsonConfig):
     batch_size: int = _f("schedule", 128, "global batch size over all processes (default 128)")
     # -- activations
     quant: QuantConfig | None = _f("activations", _training_quant(QuantConfig()), "")
+    act_placement: str = _f("activations", "relu", "where activations are quantized: relu (every ReLU, the default) "
+                            "| conv_input (each conv's input, the residual stream float; resnet20, with "
+                            "--learn-alpha)", choices=models.PLACEMENTS)
     ste_schedule: tuple[str, ...] = _f(
         "activations", (), "schedule a parameter of --ste over the run, once per epoch; SHAPE linear (default), "
         "geometric or cosine; repeatable (e.g. --ste ede --ste-schedule t=0.1:10:geometric)",
@@ -181,6 +184,7 @@ class TrainConfig(JsonConfig):
             if not isinstance(self.quant, QuantConfig):
                 raise TypeError(f"quant must be a stelab.QuantConfig or None (float model), got {self.quant!r}")
             object.__setattr__(self, "quant", _training_quant(self.quant))
+        checks.placement(self)
         checks.weights(self)
         checks.pack_saved(self)
         checks.ste_schedule(self)
@@ -299,10 +303,12 @@ class TrainConfig(JsonConfig):
     def run_kind(self) -> str:
         """What is quantized and how: ``float`` or ``<bits>bit-<ste>`` for activation-only runs (the names runs/ and
         results/ already use), ``w<W>a<A>-<ste>`` with quantized weights (``w1`` binary, ``w2t`` ternary, ``w<b>``
-        uniform; ``a32`` for float activations), then ``-learned_<alpha rule>`` for a learned activation resolution
-        and ``-<optimizer>`` unless sgd. Table 1 names its cells so."""
+        uniform; ``a32`` for float activations), then ``-learned_<alpha rule>`` for a learned activation resolution,
+        ``-conv_input`` for that placement, and ``-<optimizer>`` unless sgd. Table 1 names its cells so."""
         q = self.quant
         learned = f"-learned_{q.alpha_rule}" if q is not None and q.learn_alpha else ""
+        if q is not None and self.act_placement != "relu":
+            learned += f"-{self.act_placement}"
         if self.weights is None:
             return "float" if q is None else f"{q.bits}bit-{q.ste}{learned}"
         tag = self.weight_tag()

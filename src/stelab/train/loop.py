@@ -142,6 +142,8 @@ def _train(config: TrainConfig, hooks: list[TrainHook], info: distributed.DistIn
     # optimizer uses no randomness; it comes after the data because BinaryRelax's schedule needs the steps per epoch.
     _build_model(run)
     _load_data(run)
+    if not (resume and (run.run_dir / CHECKPOINT).is_file()):  # a checkpoint holds the resolutions it trained
+        _start_resolutions_from_data(run)
     _build_optimizer(run)
     elapsed = _restore(run) if resume else 0.0
     if info.is_main:
@@ -230,6 +232,21 @@ def _load_data(run: _Run) -> None:
     if run.loader.merges_last and info.is_main:
         print(f"stelab train: the last batch of 1 image joins the batch before it (batch norm cannot train on one "
               f"image; {len(train_x)} training images, batch size {config.batch_size})", file=sys.stderr)
+
+
+def _start_resolutions_from_data(run: _Run, images: int = 256) -> None:
+    """Learned resolutions marked ``init_from_data`` that ``init`` did not give start from the first ``images``
+    training images (no augmentation, the same in every process; :mod:`stelab.activations.calibrate`)."""
+    from .. import data
+    from ..activations.calibrate import init_alphas_from_data
+
+    x = data.normalise(run.loader.images[:images], *data.STATS[run.config.dataset])
+    fitted = init_alphas_from_data(run.model, x.contiguous(memory_format=torch.channels_last) if run.channels_last
+                                   else x)
+    if fitted and run.info.is_main:
+        values = ", ".join(f"{v:.3g}" for v in fitted.values())
+        print(f"stelab train: {len(fitted)} learned resolutions started from data (2 mean|x| / sqrt(2^b - 1) on the "
+              f"first {min(images, len(run.loader.images))} training images): {values}", file=sys.stderr)
 
 
 def _restore(run: _Run) -> float:

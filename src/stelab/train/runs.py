@@ -61,7 +61,8 @@ def build_model(config: TrainConfig, init: str | Path | None = None) -> nn.Modul
     """
     from .. import models
 
-    model = models.build(config.model, quant=config.quant, num_classes=10)
+    placement = {} if config.act_placement == "relu" else {"placement": config.act_placement}
+    model = models.build(config.model, quant=config.quant, num_classes=10, **placement)
     if init is None:
         return quantize_run_weights(model, config)
     state, blob = read_weights(init)
@@ -103,6 +104,8 @@ def describe_run(run_dir: Path) -> str:
     kind = "float" if q is None else f"{q.bits}-bit {q.forward}, STE {q.ste}"
     if q is not None and q.learn_alpha:
         kind += f", learned alpha ({q.alpha_rule})"
+    if q is not None and c.act_placement != "relu":
+        kind += f", quantized at the {c.act_placement.replace('_', ' ')}s"
     if w is not None:
         kind = (f"{w.effective_bits}-bit {w.quantizer} weights ({w.rule}, {c.optimizer}), "
                 f"{'float activations' if q is None else kind}")
