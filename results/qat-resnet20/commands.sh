@@ -12,6 +12,9 @@ run runs/qat/w2a2-lsq-kd --bits 2 --weight-bits 2 --epochs 10
 common=${common/--init $F/--init results/qat-resnet20/w4a4-lsq-kd}
 # 2-bit weights on the midrise grid s*{-3,-1,1,3} (uniform's 2 bits are ternary), from W4A4, 20 epochs
 run runs/qat/w2a2m-lsq-kd-prog20 --bits 2 --weight-bits 2 --weight-quantizer midrise --epochs 20
+# conv_input placement: each conv's input quantized, the residual stream float (docs/data-and-models.md)
+common=${common/--init results\/qat-resnet20\/w4a4-lsq-kd/--init $F}
+run runs/qat/w2a2-lsq-kd-ci --bits 2 --weight-bits 2 --epochs 10 --act-placement conv_input
 # summary.json: each finished run's accuracy on the exact first 1,000 test images and on all 10,000
 python - <<'PY'
 import json

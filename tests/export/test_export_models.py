@@ -90,3 +90,22 @@ def test_a_channels_last_model_exports_the_same_file(fmt):
     cl = model.to(memory_format=torch.channels_last)
     b = build(cl, x.contiguous(memory_format=torch.channels_last), fmt).model.SerializeToString()
     assert a == b
+
+
+def test_resnet20_with_conv_input_placement_exports_and_runs_like_pytorch():
+    # Quantizers on the residual stream's values, whose resolutions were started from data; the stream stays float.
+    from stelab.activations import init_alphas_from_data
+
+    cfg = TrainConfig.from_dict({"model": "resnet20", "dataset": "cifar10", "act_placement": "conv_input",
+                                 "quant": {"bits": 2, "learn_alpha": True, "alpha_rule": "lsq"},
+                                 "weights": {"quantizer": "midrise", "bits": 2, "scale_rule": "lsq"}})
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    with torch.no_grad():
+        model.train()
+        for _ in range(2):
+            model(torch.randn(16, 3, 32, 32))
+    assert len(init_alphas_from_data(model, torch.randn(16, 3, 32, 32))) == 9
+    report = verify(model.eval(), torch.randn(3, 3, 32, 32), ("qdq", "float", "integer"))
+    for runner, r in report.items():
+        assert r["predictions_equal"] == 3 and r["logits_within_bound"], (runner, r)
