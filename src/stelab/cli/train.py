@@ -22,8 +22,8 @@ from .fields import add_flags, values
 SHARED_FIELDS = ("lr", "lr_milestones", "lr_gamma", "lr_schedule", "warmup_epochs", "batch_size", "momentum",
                  "weight_decay", "nesterov", "augment", "data_dir", "device", "compile", "channels_last", "precision",
                  "limit_train", "limit_test", "synthetic", "eval_batch_size")
-TRAIN_FIELDS = ("model", "dataset", "ste_schedule", "act_placement", "init", "epochs", "seed", "out", "save_best",
-                "pack_saved", "recompute", "recompute_limit", "diagnose_every")
+TRAIN_FIELDS = ("model", "dataset", "ste_schedule", "act_placement", "bn_affine", "init", "epochs", "seed", "out",
+                "save_best", "pack_saved", "recompute", "recompute_limit", "diagnose_every")
 OPTIMIZER_FIELDS = ("weight_first_last", "optimizer", "bcgd_rho", "relax_lam", "relax_growth", "relax_hard_at")
 DISTILL_FIELDS = ("distill", "distill_temperature", "distill_weight")
 # Flags that set a field of TrainConfig.quant (a QuantConfig), and --float, which makes it None.
@@ -62,16 +62,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                    "step-decayed rate).")
     add_flags(p, TrainConfig, TRAIN_FIELDS[:2])
     add_flags(p, QuantConfig, QUANT_FLAGS[:2])
-    add_flags(p, TrainConfig, TRAIN_FIELDS[2:4])
+    add_flags(p, TrainConfig, TRAIN_FIELDS[2:5])
     add_flags(p, QuantConfig, QUANT_FLAGS[2:5])
     add_flags(p, QuantConfig, QUANT_FLAGS[5:], all_not_given=True)  # None: not given (an error without --learn-alpha)
     p.add_argument("--float", dest="float_model", action="store_true",
                    help="float (ReLU) activations (with --weight-bits only the weights are quantized)")
-    add_flags(p, TrainConfig, TRAIN_FIELDS[4:8])
+    add_flags(p, TrainConfig, TRAIN_FIELDS[5:9])
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its last checkpoint with the settings in its config.json "
                         "(other flags optional; one that differs from the saved value is an error)")
-    add_flags(p, TrainConfig, TRAIN_FIELDS[8:])
+    add_flags(p, TrainConfig, TRAIN_FIELDS[9:])
     p.add_argument("--nproc", type=int, default=1, help="data-parallel processes launched here (like torchrun)")
     p.add_argument("--force", action="store_true",
                    help="write into an --out folder that holds another command's report.md/results.json")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 from ..activations.config import QuantConfig
@@ -31,6 +32,25 @@ def conv_bn_act(in_channels: int, out_channels: int, quant: QuantConfig | None, 
         nn.BatchNorm2d(out_channels, affine=False),
         activation(quant),
     )
+
+
+def make_batchnorms_affine(model: nn.Module) -> list[str]:
+    r"""Give every batch norm without affine parameters a learnable scale and shift, started at
+    :math:`\gamma = 1, \beta = 0` so the network computes the same function; returns their names (in place).
+
+    stelab's networks standardise each activation's input (``affine=False``) for the fixed Lloyd resolution. With a
+    learned resolution a per-channel scale and shift lets each channel place its values on the layer's levels, as in
+    the networks of the published low-bit results; this adds them when fine-tuning such a network (``stelab train
+    --bn-affine``). The new parameters are ``<name>.weight`` and ``<name>.bias``, as a BN built affine would have."""
+    changed = []
+    for name, m in model.named_modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and not m.affine:
+            like = m.running_mean if m.running_mean is not None else torch.empty(0)
+            m.weight = nn.Parameter(torch.ones(m.num_features, device=like.device, dtype=like.dtype))
+            m.bias = nn.Parameter(torch.zeros(m.num_features, device=like.device, dtype=like.dtype))
+            m.affine = True
+            changed.append(name)
+    return changed
 
 
 def init_weights(model: nn.Module) -> nn.Module:

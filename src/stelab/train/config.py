@@ -106,6 +106,8 @@ class TrainConfig(JsonConfig):
     limit_train: int = _f("model", 0, "use the first N training images (0: all)", metavar="N")
     limit_test: int = _f("model", 0, "use the first N test images (0: all)", metavar="N")
     synthetic: int = _f("model", 0, "N random images instead of the data set", metavar="N")
+    bn_affine: bool = _f("model", False, "give the batch norms before the activations a learnable scale and shift "
+                                         "(started at 1 and 0: the same network; default: none, as built)")
     # -- schedule
     epochs: int | None = _f("schedule", None, "default: the paper's, 50 for the LeNets, 200 for vgg11/resnet20")
     lr: float | None = _f("schedule", None, "initial rate (default 0.1 from scratch, 0.01 when fine-tuning from "
@@ -304,13 +306,15 @@ class TrainConfig(JsonConfig):
         """What is quantized and how: ``float`` or ``<bits>bit-<ste>`` for activation-only runs (the names runs/ and
         results/ already use), ``w<W>a<A>-<ste>`` with quantized weights (``w1`` binary, ``w2t`` ternary, ``w<b>``
         uniform; ``a32`` for float activations), then ``-learned_<alpha rule>`` for a learned activation resolution,
-        ``-conv_input`` for that placement, and ``-<optimizer>`` unless sgd. Table 1 names its cells so."""
+        ``-conv_input`` for that placement, ``-bn_affine`` with affine batch norms, and ``-<optimizer>`` unless sgd.
+        Table 1 names its cells so."""
         q = self.quant
         learned = f"-learned_{q.alpha_rule}" if q is not None and q.learn_alpha else ""
         if q is not None and self.act_placement != "relu":
             learned += f"-{self.act_placement}"
+        learned += "-bn_affine" if self.bn_affine else ""
         if self.weights is None:
-            return "float" if q is None else f"{q.bits}bit-{q.ste}{learned}"
+            return "float" + learned if q is None else f"{q.bits}bit-{q.ste}{learned}"
         tag = self.weight_tag()
         kind = f"{tag}a32" if q is None else f"{tag}a{q.bits}-{q.ste}{learned}"
         return kind + ("" if self.optimizer == "sgd" else f"-{self.optimizer}")

@@ -13,7 +13,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from ..io import epoch_axis, markdown_table, read_json, read_jsonl, save_figure, write_json, write_text
-from .checkpoint import load_state, load_weights, read_weights
+from .checkpoint import CheckpointError, load_state, load_weights, read_weights
 from .config import TrainConfig
 from .progressive import init_config, refit_steps, refit_unknown
 from .quant_weights import quantize_run_weights
@@ -52,7 +52,8 @@ def epoch_records(run_dir: str | Path) -> list[dict[str, Any]]:
 
 def build_model(config: TrainConfig, init: str | Path | None = None) -> nn.Module:
     """The run's model (activations per ``config.quant``, weights per ``config.weights``), with the weights of the
-    checkpoint or run folder ``init`` when given.
+    checkpoint or run folder ``init`` when given. ``bn_affine`` gives the batch norms without affine parameters a
+    scale and shift (1 and 0 unless ``init`` holds them).
 
     A float checkpoint loads into the float layers before their weights are quantized, so that a scale fitted to
     the weights (LSQ's initial step) is fitted to the loaded ones. A checkpoint of a weight-quantized run whose
@@ -64,20 +65,38 @@ def build_model(config: TrainConfig, init: str | Path | None = None) -> nn.Modul
     placement = {} if config.act_placement == "relu" else {"placement": config.act_placement}
     model = models.build(config.model, quant=config.quant, num_classes=10, **placement)
     if init is None:
+        _affine_batchnorms(model, config)
         return quantize_run_weights(model, config)
     state, blob = read_weights(init)
+    if isinstance(state, dict) and any(k.endswith(".weight") and k[:-7] in _plain_batchnorms(model) for k in state):
+        if not config.bn_affine:
+            raise CheckpointError(f"{init} was trained with affine batch norms (--bn-affine), which this run would "
+                                  "drop; add --bn-affine (bn_affine=True)")
+        _affine_batchnorms(model, config)  # their trained scales and shifts load as they are
     if config.weights is None or (isinstance(state, dict) and set(state) <= set(model.state_dict())):
         load_state(model, state, init, blob)
         quantize_run_weights(model, config)
     else:
         quantize_run_weights(model, config)
         load_state(model, state, init, blob)
+    _affine_batchnorms(model, config)  # a start without them: gamma = 1, beta = 0, the same function
     source = init_config(init, blob)
     if source is not None:  # a quantized start at other widths: its learned steps re-fitted (progressive)
         refit_steps(model, source, init, state)
     elif any(k.rsplit(".", 1)[-1] in ("alpha", "weight_scale") for k in state):
         refit_unknown(model, init)
     return model
+
+
+def _plain_batchnorms(model: nn.Module) -> set[str]:
+    return {n for n, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and not m.affine}
+
+
+def _affine_batchnorms(model: nn.Module, config: TrainConfig) -> None:
+    if config.bn_affine:
+        from ..models.layers import make_batchnorms_affine
+
+        make_batchnorms_affine(model)
 
 
 def load_model_from_run(run_dir: str | Path, checkpoint: str = "last") -> nn.Module:
@@ -106,6 +125,8 @@ def describe_run(run_dir: Path) -> str:
         kind += f", learned alpha ({q.alpha_rule})"
     if q is not None and c.act_placement != "relu":
         kind += f", quantized at the {c.act_placement.replace('_', ' ')}s"
+    if c.bn_affine:
+        kind += ", affine batch norms"
     if w is not None:
         kind = (f"{w.effective_bits}-bit {w.quantizer} weights ({w.rule}, {c.optimizer}), "
                 f"{'float activations' if q is None else kind}")
