@@ -7,6 +7,7 @@ Runs made before the rename hold ``summary.json`` instead, which is still read.
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -154,7 +155,7 @@ def plot_curves(run_dir: Path, records: list[dict[str, Any]] | None = None, titl
     if not records:
         return None
     epochs = [r["epoch"] for r in records]
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.8))
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.8), layout="constrained")
     for key, style in (("train", "-o"), ("test", "--s")):  # markers: a one-epoch run still shows its points
         ax_loss.plot(epochs, [r[f"{key}_loss"] for r in records], style, ms=5, label=key)
         ax_acc.plot(epochs, [100 * r[f"{key}_acc"] for r in records], style, ms=5, label=key)
@@ -166,7 +167,8 @@ def plot_curves(run_dir: Path, records: list[dict[str, Any]] | None = None, titl
         ax.grid(alpha=0.3)
         ax.legend()
         epoch_axis(ax, epochs)
-    fig.suptitle(title or describe_run(run_dir), fontsize=11)
+    # wrapped: a long description (weights, learned resolution, placement, distillation) would widen the figure
+    fig.suptitle(textwrap.fill(title or describe_run(run_dir), 110), fontsize=11)
     return save_figure(fig, run_dir / "curves.png")
 
 
