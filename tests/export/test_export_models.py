@@ -93,11 +93,12 @@ def test_a_channels_last_model_exports_the_same_file(fmt):
 
 
 def test_resnet20_with_conv_input_placement_exports_and_runs_like_pytorch():
-    # Quantizers on the residual stream's values, whose resolutions were started from data; the stream stays float.
+    # Quantizers on the residual stream's values, whose resolutions were started from data; the stream stays float;
+    # the batch norms before the quantizers have scales and shifts (--bn-affine).
     from stelab.activations import init_alphas_from_data
 
     cfg = TrainConfig.from_dict({"model": "resnet20", "dataset": "cifar10", "act_placement": "conv_input",
-                                 "quant": {"bits": 2, "learn_alpha": True, "alpha_rule": "lsq"},
+                                 "bn_affine": True, "quant": {"bits": 2, "learn_alpha": True, "alpha_rule": "lsq"},
                                  "weights": {"quantizer": "midrise", "bits": 2, "scale_rule": "lsq"}})
     torch.manual_seed(0)
     model = build_model(cfg)
@@ -105,6 +106,9 @@ def test_resnet20_with_conv_input_placement_exports_and_runs_like_pytorch():
         model.train()
         for _ in range(2):
             model(torch.randn(16, 3, 32, 32))
+        for name, m in model.named_modules():  # affine batch norms (--bn-affine) away from their start
+            if isinstance(m, torch.nn.BatchNorm2d) and name.endswith("branch1.1"):
+                m.weight.uniform_(0.5, 1.5), m.bias.uniform_(-0.3, 0.3)
     assert len(init_alphas_from_data(model, torch.randn(16, 3, 32, 32))) == 9
     report = verify(model.eval(), torch.randn(3, 3, 32, 32), ("qdq", "float", "integer"))
     for runner, r in report.items():
