@@ -108,7 +108,8 @@ def test_resnet20_with_conv_input_placement_exports_and_runs_like_pytorch():
             model(torch.randn(16, 3, 32, 32))
         for name, m in model.named_modules():  # affine batch norms (--bn-affine) away from their start
             if isinstance(m, torch.nn.BatchNorm2d) and name.endswith("branch1.1"):
-                m.weight.uniform_(0.5, 1.5), m.bias.uniform_(-0.3, 0.3)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.3, 0.3)
     assert len(init_alphas_from_data(model, torch.randn(16, 3, 32, 32))) == 9
     report = verify(model.eval(), torch.randn(3, 3, 32, 32), ("qdq", "float", "integer"))
     for runner, r in report.items():
