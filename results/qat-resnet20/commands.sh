@@ -18,6 +18,8 @@ run runs/qat/w2a2-lsq-kd-ci --bits 2 --weight-bits 2 --epochs 10 --act-placement
 run runs/qat/w4a4-lsq-kd-ci --bits 4 --weight-bits 4 --epochs 8 --act-placement conv_input
 # APoT's 2-bit rate and decay (0.04, 3e-5; the later flags win)
 run runs/qat/w2a2-lsq-kd-ci-lr04 --bits 2 --weight-bits 2 --epochs 10 --act-placement conv_input --lr 0.04 --weight-decay 3e-5
+# affine batch norms before the quantizers (scale 1, shift 0 at the start)
+run runs/qat/w2a2-lsq-kd-ci-bn --bits 2 --weight-bits 2 --epochs 10 --act-placement conv_input --bn-affine
 # summary.json: each finished run's accuracy on the exact first 1,000 test images and on all 10,000
 python - <<'PY'
 import json
