@@ -14,8 +14,8 @@ import torch
 from torch import nn
 
 from ..activations.config import QuantConfig
-from ..errors import check_choice, unknown_name
-from .layers import PLACEMENTS
+from ..errors import unknown_name
+from .layers import PLACEMENTS, check_placement_fits
 from .lenet5 import LeNet5, lenet5_caffe
 from .resnet import BasicBlock, CifarResNet, resnet20
 from .vgg import VGG, vgg11
@@ -77,9 +77,10 @@ def placements(name: str) -> tuple[str, ...]:
     return PLACEMENTS if "placement" in inspect.signature(_BUILDERS[name]).parameters else ("relu",)
 
 
-def check_placement(name: str, placement: str) -> None:
-    """Raise ``ValueError`` unless model ``name`` offers activation ``placement``, naming the models that do."""
-    check_choice("activation placement", placement, PLACEMENTS)
+def check_placement(name: str, placement: str, quant: QuantConfig | None = None) -> None:
+    """Raise ``ValueError`` unless model ``name`` offers activation ``placement`` (naming the models that do) and
+    ``placement`` fits ``quant`` (:func:`stelab.models.layers.check_placement_fits`)."""
+    check_placement_fits(placement, quant)
     if placement not in placements(name):
         offering = ", ".join(m for m in _BUILDERS if placement in placements(m))
         raise ValueError(f"model {name} quantizes its activations at every ReLU only (its ReLUs already feed its "

@@ -5,12 +5,30 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..activations import quantizers
 from ..activations.config import QuantConfig
 from ..activations.modules import QuantReLU
+from ..errors import check_choice
 
 #: Where a model's activations may be quantized: at every ReLU (every model), or at the inputs of the convs with a
 #: float residual stream (models that take ``placement``, e.g. ResNet-20; :mod:`stelab.models.resnet`).
 PLACEMENTS = ("relu", "conv_input")
+
+
+def check_placement_fits(placement: str, quant: QuantConfig | None) -> None:
+    """Raise ``ValueError`` unless ``placement`` is a valid one and fits ``quant``: ``conv_input`` quantizes ReLU
+    outputs of any scale, so it needs a learned resolution (Lloyd's fixed one is made for N(0, 1) inputs) and an
+    unsigned forward."""
+    check_choice("activation placement", placement, PLACEMENTS)
+    if placement != "conv_input" or quant is None:
+        return
+    if not quant.learn_alpha:
+        raise ValueError("activation placement 'conv_input' quantizes the residual stream's unstandardised values, "
+                         "for which Lloyd's fixed resolution (made for N(0, 1) inputs) does not fit: add "
+                         "--learn-alpha (learn_alpha=True), whose start is fitted to data, or use the placement relu")
+    if quantizers.get(quant.forward).signed:
+        raise ValueError(f"activation placement 'conv_input' quantizes ReLU outputs (>= 0): forward {quant.forward!r} "
+                         "is signed; use an unsigned one such as staircase or round")
 
 
 def activation(quant: QuantConfig | None) -> nn.Module:

@@ -31,21 +31,8 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..activations import quantizers
 from ..activations.config import QuantConfig
-from ..errors import check_choice
-from .layers import PLACEMENTS, activation, conv_bn_act, init_weights
-
-
-def _check_placement(placement: str, quant: QuantConfig | None) -> None:
-    check_choice("activation placement", placement, PLACEMENTS)
-    if placement == "conv_input" and quant is not None and not quant.learn_alpha:
-        raise ValueError("activation placement 'conv_input' quantizes the residual stream's unstandardised values, "
-                         "for which Lloyd's fixed resolution (made for N(0, 1) inputs) does not fit: add "
-                         "--learn-alpha (learn_alpha=True), whose start is fitted to data")
-    if placement == "conv_input" and quant is not None and quantizers.get(quant.forward).signed:
-        raise ValueError(f"activation placement 'conv_input' quantizes ReLU outputs (>= 0): forward {quant.forward!r} "
-                         "is signed; use an unsigned one such as staircase or round")
+from .layers import activation, check_placement_fits, conv_bn_act, init_weights
 
 
 def _input_quantizer(quant: QuantConfig | None) -> nn.Module:
@@ -62,7 +49,7 @@ class BasicBlock(nn.Module):
     def __init__(self, in_planes: int, planes: int, stride: int, quant: QuantConfig | None,
                  placement: str = "relu") -> None:
         super().__init__()
-        _check_placement(placement, quant)
+        check_placement_fits(placement, quant)
         self.quant_in = _input_quantizer(quant) if placement == "conv_input" else nn.Identity()
         self.branch1 = conv_bn_act(in_planes, planes, quant, stride=stride)
         self.conv2 = nn.Conv2d(planes, planes, 3, padding=1, bias=False)
@@ -86,8 +73,7 @@ class CifarResNet(nn.Module):
     def __init__(self, blocks_per_stage: int = 3, quant: QuantConfig | None = None, num_classes: int = 10,
                  in_channels: int = 3, widths: tuple[int, int, int] = (16, 32, 64), placement: str = "relu") -> None:
         super().__init__()
-        _check_placement(placement, quant)
-        self.placement = placement
+        check_placement_fits(placement, quant)
         self.stem = conv_bn_act(in_channels, widths[0], quant if placement == "relu" else None)
         stages = []
         in_planes = widths[0]

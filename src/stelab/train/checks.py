@@ -27,15 +27,10 @@ def ste_schedule(self: Any) -> None:
 
 
 def placement(self: Any) -> None:
-    """``act_placement`` is one the model offers; ``conv_input`` quantizes unstandardised values, so it needs a
-    learned resolution (:mod:`stelab.models.resnet`)."""
+    """``act_placement`` is one the model offers and fits the activations (:func:`stelab.models.check_placement`)."""
     from .. import models
 
-    models.check_placement(self.model, self.act_placement)
-    if self.act_placement == "conv_input" and self.quant is not None and not self.quant.learn_alpha:
-        raise ValueError("act_placement 'conv_input' (--act-placement) quantizes the residual stream's "
-                         "unstandardised values, for which Lloyd's fixed resolution (made for N(0, 1) inputs) does "
-                         "not fit: add --learn-alpha (its start is fitted to data), or use --act-placement relu")
+    models.check_placement(self.model, self.act_placement, self.quant)
 
 
 def pack_saved(self: Any) -> None:

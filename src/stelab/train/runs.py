@@ -69,7 +69,8 @@ def build_model(config: TrainConfig, init: str | Path | None = None) -> nn.Modul
         _affine_batchnorms(model, config)
         return quantize_run_weights(model, config)
     state, blob = read_weights(init)
-    if isinstance(state, dict) and any(k.endswith(".weight") and k[:-7] in _plain_batchnorms(model) for k in state):
+    plain = _plain_batchnorms(model)
+    if isinstance(state, dict) and any(k.endswith(".weight") and k[:-7] in plain for k in state):
         if not config.bn_affine:
             raise CheckpointError(f"{init} was trained with affine batch norms (--bn-affine), which this run would "
                                   "drop; add --bn-affine (bn_affine=True)")
