@@ -27,10 +27,15 @@ def ste_schedule(self: Any) -> None:
 
 
 def placement(self: Any) -> None:
-    """``act_placement`` is one the model offers and fits the activations (:func:`stelab.models.check_placement`)."""
+    """``act_placement`` is one the model offers and fits the activations (:func:`stelab.models.check_placement`);
+    a placement other than relu needs quantized activations, since the float networks of all placements are one."""
     from .. import models
 
     models.check_placement(self.model, self.act_placement, self.quant)
+    if self.act_placement != "relu" and self.quant is None:
+        raise ValueError(f"act_placement {self.act_placement!r} (--act-placement) says where activations are "
+                         "quantized, but they are float (--float), and the float networks of every placement are the "
+                         "same; drop --act-placement or quantize the activations")
 
 
 def pack_saved(self: Any) -> None:
