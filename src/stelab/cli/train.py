@@ -23,7 +23,8 @@ SHARED_FIELDS = ("lr", "lr_milestones", "lr_gamma", "lr_schedule", "warmup_epoch
                  "weight_decay", "nesterov", "augment", "data_dir", "device", "compile", "channels_last", "precision",
                  "limit_train", "limit_test", "synthetic", "eval_batch_size")
 TRAIN_FIELDS = ("model", "dataset", "ste_schedule", "act_placement", "bn_affine", "init", "epochs", "seed", "out",
-                "save_best", "pack_saved", "recompute", "recompute_limit", "diagnose_every")
+                "save_best", "pack_saved", "recompute", "recompute_limit", "diagnose_every", "step_lr_scale",
+                "step_weight_decay")
 OPTIMIZER_FIELDS = ("weight_first_last", "optimizer", "bcgd_rho", "relax_lam", "relax_growth", "relax_hard_at")
 DISTILL_FIELDS = ("distill", "distill_temperature", "distill_weight")
 # Flags that set a field of TrainConfig.quant (a QuantConfig), and --float, which makes it None.

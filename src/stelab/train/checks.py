@@ -60,6 +60,26 @@ def pack_saved(self: Any) -> None:
 
         raise ValueError(COMPILE_MESSAGE)
 
+
+def learned_steps(self: Any) -> None:
+    """``step_lr_scale`` / ``step_weight_decay`` set the optimizer of learned steps, so the run must have some:
+    learned activation resolutions or LSQ weight steps."""
+    if not (0.0 <= self.step_lr_scale < float("inf")):
+        raise ValueError(f"step_lr_scale must be a finite number >= 0, got {self.step_lr_scale}"
+                         + _flag("step_lr_scale"))
+    if self.step_weight_decay is not None and not (0.0 <= self.step_weight_decay < float("inf")):
+        raise ValueError(f"step_weight_decay must be a finite number >= 0, got {self.step_weight_decay}"
+                         + _flag("step_weight_decay"))
+    if self.step_lr_scale == 1.0 and self.step_weight_decay is None:
+        return
+    learned = (self.quant is not None and self.quant.learn_alpha) or (
+        self.weights is not None and self.weights.learned)
+    if not learned:
+        raise ValueError("step_lr_scale / step_weight_decay (--step-lr-scale, --step-weight-decay) set how learned "
+                         "steps train, but this run learns none; add --learn-alpha or --weight-scale-rule lsq, or "
+                         "drop them")
+
+
 def weights(self: Any) -> None:
     if isinstance(self.weights, dict):  # nested, as in config.json
         object.__setattr__(self, "weights", WeightQuantConfig.from_dict(self.weights))

@@ -139,6 +139,11 @@ class TrainConfig(JsonConfig):
     momentum: float = _f("optimizer", 0.9, "SGD's momentum (default 0.9)")
     weight_decay: float = _f("optimizer", 1e-4, "L2 weight decay (default 1e-4)")
     nesterov: bool = _f("optimizer", False, "Nesterov momentum")
+    step_lr_scale: float = _f("optimizer", 1.0, "rate of the learned steps (--learn-alpha resolutions, lsq weight "
+                                                "steps) as a multiple of the weights' (default 1; 0 freezes them)",
+                              metavar="F")
+    step_weight_decay: float | None = _f("optimizer", None, "L2 decay of the learned steps (default: "
+                                                            "--weight-decay)", metavar="D")
     bcgd_rho: float = _f("optimizer", 1e-5, "BCGD's blend rho (default 1e-05)")
     relax_lam: float = _f("optimizer", 1.0, "BinaryRelax's initial lambda (default 1)")
     relax_growth: float = _f("optimizer", 1e4, "factor BinaryRelax's lambda grows by over its relaxed phase "
@@ -188,6 +193,7 @@ class TrainConfig(JsonConfig):
             object.__setattr__(self, "quant", _training_quant(self.quant))
         checks.placement(self)
         checks.weights(self)
+        checks.learned_steps(self)
         checks.pack_saved(self)
         checks.ste_schedule(self)
         object.__setattr__(self, "lr_milestones", tuple(float(m) for m in self.lr_milestones))

@@ -34,7 +34,7 @@ from .distill import distill_loss, load_teacher
 from .hooks import TrainHook, check_hooks, run_hooks
 from .progress import progress_bar, update_bar
 from .quant_weights import deployed_weights, wrap_optimizer
-from .resolutions import bad_resolutions, healthy, learned_resolutions
+from .resolutions import bad_resolutions, healthy, learned_resolutions, optimizer_groups
 from .rules import _check_resume_config, config_differences  # noqa: F401
 from .runs import CONFIG, METRICS, SUMMARY, build_model, is_done, plot_curves, read_summary, run_summary, write_summary
 from .schedule import make_scheduler, warmup_step
@@ -207,10 +207,11 @@ def _build_model(run: _Run) -> None:
 
 
 def _build_optimizer(run: _Run) -> None:
-    """SGD (wrapped by BCGD/BinaryRelax when ``config.optimizer`` says so); the schedule drives the inner SGD."""
+    """SGD (wrapped by BCGD/BinaryRelax when ``config.optimizer`` says so), the learned steps in their own group
+    when their rate or decay differ; the schedule drives the inner SGD."""
     c = run.config
-    sgd = torch.optim.SGD(run.model.parameters(), lr=c.resolved_lr(), momentum=c.momentum,
-                          weight_decay=c.weight_decay, nesterov=c.nesterov)
+    groups = optimizer_groups(run.model, c.resolved_lr(), c.weight_decay, c.step_lr_scale, c.step_weight_decay)
+    sgd = torch.optim.SGD(groups, momentum=c.momentum, nesterov=c.nesterov)
     run.optimizer = wrap_optimizer(sgd, run.model, c, c.resolved_epochs() * len(run.loader))
     run.scheduler = make_scheduler(sgd, c)
     run.warmup_steps = c.warmup_steps(len(run.loader))

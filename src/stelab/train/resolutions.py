@@ -45,3 +45,17 @@ def bad_resolutions(model: nn.Module) -> str:
     """``"; bad: <names>"``: the learned resolutions (``alpha``, ``weight_scale``) that are not positive and finite."""
     bad = [name for name, p in _named(model) if not bool(_valid(p))]
     return f"; bad: {', '.join(bad)}" if bad else ""
+
+
+def optimizer_groups(model: nn.Module, lr: float, weight_decay: float, step_lr_scale: float = 1.0,
+                     step_weight_decay: float | None = None) -> list[dict]:
+    """The optimizer's parameter groups: one of every parameter when the learned steps train as the weights do
+    (the defaults), else the other parameters at ``lr`` and ``weight_decay``, then the learned steps (``alpha``,
+    ``weight_scale``) at ``step_lr_scale * lr`` and ``step_weight_decay`` (``weight_decay`` when None)."""
+    decay = weight_decay if step_weight_decay is None else step_weight_decay
+    params = list(model.parameters())
+    if step_lr_scale == 1.0 and decay == weight_decay:
+        return [{"params": params, "lr": lr, "weight_decay": weight_decay}]
+    steps = {id(p) for _, p in _named(model)}
+    return [{"params": [p for p in params if id(p) not in steps], "lr": lr, "weight_decay": weight_decay},
+            {"params": [p for p in params if id(p) in steps], "lr": lr * step_lr_scale, "weight_decay": decay}]
