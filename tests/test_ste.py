@@ -125,6 +125,13 @@ def test_backward_matches_numpy_derivative(name, dtype):
     np.testing.assert_allclose(x.grad.double().numpy(), expected, atol=atol, rtol=rtol)
 
 
+def test_ede_keeps_its_relative_precision_in_the_tails():
+    # 1 - tanh^2 cancels to 0 in float32 for |t u| > 9; the derivative there is tiny but not 0 (t = 10: down to 1e-25)
+    x = torch.linspace(-3, 3, 601)
+    got = stelab.ste.get("ede(t=10)").derivative(x, 1.0).double().numpy()
+    np.testing.assert_allclose(got, _ede(x.double().numpy(), 1.0, t=10.0), rtol=1e-5, atol=0)
+
+
 @pytest.mark.parametrize("name", BUILTINS)
 def test_derivative_is_the_derivative_of_the_proxy(name):
     ste = ste_registry.get(name)
