@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from stelab import QuantConfig, WeightQuantConfig, models
+from stelab.io import read_jsonl
 from stelab.train import TrainConfig, load_checkpoint, train
 from stelab.train.quant_weights import quantize_run_weights
 from stelab.train.resolutions import optimizer_groups
@@ -65,3 +66,15 @@ def test_an_activation_only_run_groups_its_resolutions():
     rest, steps = optimizer_groups(model, 0.1, 1e-4, step_lr_scale=0.1)
     assert steps["params"] and all(isinstance(p, nn.Parameter) and p.dim() == 0 for p in steps["params"])
     assert steps["weight_decay"] == 1e-4 and steps["lr"] == pytest.approx(0.01)
+
+
+def test_a_resolution_driven_negative_names_the_fix_and_the_fix_works(tmp_path):
+    # rate 2 on synthetic data: the classifier's learned resolution goes negative within a few steps (seeds 0-2)
+    config = TrainConfig(model="lenet5", synthetic=256, batch_size=64, epochs=2, lr=2.0,
+                         quant=QuantConfig(bits=2, learn_alpha=True, alpha_rule="lsq"), out=str(tmp_path / "a"))
+    summary = train(config, progress=False)
+    assert summary["status"] == "diverged"
+    (record,) = [r for r in read_jsonl(tmp_path / "a" / "metrics.jsonl") if r["kind"] == "diverged"]
+    assert "--step-lr-scale 0.1" in record["reason"] and "alpha" in record["reason"]
+    fixed = config.replace(step_lr_scale=0.1, out=str(tmp_path / "b"))
+    assert train(fixed, progress=False)["status"] == "finished"

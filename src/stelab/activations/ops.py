@@ -293,7 +293,8 @@ def quantize_with(x: Tensor, config: QuantConfig, alpha: float | Tensor, ste: ST
                 check_alpha(float(alpha.detach()))  # type: ignore[union-attr]
             except ValueError as err:  # NaN included: float('nan') fails check_alpha's isfinite
                 raise ResolutionError(f"the learned resolution {err} (learned alphas must stay positive and "
-                                      "finite); lower the learning rate (--lr) or try another --alpha-rule") from None
+                                      "finite); lower the resolutions' rate (--step-lr-scale 0.1) or every rate "
+                                      "(--lr), or try another --alpha-rule") from None
         learned = _QuantizeLearnedFused if _learned_fused(x, ste) else _QuantizeLearned
         y = learned.apply(x, alpha, config.forward, config.bits, ste, config.alpha_rule)
     else:

@@ -106,7 +106,8 @@ def check_step(step: Tensor, where: str = "") -> None:
         bad = s[~((s > 0) & (s < float("inf")))]
         layer = f" of {where}" if where else ""
         raise ResolutionError(f"the learned weight step{layer} became {float(bad.flatten()[0]):.3g}, non-positive "
-                              "or not finite; lower the learning rate (--lr), or use a data scale rule "
+                              "or not finite; lower the steps' rate (--step-lr-scale 0.1) or every rate "
+                              "(--lr), or use a data scale rule "
                               "(--weight-scale-rule max) instead of lsq")
 
 

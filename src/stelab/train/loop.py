@@ -357,7 +357,7 @@ def _train_steps(run: _Run, epoch: int, t0: float) -> Tensor:
                     not healthy(sums[0], run.resolutions), device):
                 bad = bad_resolutions(run.model)
                 raise Diverged(f"a learned resolution left the positive numbers at step {run.step} (epoch {epoch})"
-                               f"{bad}; lower the learning rate (--lr)" if bad else
+                               f"{bad}; lower the steps' rate (--step-lr-scale 0.1) or every rate (--lr)" if bad else
                                f"non-finite training loss at step {run.step} (epoch {epoch})")
             if info.is_main:
                 for record in run_hooks(run.hooks, step=run.step, epoch=epoch, model=unwrap(run.model), inputs=xb,
