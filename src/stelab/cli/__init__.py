@@ -23,6 +23,7 @@ SUMMARY = {
     "diagnose": "gradient fidelity of STEs (coarse vs true gradient) for a trained model",
     "export": "export a trained run to ONNX (standard QDQ, exact QONNX, or float)",
     "card": "grade STEs: the three papers' results and real networks, a ranking and a recommendation",
+    "compare": "is a run better than a baseline? paired accuracy difference and McNemar's test",
 }
 COMMANDS = tuple(SUMMARY)
 

@@ -1,6 +1,6 @@
 """The one shape of an experiment: a config dataclass -> ``run(config, out, progress=True)`` -> results -> report.
 
-Every experiment (theory, symmetry, classify, diagnose, table1, instability, card) is an :class:`Experiment`:
+Every experiment (theory, symmetry, classify, diagnose, table1, instability, card, compare) is an :class:`Experiment`:
 its config type (a :class:`stelab.io.JsonConfig`) and its ``run``, which writes the run folder ``out``
 (``report.md``, ``results.json``, figures) and returns the results. A ``run`` may take runtime keywords after
 these three (``executor=`` for the sweeps); nothing else. Their results say what the experiment found in one word,
@@ -57,4 +57,5 @@ EXPERIMENTS = {e.name: e for e in (
     Experiment("table1", _P + "reproduce", "Table1Config", "run_table1"),
     Experiment("instability", _P + "reproduce", "InstabilityConfig", "run_instability"),
     Experiment("card", _P + "card", "CardConfig", "run_card"),
+    Experiment("compare", _P + "compare", "CompareConfig", "run_compare"),
 )}

@@ -1,0 +1,183 @@
+r"""Is one trained run better than another? Paired comparison on the same test images (``stelab compare``).
+
+Two runs evaluated on the same images are paired: an image both get right or both get wrong says nothing about
+which is better. Only the discordant images count: :math:`b`, those the baseline gets right and the other wrong,
+and :math:`c`, the reverse. Under "equally accurate" each discordant image is a fair coin, so McNemar's exact test
+gives the two-sided p value
+
+.. math::  p = \min\Bigl(1,\; 2 \sum_{k=0}^{\min(b, c)} \binom{b + c}{k} 2^{-(b + c)}\Bigr),
+
+with :math:`z = (c - b)/\sqrt{b + c}` its normal approximation. The accuracy difference
+:math:`\hat d = (c - b)/n` over :math:`n` images has the paired standard error
+:math:`\sqrt{b + c - (c - b)^2/n}\,/\,n`, much smaller than that of two independent accuracies when the runs agree
+on most images (the unpaired one, :math:`\sqrt{\sum_i a_i(1 - a_i)/n}`, is given beside it). These are the standard
+formulas; which images a split puts apart is the user's (``split``).
+
+Each run is evaluated as it evaluated itself: its last checkpoint (or ``model.pt``), on the CPU, in its precision.
+Runs on different test images are refused, since nothing pairs them.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..io import JsonConfig, markdown_table, write_json, write_text
+from .shape import finding
+
+EXACT_CIFAR10 = 1000  # the default split for CIFAR-10 (see split_for)
+
+
+@dataclass(frozen=True)
+class CompareConfig(JsonConfig):
+    """What ``stelab compare`` compares: run folders, the first the baseline; ``split`` where the test images are
+    also cut in two (None: :func:`split_for`'s default; 0: no cut)."""
+
+    runs: tuple[str, ...] = field(default=())
+    split: int | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "runs", tuple(str(r) for r in self.runs))
+        if len(self.runs) < 2:
+            raise ValueError(f"compare needs a baseline run and at least one other, got {len(self.runs)}: "
+                             "stelab compare BASELINE RUN [RUN ...]")
+        if self.split is not None and not (isinstance(self.split, int) and self.split >= 0):
+            raise ValueError(f"split must be an int >= 0 (0: no split), got {self.split!r} (--split)")
+
+
+def mcnemar(base: Tensor, other: Tensor) -> dict[str, Any]:
+    """The paired comparison of two boolean "right on image i" vectors (module docstring): ``n``, both
+    accuracies, ``b`` (base right, other wrong), ``c`` (the reverse), ``diff`` = ``(c - b)/n``, its paired and
+    unpaired standard errors, ``z`` and the exact two-sided ``p``."""
+    from scipy.stats import binomtest
+
+    if base.shape != other.shape or base.dim() != 1 or base.numel() == 0:
+        raise ValueError(f"mcnemar needs two equal-length 1-d vectors, got shapes {tuple(base.shape)} and "
+                         f"{tuple(other.shape)}")
+    base, other = base.bool(), other.bool()
+    n = base.numel()
+    b, c = int((base & ~other).sum()), int((~base & other).sum())
+    acc_base, acc_other = float(base.float().mean()), float(other.float().mean())
+    unpaired = math.sqrt((acc_base * (1 - acc_base) + acc_other * (1 - acc_other)) / n)
+    return {"n": n, "acc_base": acc_base, "acc_other": acc_other, "b": b, "c": c, "diff": (c - b) / n,
+            "se_paired": math.sqrt(max(b + c - (c - b) ** 2 / n, 0.0)) / n, "se_unpaired": unpaired,
+            "z": (c - b) / math.sqrt(b + c) if b + c else 0.0,
+            "p": binomtest(min(b, c), b + c, 0.5).pvalue if b + c else 1.0}
+
+
+@dataclass
+class Evaluated:
+    """One run on its test set: which images it gets right, with what it is."""
+    run: str
+    describe: str
+    right: Tensor
+    images: Tensor
+    labels: Tensor
+    dataset: str
+
+
+def evaluate(run_dir: str | Path, batch: int = 1000) -> Evaluated:
+    """``run_dir``'s model (last checkpoint or ``model.pt``) on its own test set, as the run evaluated itself."""
+    from .. import data
+    from ..train import load_model_from_run, read_config
+    from ..train.loop import autocast
+    from ..train.runs import describe_run, load_split
+
+    config = read_config(run_dir)
+    images, labels = load_split(config, "test")
+    model = load_model_from_run(run_dir)
+    mean, std = data.STATS[config.dataset]
+    right = []
+    with torch.no_grad(), autocast(torch.device("cpu"), config.precision):
+        for i in range(0, len(images), batch):
+            out = model(data.normalise(images[i:i + batch], mean, std))
+            right.append(out.argmax(1) == labels[i:i + batch])
+    return Evaluated(str(run_dir), describe_run(Path(run_dir)), torch.cat(right), images, labels, config.dataset)
+
+
+def split_for(dataset: str, split: int | None) -> int:
+    """Where the images are cut in two for a second look: ``split`` when given (0: no cut), else 1,000 for
+    CIFAR-10 (the images REPRODUCTION.md compares with papers) and none for the others."""
+    return split if split is not None else (EXACT_CIFAR10 if dataset == "cifar10" else 0)
+
+
+def compare(config: CompareConfig) -> dict[str, Any]:
+    """Every run of ``config.runs[1:]`` against the baseline ``runs[0]`` on the same test images: :func:`mcnemar`
+    on all of them and, with a split, on the images before it and from it on."""
+    runs = config.runs
+    start = time.perf_counter()
+    base = evaluate(runs[0])
+    cut = split_for(base.dataset, config.split)
+    parts = {"all": slice(None)}
+    if 0 < cut < len(base.labels):
+        parts.update({f"first {cut:,}": slice(0, cut), f"from {cut:,} on": slice(cut, None)})
+    results: dict[str, Any] = {"baseline": base.run, "baseline_describe": base.describe, "dataset": base.dataset,
+                               "split": cut, "comparisons": []}
+    for run in runs[1:]:
+        other = evaluate(run)
+        if not (torch.equal(other.labels, base.labels) and torch.equal(other.images, base.images)):
+            raise ValueError(f"{run} was evaluated on other test images than {base.run} ({other.dataset}, "
+                             f"{len(other.labels)} images, against {base.dataset}, {len(base.labels)}); only runs on "
+                             "the same images pair (same data set, --limit-test, and seed for --synthetic runs)")
+        results["comparisons"].append({"run": other.run, "describe": other.describe,
+                                       **{name: mcnemar(base.right[s], other.right[s]) for name, s in parts.items()}})
+    results["findings"] = compare_findings(results)
+    results["seconds"] = time.perf_counter() - start
+    return results
+
+
+def compare_findings(results: dict[str, Any], level: float = 0.05) -> list[dict[str, Any]]:
+    """One measured finding per run and image set: the difference, its paired SE, and whether McNemar's test
+    separates the two at ``level``."""
+    found = []
+    for comp in results["comparisons"]:
+        name = Path(comp["run"]).name
+        for part, m in comp.items():
+            if isinstance(m, dict):
+                verdict = ("better" if m["diff"] > 0 else "worse") if m["p"] < level else "not distinguishable"
+                found.append(finding(f"{name}:{part}", f"{name} vs the baseline, {part} ({m['n']:,} images): "
+                                     f"{100 * m['diff']:+.2f} ± {100 * m['se_paired']:.2f} points, {verdict} "
+                                     f"(p = {m['p']:.3g})", None, f"b = {m['b']}, c = {m['c']}"))
+    return found
+
+
+def render_markdown(results: dict[str, Any]) -> str:
+    """report.md: one row per run and image set."""
+    rows = []
+    for comp in results["comparisons"]:
+        for name, m in comp.items():
+            if isinstance(m, dict):
+                rows.append([Path(comp["run"]).name, name, m["n"], f"{100 * m['acc_base']:.2f}",
+                             f"{100 * m['acc_other']:.2f}", f"{100 * m['diff']:+.2f} ± {100 * m['se_paired']:.2f}",
+                             f"{100 * m['se_unpaired']:.2f}", f"{m['b']} / {m['c']}", f"{m['z']:+.2f}",
+                             f"{m['p']:.3g}"])
+    headers = ["run", "images", "n", "baseline acc (%)", "run acc (%)", "difference ± paired SE (points)",
+               "unpaired SE", "b / c", "z", "p (exact)"]
+    lines = [f"# Paired comparison against `{results['baseline']}`", "",
+             f"Baseline: {results['baseline_describe']}.", ""]
+    lines += [f"- `{Path(c['run']).name}`: {c['describe']}." for c in results["comparisons"]]
+    lines += ["", "b: images the baseline gets right and the run wrong; c: the reverse. The p value is McNemar's exact "
+              "two-sided test on b and c (no difference in accuracy); z = (c - b)/sqrt(b + c).", "",
+              markdown_table(headers, rows)]
+    if results["split"]:
+        lines += ["", f"The test images are also split at {results['split']:,} (`--split`; for CIFAR-10 the first "
+                  "1,000 by default: REPRODUCTION.md compares those with papers)."]
+    return "\n".join(lines) + "\n"
+
+
+def run_compare(config: CompareConfig, out: str | Path, progress: bool = True) -> dict[str, Any]:
+    """:func:`compare`, written to ``out`` (``config.json``, ``results.json``, ``report.md``) once computed, so a
+    refused comparison leaves no folder. (No progress bar: evaluation takes seconds.)"""
+    results = compare(config)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "config.json", config.to_dict())
+    write_json(out / "results.json", results)
+    write_text(out / "report.md", render_markdown(results))
+    return results

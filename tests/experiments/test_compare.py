@@ -1,0 +1,92 @@
+"""``stelab compare``: McNemar's paired test checked against an independent computation, and the command end to end
+on small synthetic runs (same test images paired, other images refused before anything is written)."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from stelab.cli import main
+from stelab.experiments.compare import CompareConfig, evaluate, mcnemar
+from stelab.io import read_json
+from stelab.train import TrainConfig, train
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.booleans(), st.booleans()), min_size=1, max_size=300))
+def test_mcnemar_matches_an_enumeration_and_the_variance_of_the_differences(pairs):
+    base = torch.tensor([p[0] for p in pairs])
+    other = torch.tensor([p[1] for p in pairs])
+    m = mcnemar(base, other)
+    b = sum(x and not y for x, y in pairs)
+    c = sum(y and not x for x, y in pairs)
+    assert (m["b"], m["c"], m["n"]) == (b, c, len(pairs))
+    tail = sum(math.comb(b + c, k) for k in range(min(b, c) + 1)) / 2 ** (b + c)
+    assert m["p"] == pytest.approx(min(1.0, 2 * tail), rel=1e-9)
+    d = other.double().numpy() - base.double().numpy()  # per image: +1, 0 or -1
+    assert m["diff"] == pytest.approx(d.mean(), abs=1e-12)
+    assert m["se_paired"] == pytest.approx(d.std() / np.sqrt(len(d)), abs=1e-12)
+
+
+def test_mcnemar_on_a_known_case_and_bad_input():
+    base = torch.tensor([True] * 90 + [False] * 10)
+    other = torch.tensor([True] * 80 + [False] * 10 + [True] * 10)  # b = 10, c = 10: no evidence either way
+    m = mcnemar(base, other)
+    assert (m["b"], m["c"], m["diff"], m["z"], m["p"]) == (10, 10, 0.0, 0.0, 1.0)
+    m = mcnemar(torch.zeros(50, dtype=torch.bool), torch.ones(50, dtype=torch.bool))  # c = 50, b = 0
+    assert m["p"] == pytest.approx(2 * 0.5 ** 50) and m["z"] == pytest.approx(math.sqrt(50))
+    with pytest.raises(ValueError, match="equal-length"):
+        mcnemar(torch.ones(3, dtype=torch.bool), torch.ones(4, dtype=torch.bool))
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("compare")
+    base = TrainConfig(model="lenet5", synthetic=512, batch_size=64, epochs=1, quant=None, out=str(root / "float"))
+    train(base, progress=False)
+    train(base.replace(lr=0.02, out=str(root / "slower")), progress=False)
+    train(base.replace(seed=1, out=str(root / "seed1")), progress=False)
+    return root
+
+
+def test_the_command_pairs_runs_on_the_same_images(runs, tmp_path, capsys):
+    out = tmp_path / "cmp"
+    assert main(["compare", str(runs / "float"), str(runs / "slower"), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert f"wrote {out}/report.md" in printed and "[measured] slower vs the baseline, all (128 images)" in printed
+    results = read_json(out / "results.json")
+    (comp,) = results["comparisons"]
+    base, other = evaluate(runs / "float").right, evaluate(runs / "slower").right
+    assert comp["all"]["n"] == 128 and comp["all"]["b"] == int((base & ~other).sum())
+    assert comp["all"]["acc_other"] == pytest.approx(float(other.float().mean()))
+    assert results["split"] == 0 and "first" not in " ".join(comp)  # mnist: no split unless asked
+    assert "McNemar" in (out / "report.md").read_text()
+    assert main(["compare", str(runs / "float"), str(runs / "slower"), "--split", "32", "--out",
+                 str(tmp_path / "cut")]) == 0
+    comp = read_json(tmp_path / "cut" / "results.json")["comparisons"][0]
+    assert comp["first 32"]["n"] == 32 and comp["from 32 on"]["n"] == 96
+    assert comp["first 32"]["b"] + comp["from 32 on"]["b"] == comp["all"]["b"]
+
+
+def test_runs_on_other_images_or_too_few_runs_are_refused_and_nothing_is_written(runs, tmp_path, capsys):
+    out = tmp_path / "nothing"
+    assert main(["compare", str(runs / "float"), str(runs / "seed1"), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "other test images" in err and "seed for --synthetic runs" in err and "Traceback" not in err
+    assert not out.exists()
+    assert main(["compare", str(runs / "float"), "--out", str(out)]) == 2
+    assert "at least one other" in capsys.readouterr().err and not out.exists()
+    assert main(["compare", str(runs / "float"), str(tmp_path / "missing"), "--out", str(out)]) == 2
+    assert not out.exists()
+
+
+def test_the_config_round_trips_and_checks_its_fields():
+    config = CompareConfig(runs=("a", "b"), split=1000)
+    assert CompareConfig.from_json(config.to_json()) == config
+    with pytest.raises(ValueError, match=r"split must be an int >= 0 .*\(--split\)"):
+        CompareConfig(runs=("a", "b"), split=-1)
+    with pytest.raises(ValueError, match="BASELINE RUN"):
+        CompareConfig(runs=("a",))
