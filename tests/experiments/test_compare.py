@@ -81,6 +81,8 @@ def test_runs_on_other_images_or_too_few_runs_are_refused_and_nothing_is_written
     assert "at least one other" in capsys.readouterr().err and not out.exists()
     assert main(["compare", str(runs / "float"), str(tmp_path / "missing"), "--out", str(out)]) == 2
     assert not out.exists()
+    assert main(["compare", str(runs / "float"), str(runs / "slower"), "--split", "128", "--out", str(out)]) == 2
+    assert "leaves no images after it: the test set has 128" in capsys.readouterr().err and not out.exists()
 
 
 def test_the_config_round_trips_and_checks_its_fields():

@@ -114,6 +114,9 @@ def compare(config: CompareConfig) -> dict[str, Any]:
     start = time.perf_counter()
     base = evaluate(runs[0])
     cut = split_for(base.dataset, config.split)
+    if config.split and config.split >= len(base.labels):  # asked for, but it would leave one side empty
+        raise ValueError(f"split {config.split} (--split) leaves no images after it: the test set has "
+                         f"{len(base.labels)}; give a smaller N, or 0 for no split")
     parts = {"all": slice(None)}
     if 0 < cut < len(base.labels):
         parts.update({f"first {cut:,}": slice(0, cut), f"from {cut:,} on": slice(cut, None)})
