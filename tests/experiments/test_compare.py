@@ -2,6 +2,7 @@
 on small synthetic runs (same test images paired, other images refused before anything is written)."""
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ from stelab.cli import main
 from stelab.experiments.compare import CompareConfig, evaluate, mcnemar
 from stelab.io import read_json
 from stelab.train import TrainConfig, train
+from stelab.train.runs import right_on_test
 
 
 @settings(max_examples=60, deadline=None)
@@ -50,6 +52,14 @@ def runs(tmp_path_factory):
     train(base.replace(lr=0.02, out=str(root / "slower")), progress=False)
     train(base.replace(seed=1, out=str(root / "seed1")), progress=False)
     return root
+
+
+def test_the_shared_evaluation_agrees_with_the_runs_own_and_with_any_batch(runs):
+    """``right_on_test`` (behind compare and Table 1's first-1,000 accuracy) recounts what training recorded."""
+    right, images, labels = right_on_test(runs / "slower")
+    assert right.dtype == torch.bool and len(right) == len(labels) == len(images) == 128
+    assert float(right.float().mean()) == pytest.approx(read_json(runs / "slower" / "results.json")["test_acc"])
+    assert torch.equal(right_on_test(runs / "slower", batch=7)[0], right)
 
 
 def test_the_command_pairs_runs_on_the_same_images(runs, tmp_path, capsys):
@@ -92,3 +102,15 @@ def test_the_config_round_trips_and_checks_its_fields():
         CompareConfig(runs=("a", "b"), split=-1)
     with pytest.raises(ValueError, match="BASELINE RUN"):
         CompareConfig(runs=("a",))
+
+
+def test_the_first_1000_accuracy_of_the_committed_float_resnet20_is_the_recorded_one(shared_data_dir, monkeypatch):
+    """Table 1's first-1,000 figure, through the shared evaluation, on the committed network and the real images:
+    the value its summary recorded (91.6 %). bf16 autocast may round a borderline logit otherwise on another CPU,
+    hence one image of slack."""
+    from stelab.experiments.reproduce.table1 import subset_accuracy
+
+    monkeypatch.setenv("STELAB_DATA", str(shared_data_dir))
+    run = Path(__file__).resolve().parents[2] / "results" / "table1-cifar10-resnet20" / "seed0" / "float"
+    assert read_json(run / "config.json")["precision"] == "bf16"
+    assert subset_accuracy(run, 1000) == pytest.approx(0.916, abs=0.0011)

@@ -84,21 +84,12 @@ class Evaluated:
 
 def evaluate(run_dir: str | Path, batch: int = 1000) -> Evaluated:
     """``run_dir``'s model (last checkpoint or ``model.pt``) on its own test set, as the run evaluated itself."""
-    from .. import data
-    from ..train import load_model_from_run, read_config
-    from ..train.loop import autocast
-    from ..train.runs import describe_run, load_split
+    from ..train import read_config
+    from ..train.runs import describe_run, right_on_test
 
-    config = read_config(run_dir)
-    images, labels = load_split(config, "test")
-    model = load_model_from_run(run_dir)
-    mean, std = data.STATS[config.dataset]
-    right = []
-    with torch.no_grad(), autocast(torch.device("cpu"), config.precision):
-        for i in range(0, len(images), batch):
-            out = model(data.normalise(images[i:i + batch], mean, std))
-            right.append(out.argmax(1) == labels[i:i + batch])
-    return Evaluated(str(run_dir), describe_run(Path(run_dir)), torch.cat(right), images, labels, config.dataset)
+    right, images, labels = right_on_test(run_dir, batch=batch)
+    return Evaluated(str(run_dir), describe_run(Path(run_dir)), right, images, labels,
+                     read_config(run_dir).dataset)
 
 
 def split_for(dataset: str, split: int | None) -> int:

@@ -207,3 +207,27 @@ def load_split(config: TrainConfig, split: str) -> tuple[Tensor, Tensor]:
         images, labels = data.load(config.dataset, config.data_dir, split=split)
     limit = config.limit_train if split == "train" else config.limit_test
     return (images[:limit], labels[:limit]) if limit else (images, labels)
+
+
+def right_on_test(run_dir: str | Path, first: int | None = None, batch: int = 1000) -> tuple[Tensor, Tensor, Tensor]:
+    """Which test images the run's model (last checkpoint, or ``model.pt``) gets right, as the run evaluated itself
+    (CPU, its precision, eval mode): a boolean per image, with the images and labels. ``first=None`` takes the run's
+    own test split (``--limit-test`` applied); ``first=n`` the first ``n`` images of the data set's test split."""
+    import torch
+
+    from .. import data
+    from .loop import autocast
+
+    config = read_config(run_dir)
+    if first is None:
+        images, labels = load_split(config, "test")
+    else:
+        images, labels = data.load(config.dataset, config.data_dir, split="test")
+        images, labels = images[:first], labels[:first]
+    model = load_model_from_run(run_dir)
+    mean, std = data.STATS[config.dataset]
+    right = []
+    with torch.no_grad(), autocast(torch.device("cpu"), config.precision):
+        for i in range(0, len(images), batch):
+            right.append(model(data.normalise(images[i:i + batch], mean, std)).argmax(1) == labels[i:i + batch])
+    return torch.cat(right), images, labels

@@ -230,25 +230,17 @@ def with_subset_accuracy(summary: dict[str, Any], run_dir: Path) -> dict[str, An
 
 def subset_accuracy(run_dir: Path, n: int) -> float | None:
     """Test accuracy of the run's last checkpoint on the first ``n`` test images (None without data/checkpoint)."""
-    import torch
-
-    from ... import data
-    from ...train import load_model_from_run, read_config
-    from ...train.loop import autocast
+    from ...train import read_config
+    from ...train.runs import right_on_test
 
     try:
-        config = read_config(run_dir)
-        if config.synthetic:  # trained on generated images: the real test set says nothing about it
+        if read_config(run_dir).synthetic:  # trained on generated images: the real test set says nothing about it
             return None
-        images, labels = data.load(config.dataset, config.data_dir, split="test")
-        model = load_model_from_run(run_dir)
+        right = right_on_test(run_dir, first=n)[0]
     except (FileNotFoundError, ValueError) as err:
         print(f"{run_dir}: no first-{n} accuracy ({err})", file=sys.stderr)
         return None
-    mean, std = data.STATS[config.dataset]
-    with torch.no_grad(), autocast(torch.device("cpu"), config.precision):  # as the run evaluated itself
-        out = model(data.normalise(images[:n], mean, std))
-    return float((out.argmax(1) == labels[:n]).float().mean())
+    return float(right.float().mean())
 
 
 def _finite(run: dict[str, Any]) -> bool:
