@@ -13,7 +13,8 @@ with :math:`z = (c - b)/\sqrt{b + c}` its normal approximation. The accuracy dif
 on most images (the unpaired one, :math:`\sqrt{\sum_i a_i(1 - a_i)/n}`, is given beside it). These are the standard
 formulas; which images a split puts apart is the user's (``split``).
 
-Each run is evaluated as it evaluated itself: its last checkpoint (or ``model.pt``), on the CPU, in its precision.
+Each run is evaluated as it evaluated itself: its last checkpoint (or ``model.pt``), on the CPU, in its precision,
+memory format and evaluation batch (:func:`stelab.train.runs.right_on_test`), so the accuracies are its own.
 Runs on different test images are refused, since nothing pairs them.
 """
 
@@ -82,7 +83,7 @@ class Evaluated:
     dataset: str
 
 
-def evaluate(run_dir: str | Path, batch: int = 1000) -> Evaluated:
+def evaluate(run_dir: str | Path, batch: int | None = None) -> Evaluated:
     """``run_dir``'s model (last checkpoint or ``model.pt``) on its own test set, as the run evaluated itself."""
     from ..train import read_config
     from ..train.runs import describe_run, right_on_test
