@@ -23,6 +23,16 @@ run runs/qat/w2a2-lsq-kd-ci-bn --bits 2 --weight-bits 2 --epochs 10 --act-placem
 # progressive at the conv inputs: W2A2 (midrise weights, affine batch norms) from the conv-input W4A4 network, 20 epochs
 common=${common/--init $F/--init results/qat-resnet20/w4a4-lsq-kd-ci}
 run runs/qat/w2a2m-lsq-kd-ci-bn-prog20 --bits 2 --weight-bits 2 --weight-quantizer midrise --epochs 20 --act-placement conv_input --bn-affine
+# one ingredient at a time, against w2a2-lsq-kd-ci-bn (conv inputs, affine BNs, uniform weights, 10 epochs from F):
+# no distillation; learned steps frozen at their initial values (rate 0); midrise weights; the default (max) weight
+# scale instead of LSQ steps; pact instead of lsq for the activation resolutions
+abl="--model resnet20 --dataset cifar10 --init $F --ste clipped_relu --lr 0.01 --lr-schedule cosine --weight-decay 5e-4 --precision fp32 --no-progress --bits 2 --weight-bits 2 --epochs 10 --act-placement conv_input --bn-affine"
+ab() { local out=$1; shift; if [ -f "$out/checkpoint.pt" ]; then stelab train --resume --out "$out" --no-progress; else stelab train $abl "$@" --out "$out"; fi; }
+ab runs/qat/w2a2-lsq-ci-bn --learn-alpha --alpha-rule lsq --weight-scale-rule lsq
+ab runs/qat/w2a2-lsq-kd-ci-bn-frozen --distill $F --learn-alpha --alpha-rule lsq --weight-scale-rule lsq --step-lr-scale 0
+ab runs/qat/w2a2m-lsq-kd-ci-bn --distill $F --learn-alpha --alpha-rule lsq --weight-scale-rule lsq --weight-quantizer midrise
+ab runs/qat/w2a2-lsq-kd-ci-bn-wmax --distill $F --learn-alpha --alpha-rule lsq
+ab runs/qat/w2a2-pact-kd-ci-bn --distill $F --learn-alpha --alpha-rule pact --weight-scale-rule lsq
 # activation-only cells with a learned resolution, beside Table 1's fixed (Lloyd) cells: the same float start,
 # STE, schedule and seed as `stelab reproduce table1` gave them (15 epochs), no distillation; fp32 where those ran
 # bf16 (emulated on this CPU, about 2x slower)
