@@ -65,7 +65,9 @@ def test_the_shared_evaluation_agrees_with_the_runs_own_and_with_any_batch(runs)
 def test_the_command_pairs_runs_on_the_same_images(runs, tmp_path, capsys):
     out = tmp_path / "cmp"
     assert main(["compare", str(runs / "float"), str(runs / "slower"), "--out", str(out)]) == 0
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
+    printed = captured.out
+    assert f"evaluating {runs / 'slower'} (2/2)" in captured.err  # each run named as its evaluation starts
     assert f"wrote {out}/report.md" in printed and "[measured] slower vs the baseline, all (128 images)" in printed
     results = read_json(out / "results.json")
     (comp,) = results["comparisons"]

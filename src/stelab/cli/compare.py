@@ -21,6 +21,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "none otherwise; 0: no split)")
     p.add_argument("--out", type=Path, default=None, help="report folder (default runs/compare-<timestamp>)")
     p.add_argument("--force", action="store_true", help="overwrite a report already in --out")
+    p.add_argument("--no-progress", action="store_true", help="do not name each run on stderr as it is evaluated")
     p.set_defaults(func=run)
 
 
@@ -32,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
     config = CompareConfig(runs=tuple(str(r) for r in args.runs), split=args.split)
     out = args.out or Path("runs") / f"compare-{time.strftime('%Y%m%d-%H%M%S')}"
     check_out_dir(out, reports=REPORTS, force=args.force)
-    results = run_compare(config, out)
+    results = run_compare(config, out, progress=not args.no_progress)
     print(f"stelab compare: against {results['baseline']} (details in {out / 'report.md'})")
     print("\n".join(finding_lines(results)))
     print(f"wrote {out}/report.md, results.json ({results['seconds']:.1f} s)")
