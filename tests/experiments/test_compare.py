@@ -14,7 +14,7 @@ from stelab.cli import main
 from stelab.experiments.compare import CompareConfig, evaluate, mcnemar
 from stelab.io import read_json
 from stelab.train import TrainConfig, train
-from stelab.train.runs import right_on_test
+from stelab.train.evaluation import right_on_test
 
 
 @settings(max_examples=60, deadline=None)

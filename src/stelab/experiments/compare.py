@@ -14,7 +14,7 @@ on most images (the unpaired one, :math:`\sqrt{\sum_i a_i(1 - a_i)/n}`, is given
 formulas; which images a split puts apart is the user's (``split``).
 
 Each run is evaluated as it evaluated itself: its last checkpoint (or ``model.pt``), on the CPU, in its precision,
-memory format and evaluation batch (:func:`stelab.train.runs.right_on_test`), so the accuracies are its own.
+memory format and evaluation batch (:func:`stelab.train.evaluation.right_on_test`), so the accuracies are its own.
 Runs on different test images are refused, since nothing pairs them.
 """
 
@@ -87,7 +87,8 @@ class Evaluated:
 def evaluate(run_dir: str | Path, batch: int | None = None) -> Evaluated:
     """``run_dir``'s model (last checkpoint or ``model.pt``) on its own test set, as the run evaluated itself."""
     from ..train import read_config
-    from ..train.runs import describe_run, right_on_test
+    from ..train.evaluation import right_on_test
+    from ..train.runs import describe_run
 
     right, images, labels = right_on_test(run_dir, batch=batch)
     return Evaluated(str(run_dir), describe_run(Path(run_dir)), right, images, labels,

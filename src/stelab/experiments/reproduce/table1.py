@@ -231,7 +231,7 @@ def with_subset_accuracy(summary: dict[str, Any], run_dir: Path) -> dict[str, An
 def subset_accuracy(run_dir: Path, n: int) -> float | None:
     """Test accuracy of the run's last checkpoint on the first ``n`` test images (None without data/checkpoint)."""
     from ...train import read_config
-    from ...train.runs import right_on_test
+    from ...train.evaluation import right_on_test
 
     try:
         if read_config(run_dir).synthetic:  # trained on generated images: the real test set says nothing about it
