@@ -29,7 +29,7 @@ def right_on_test(run_dir: str | Path, first: int | None = None, batch: int | No
     fmt = torch.channels_last if config.resolved_channels_last("cpu") else torch.contiguous_format
     model.to(memory_format=fmt)
     mean, std = data.STATS[config.dataset]
-    batch = batch or config.eval_batch_size
+    batch = config.eval_batch_size if batch is None else batch
     right = []
     with torch.no_grad(), autocast(torch.device("cpu"), config.precision):
         for i in range(0, len(images), batch):

@@ -207,4 +207,3 @@ def load_split(config: TrainConfig, split: str) -> tuple[Tensor, Tensor]:
         images, labels = data.load(config.dataset, config.data_dir, split=split)
     limit = config.limit_train if split == "train" else config.limit_test
     return (images[:limit], labels[:limit]) if limit else (images, labels)
-
