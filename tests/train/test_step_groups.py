@@ -10,6 +10,7 @@ from stelab.io import read_jsonl
 from stelab.train import TrainConfig, load_checkpoint, train
 from stelab.train.quant_weights import quantize_run_weights
 from stelab.train.resolutions import optimizer_groups
+from stelab.train.runs import describe_run
 
 LEARNED = dict(model="lenet5", dataset="mnist", synthetic=256, batch_size=64, epochs=1, lr=0.05,
                quant=QuantConfig(bits=2, learn_alpha=True, alpha_rule="lsq"),
@@ -44,8 +45,12 @@ def test_frozen_steps_stay_put_while_the_weights_train(tmp_path):
     assert _steps(after) and all(torch.equal(after[k], first[k]) for k in _steps(after))
     quantized = [k.replace("weight_scale", "weight") for k in _steps(after) if k.endswith("weight_scale")]
     assert quantized and all(not torch.equal(after[k], first[k]) for k in quantized)  # their weights trained
-    moving = frozen.replace(step_lr_scale=1.0, out=str(tmp_path / "moving"))
+    # the run's title says its steps were frozen; the default's does not
+    assert ", learned steps at 0 x lr" in describe_run(tmp_path / "frozen")
+    assert "learned steps" not in describe_run(tmp_path / "start")
+    moving = frozen.replace(step_lr_scale=1.0, step_weight_decay=0.0, out=str(tmp_path / "moving"))
     train(moving)
+    assert describe_run(tmp_path / "moving").endswith("from a trained model, step decay 0, 1 epoch")
     moved = load_checkpoint(tmp_path / "moving" / "checkpoint.pt")["model"]
     assert any(not torch.equal(moved[k], first[k]) for k in _steps(moved))
 

@@ -134,6 +134,10 @@ def describe_run(run_dir: Path) -> str:
                 f"{'float activations' if q is None else kind}")
     data = f"{c.dataset} (synthetic, {c.synthetic} images)" if c.synthetic else c.dataset
     start = (", from a trained model" if c.init else "") + (", distilled" if c.distill else "")
+    if c.step_lr_scale != 1.0:  # a frozen (0) or slowed step is a different recipe: the title says so
+        start += f", learned steps at {c.step_lr_scale:g} x lr"
+    if c.step_weight_decay is not None:
+        start += f", step decay {c.step_weight_decay:g}"
     return (f"{c.model} on {data}, {kind}, seed {c.seed}: lr {c.resolved_lr():g}{start}, "
             f"{c.resolved_epochs()} epoch{'s' * (c.resolved_epochs() != 1)}")
 
