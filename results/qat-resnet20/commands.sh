@@ -33,6 +33,8 @@ ab runs/qat/w2a2-lsq-kd-ci-bn-frozen --distill $F --learn-alpha --alpha-rule lsq
 ab runs/qat/w2a2m-lsq-kd-ci-bn --distill $F --learn-alpha --alpha-rule lsq --weight-scale-rule lsq --weight-quantizer midrise
 ab runs/qat/w2a2-lsq-kd-ci-bn-wmax --distill $F --learn-alpha --alpha-rule lsq
 ab runs/qat/w2a2-pact-kd-ci-bn --distill $F --learn-alpha --alpha-rule pact --weight-scale-rule lsq
+# the longer schedule: the midrise run above for 40 epochs instead of 10 (the later --epochs wins)
+ab runs/qat/w2a2m-lsq-kd-ci-bn-e40 --distill $F --learn-alpha --alpha-rule lsq --weight-scale-rule lsq --weight-quantizer midrise --epochs 40
 # activation-only cells with a learned resolution, beside Table 1's fixed (Lloyd) cells: the same float start,
 # STE, schedule and seed as `stelab reproduce table1` gave them (15 epochs), no distillation; fp32 where those ran
 # bf16 (emulated on this CPU, about 2x slower)
