@@ -11,12 +11,11 @@ Left out: wall times, throughputs and file paths, which differ from run to run b
 
 Tolerances, and why:
 - the theory, symmetry and classification studies are float64 (numpy / torch): ``rtol = 1e-7, atol = 1e-12``. Within
-  one machine they repeat bit for bit; the slack covers a BLAS that sums in another order elsewhere.
-- the float64 values still depend on the CPU's vector width: a BLAS (numpy's OpenBLAS, torch's MKL) picks its kernels
-  by CPU, and an AVX-512 kernel sums in another order than an AVX2 one. Most values agree to 1e-15, but the studies
-  hold chaotic ones (the last descent steps near 1e-7, a classifier trained on 80 points whose accuracy moves when
-  one rounding flips a step), so their values are stored per ATen CPU capability (``MATH_KEY``): a code change still
-  shows on every machine, and a machine of a new kind says to regenerate.
+  one machine they repeat bit for bit. Across CPUs they do not: a BLAS (numpy's OpenBLAS, torch's MKL) picks its
+  kernels by CPU, and an AVX-512 kernel sums in another order than an AVX2 one. Most values still agree to 1e-15,
+  but the studies hold chaotic ones (the last descent steps near 1e-7, a classifier trained on 80 points whose
+  accuracy moves when one rounding flips a step), so their values are stored per ATen CPU capability
+  (:func:`stored_key`): a code change still shows on every machine, and a machine of a new kind says to regenerate.
 - training is float32 and a quantized network's training is chaotic in the rounding (a one-ulp change flips a code,
   and the flip changes every later step), so the training cases run in a subprocess with the arithmetic pinned:
   one thread, no oneDNN, MKL's reproducible mode, ATen without AVX dispatch (``pinned_arithmetic.py`` says why
@@ -37,6 +36,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from pinned_arithmetic import ENV as PINNED_ENV
 
 from stelab.cli import main
@@ -96,8 +96,6 @@ def stored_key(name: str) -> str:
     """Where a case's values are stored: the float64 studies per CPU capability (module docstring), the training
     cases, whose arithmetic is pinned, once."""
     if CASES[name][1] is MATH:
-        import torch
-
         return f"{name}@{torch.backends.cpu.get_cpu_capability()}"
     return name
 
