@@ -1,11 +1,18 @@
 #!/usr/bin/env bash
 # Issue 23 accuracy runs: ResNet-20 CIFAR-10 from the committed float network, LSQ activations and weights,
-# distilled from the same float network. Resumable: rerun this script.
+# distilled from the same float network. Resumable: rerun this script. With run names as arguments
+# (`bash results/qat-resnet20/commands.sh a4-pact w2a2-pact-kd-ci-bn`) it runs only those, in the order below;
+# without, all of them (a fresh clone has no `runs/qat`, so it starts every run again).
 set -u
+names=" $* "
+for name in "$@"; do  # a misspelt name would otherwise run nothing, silently
+    grep -qE "^(run|ab|only) runs/qat/$name( |\$)" "$0" || { echo "commands.sh: no run named '$name' in $0" >&2; exit 2; }
+done
+wanted() { [ "$names" = "  " ] || [[ $names == *" $(basename "$1") "* ]]; }
 cd "$(dirname "$0")/../.." && source .venv/bin/activate  # the repository root
 F=results/table1-cifar10-resnet20/seed0/float
 common="--model resnet20 --dataset cifar10 --init $F --distill $F --ste clipped_relu --learn-alpha --alpha-rule lsq --weight-scale-rule lsq --lr 0.01 --lr-schedule cosine --weight-decay 5e-4 --precision fp32 --no-progress"
-run() { local out=$1; shift; if [ -f "$out/checkpoint.pt" ]; then stelab train --resume --out "$out" --no-progress; else stelab train $common "$@" --out "$out"; fi; }
+run() { local out=$1; shift; wanted "$out" || return 0; if [ -f "$out/checkpoint.pt" ]; then stelab train --resume --out "$out" --no-progress; else stelab train $common "$@" --out "$out"; fi; }
 run runs/qat/w4a4-lsq-kd --bits 4 --weight-bits 4 --epochs 8
 run runs/qat/w2a2-lsq-kd --bits 2 --weight-bits 2 --epochs 10
 # progressive and longer: W2A2 from the W4A4 network above (its learned steps re-fitted to 2 bits)
@@ -27,7 +34,7 @@ run runs/qat/w2a2m-lsq-kd-ci-bn-prog20 --bits 2 --weight-bits 2 --weight-quantiz
 # no distillation; learned steps frozen at their initial values (rate 0); midrise weights; the default (max) weight
 # scale instead of LSQ steps; pact instead of lsq for the activation resolutions
 abl="--model resnet20 --dataset cifar10 --init $F --ste clipped_relu --lr 0.01 --lr-schedule cosine --weight-decay 5e-4 --precision fp32 --no-progress --bits 2 --weight-bits 2 --epochs 10 --act-placement conv_input --bn-affine"
-ab() { local out=$1; shift; if [ -f "$out/checkpoint.pt" ]; then stelab train --resume --out "$out" --no-progress; else stelab train $abl "$@" --out "$out"; fi; }
+ab() { local out=$1; shift; wanted "$out" || return 0; if [ -f "$out/checkpoint.pt" ]; then stelab train --resume --out "$out" --no-progress; else stelab train $abl "$@" --out "$out"; fi; }
 ab runs/qat/w2a2-lsq-ci-bn --learn-alpha --alpha-rule lsq --weight-scale-rule lsq
 ab runs/qat/w2a2-lsq-kd-ci-bn-frozen --distill $F --learn-alpha --alpha-rule lsq --weight-scale-rule lsq --step-lr-scale 0
 ab runs/qat/w2a2m-lsq-kd-ci-bn --distill $F --learn-alpha --alpha-rule lsq --weight-scale-rule lsq --weight-quantizer midrise
@@ -35,11 +42,13 @@ ab runs/qat/w2a2-lsq-kd-ci-bn-wmax --distill $F --learn-alpha --alpha-rule lsq
 ab runs/qat/w2a2-pact-kd-ci-bn --distill $F --learn-alpha --alpha-rule pact --weight-scale-rule lsq
 # the longer schedule: the midrise run above for 40 epochs instead of 10 (the later --epochs wins)
 ab runs/qat/w2a2m-lsq-kd-ci-bn-e40 --distill $F --learn-alpha --alpha-rule lsq --weight-scale-rule lsq --weight-quantizer midrise --epochs 40
+# lower weight decay at 2 bits: the midrise run above (10 epochs) with wd 1e-4, the public LSQ reproduction's
+ab runs/qat/w2a2m-lsq-kd-ci-bn-wd1e4 --distill $F --learn-alpha --alpha-rule lsq --weight-scale-rule lsq --weight-quantizer midrise --weight-decay 1e-4
 # activation-only cells with a learned resolution, beside Table 1's fixed (Lloyd) cells: the same float start,
 # STE, schedule and seed as `stelab reproduce table1` gave them (15 epochs), no distillation; fp32 where those ran
 # bf16 (emulated on this CPU, about 2x slower)
 cell="--model resnet20 --dataset cifar10 --init $F --ste clipped_relu --learn-alpha --epochs 15 --lr-schedule cosine --weight-decay 5e-4 --precision fp32 --seed 0 --no-progress"
-only() { local out=$1; shift; if [ -f "$out/checkpoint.pt" ]; then stelab train --resume --out "$out" --no-progress; else stelab train $cell "$@" --out "$out"; fi; }
+only() { local out=$1; shift; wanted "$out" || return 0; if [ -f "$out/checkpoint.pt" ]; then stelab train --resume --out "$out" --no-progress; else stelab train $cell "$@" --out "$out"; fi; }
 only runs/qat/a2-lsq --bits 2 --alpha-rule lsq
 only runs/qat/a4-lsq --bits 4 --alpha-rule lsq
 only runs/qat/a2-pact --bits 2 --alpha-rule pact
