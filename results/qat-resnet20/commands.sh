@@ -44,6 +44,8 @@ ab runs/qat/w2a2-pact-kd-ci-bn --distill $F --learn-alpha --alpha-rule pact --we
 ab runs/qat/w2a2m-lsq-kd-ci-bn-e40 --distill $F --learn-alpha --alpha-rule lsq --weight-scale-rule lsq --weight-quantizer midrise --epochs 40
 # lower weight decay at 2 bits: the midrise run above (10 epochs) with wd 1e-4, the public LSQ reproduction's
 ab runs/qat/w2a2m-lsq-kd-ci-bn-wd1e4 --distill $F --learn-alpha --alpha-rule lsq --weight-scale-rule lsq --weight-quantizer midrise --weight-decay 1e-4
+# APoT's 2-bit rate, 0.04, with the learned steps at a tenth of it (their rate 0.004): the midrise run above
+ab runs/qat/w2a2m-lsq-kd-ci-bn-lr04s --distill $F --learn-alpha --alpha-rule lsq --weight-scale-rule lsq --weight-quantizer midrise --lr 0.04 --step-lr-scale 0.1
 # activation-only cells with a learned resolution, beside Table 1's fixed (Lloyd) cells: the same float start,
 # STE, schedule and seed as `stelab reproduce table1` gave them (15 epochs), no distillation; fp32 where those ran
 # bf16 (emulated on this CPU, about 2x slower)

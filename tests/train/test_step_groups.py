@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from stelab import QuantConfig, WeightQuantConfig, models
-from stelab.io import read_jsonl
+from stelab.io import read_jsonl, write_json
 from stelab.train import TrainConfig, load_checkpoint, train
 from stelab.train.quant_weights import quantize_run_weights
 from stelab.train.resolutions import optimizer_groups
@@ -83,3 +83,12 @@ def test_a_resolution_driven_negative_names_the_fix_and_the_fix_works(tmp_path):
     assert "--step-lr-scale 0.1" in record["reason"] and "alpha" in record["reason"]
     fixed = config.replace(step_lr_scale=0.1, out=str(tmp_path / "b"))
     assert train(fixed, progress=False)["status"] == "finished"
+
+
+def test_the_title_names_a_weight_decay_other_than_the_default(tmp_path):
+    """Two runs that differ only in their weight decay get different titles (the compare report lists them)."""
+    for name, decay in (("default", TrainConfig().weight_decay), ("strong", 5e-4)):
+        (tmp_path / name).mkdir()
+        write_json(tmp_path / name / "config.json", TrainConfig(weight_decay=decay, epochs=3).to_dict())
+    assert "wd" not in describe_run(tmp_path / "default")
+    assert describe_run(tmp_path / "strong").endswith(": lr 0.1, wd 0.0005, 3 epochs")

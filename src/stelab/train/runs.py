@@ -115,8 +115,12 @@ def write_summary(run_dir: Path, summary: dict[str, Any]) -> None:
                + markdown_table(["key", "value"], rows) + "\n![training curves](curves.png)\n")
 
 
+DEFAULT_DECAY = TrainConfig().weight_decay
+
+
 def describe_run(run_dir: Path) -> str:
-    """What was trained, from the run's ``config.json``: model, data, quantization, seed, rate and epochs."""
+    """What was trained, from the run's ``config.json``: model, data, quantization, seed, rate (and the weight decay
+    when it is not the default) and epochs."""
     try:
         c = read_config(run_dir)
     except (FileNotFoundError, ValueError, KeyError):
@@ -133,7 +137,8 @@ def describe_run(run_dir: Path) -> str:
         kind = (f"{w.effective_bits}-bit {w.quantizer} weights ({w.rule}, {c.optimizer}), "
                 f"{'float activations' if q is None else kind}")
     data = f"{c.dataset} (synthetic, {c.synthetic} images)" if c.synthetic else c.dataset
-    start = (", from a trained model" if c.init else "") + (", distilled" if c.distill else "")
+    start = (f", wd {c.weight_decay:g}" if c.weight_decay != DEFAULT_DECAY else "")  # runs that differ only in it
+    start += (", from a trained model" if c.init else "") + (", distilled" if c.distill else "")
     if c.step_lr_scale != 1.0:  # a frozen (0) or slowed step is a different recipe: the title says so
         start += f", learned steps at {c.step_lr_scale:g} x lr"
     if c.step_weight_decay is not None:
