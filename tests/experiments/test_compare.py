@@ -116,3 +116,80 @@ def test_the_first_1000_accuracy_of_the_committed_float_resnet20_is_the_recorded
     run = Path(__file__).resolve().parents[2] / "results" / "table1-cifar10-resnet20" / "seed0" / "float"
     assert read_json(run / "config.json")["precision"] == "bf16"
     assert subset_accuracy(run, 1000) == pytest.approx(0.916, abs=0.0011)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.booleans(), min_size=1, max_size=70))
+def test_the_right_record_round_trips_any_length(tmp_path_factory, flags):
+    from stelab.train.evaluation import record_right, recorded_right
+
+    folder = tmp_path_factory.mktemp("record")
+    right = torch.tensor(flags)
+    record_right(folder, right)
+    assert torch.equal(recorded_right(folder), right)
+
+
+def test_a_folder_kept_without_weights_compares_from_its_record(runs, tmp_path, capsys):
+    """The record written when a run is evaluated stands in for its weights: the same numbers as with them."""
+    import shutil
+
+    out = tmp_path / "with"
+    assert main(["compare", str(runs / "float"), str(runs / "slower"), "--out", str(out)]) == 0
+    assert (runs / "slower" / "test_right.json").is_file() and (runs / "float" / "test_right.json").is_file()
+    kept = tmp_path / "kept"
+    for name in ("float", "slower"):  # what results/ keeps of a run: config, metrics, summary, record
+        (kept / name).mkdir(parents=True)
+        for f in ("config.json", "metrics.jsonl", "results.json", "test_right.json"):
+            shutil.copy(runs / name / f, kept / name / f)
+    assert main(["compare", str(kept / "float"), str(kept / "slower"), "--out", str(tmp_path / "without")]) == 0
+    (a,), (b,) = (read_json(d / "results.json")["comparisons"] for d in (out, tmp_path / "without"))
+    assert a["all"] == b["all"]
+    capsys.readouterr()
+    (kept / "slower" / "test_right.json").unlink()
+    assert main(["compare", str(kept / "float"), str(kept / "slower"), "--out", str(tmp_path / "none")]) == 2
+    err = capsys.readouterr().err
+    assert "has no weights (checkpoint.pt or model.pt) and no test_right.json" in err and "Traceback" not in err
+    assert not (tmp_path / "none").exists()
+
+
+def test_a_damaged_or_mismatched_record_is_refused_with_its_fix(runs, tmp_path):
+    import json
+    import shutil
+
+    from stelab.train.evaluation import RIGHT, record_right, recorded_right, right_or_recorded
+
+    evaluate(runs / "slower")
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    for f in ("config.json", "results.json", RIGHT):
+        shutil.copy(runs / "slower" / f, kept / f)
+    record = json.loads((kept / RIGHT).read_text())
+    (kept / RIGHT).write_text(json.dumps({**record, "accuracy": record["accuracy"] + 0.1}))
+    with pytest.raises(ValueError, match="does not match its own length and accuracy; delete it"):
+        recorded_right(kept)
+    (kept / RIGHT).write_text(json.dumps({**record, "right": "not base64!"}))
+    with pytest.raises(ValueError, match="is not a test_right record .*delete it and evaluate"):
+        recorded_right(kept)
+    record_right(kept, recorded_right(runs / "slower")[:40])  # a well-formed record of another split
+    with pytest.raises(ValueError, match="covers 40 test images but the run's test split has 128"):
+        right_or_recorded(kept)
+
+
+def test_the_first_1000_accuracy_is_measured_once_and_kept_in_the_summary(tmp_path, monkeypatch):
+    """Table 1's first-1,000 figure is kept in the run's results.json, so a folder kept without its weights (as
+    results/ keeps them) still reports it; runs on other data sets or unfinished ones get none."""
+    from stelab.experiments.reproduce import table1
+    from stelab.io import write_json
+
+    calls = []
+    monkeypatch.setattr(table1, "subset_accuracy", lambda run_dir, n: calls.append((run_dir, n)) or 0.875)
+    summary = {"status": "finished", "dataset": "cifar10", "test_acc": 0.8}
+    write_json(tmp_path / "results.json", summary)
+    assert table1.with_subset_accuracy(summary, tmp_path)["test_acc_first1000"] == 0.875
+    assert calls == [(tmp_path, 1000)]
+    assert read_json(tmp_path / "results.json") == {**summary, "test_acc_first1000": 0.875}
+    kept = read_json(tmp_path / "results.json")
+    assert table1.with_subset_accuracy(kept, tmp_path)["test_acc_first1000"] == 0.875 and len(calls) == 1
+    for other in ({**summary, "status": "diverged"}, {**summary, "dataset": "mnist"}):
+        assert "test_acc_first1000" not in table1.with_subset_accuracy(other, tmp_path)
+    assert len(calls) == 1

@@ -15,7 +15,9 @@ formulas; which images a split puts apart is the user's (``split``).
 
 Each run is evaluated as it evaluated itself: its last checkpoint (or ``model.pt``), on the CPU, in its precision,
 memory format and evaluation batch (:func:`stelab.train.evaluation.right_on_test`), so the accuracies are its own.
-Runs on different test images are refused, since nothing pairs them.
+Each evaluation is recorded in the run folder (``test_right.json``, 1 bit per image), so a folder kept without its
+weights, such as the summaries committed under ``results/``, still pairs with others. Runs on different test images
+are refused, since nothing pairs them.
 """
 
 from __future__ import annotations
@@ -85,12 +87,13 @@ class Evaluated:
 
 
 def evaluate(run_dir: str | Path, batch: int | None = None) -> Evaluated:
-    """``run_dir``'s model (last checkpoint or ``model.pt``) on its own test set, as the run evaluated itself."""
+    """``run_dir``'s model (last checkpoint or ``model.pt``) on its own test set, as the run evaluated itself; a
+    folder without weights answers from its ``test_right.json`` (:func:`stelab.train.evaluation.right_or_recorded`)."""
     from ..train import read_config
-    from ..train.evaluation import right_on_test
+    from ..train.evaluation import right_or_recorded
     from ..train.runs import describe_run
 
-    right, images, labels = right_on_test(run_dir, batch=batch)
+    right, images, labels = right_or_recorded(run_dir, batch=batch)
     return Evaluated(str(run_dir), describe_run(Path(run_dir)), right, images, labels,
                      read_config(run_dir).dataset)
 

@@ -24,7 +24,7 @@ from typing import Any
 from ...activations.config import QuantConfig
 from ...errors import check_choice
 from ...executors import Executor, Task, local_executor, run_graph
-from ...io import JsonConfig, epoch_axis, markdown_table, save_figure, write_json, write_text
+from ...io import JsonConfig, epoch_axis, markdown_table, read_json, save_figure, write_json, write_text
 from ...models import PAPER_EPOCHS
 from ...train import TrainConfig, epoch_records, is_done, read_summary, train
 from ...train.config import PRECISIONS
@@ -221,10 +221,21 @@ EXACT_TEST_IMAGES = 1000  # CIFAR-10 test images past index 999 in ../shared/dat
 
 
 def with_subset_accuracy(summary: dict[str, Any], run_dir: Path) -> dict[str, Any]:
-    """``summary`` with the run folder and, for a finished CIFAR-10 run, ``test_acc_first1000``."""
+    """``summary`` with the run folder and, for a finished CIFAR-10 run, ``test_acc_first1000``: measured from the
+    run's weights the first time and then kept in its ``results.json``, so that a folder kept without its weights
+    (the summaries committed under ``results/``) still reports it."""
     out = {**summary, "dir": str(run_dir)}
     if summary.get("dataset") == "cifar10" and summary.get("status") == "finished":
-        out["test_acc_first1000"] = subset_accuracy(run_dir, EXACT_TEST_IMAGES)
+        acc = summary.get("test_acc_first1000")
+        if acc is None:
+            acc = subset_accuracy(run_dir, EXACT_TEST_IMAGES)
+            saved = Path(run_dir) / "results.json"
+            if acc is not None and saved.is_file():
+                try:
+                    write_json(saved, {**read_json(saved), "test_acc_first1000": acc})
+                except OSError:  # a read-only folder: measured again next time, nothing else differs
+                    pass
+        out["test_acc_first1000"] = acc
     return out
 
 
