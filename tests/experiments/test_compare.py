@@ -76,6 +76,8 @@ def test_the_command_pairs_runs_on_the_same_images(runs, tmp_path, capsys):
     assert comp["all"]["acc_other"] == pytest.approx(float(other.float().mean()))
     assert results["split"] == 0 and "first" not in " ".join(comp)  # mnist: no split unless asked
     assert "McNemar" in (out / "report.md").read_text()
+    assert results["curves"] == "curves.png" and (out / "curves.png").stat().st_size > 10_000
+    assert "![training curves of the compared runs](curves.png)" in (out / "report.md").read_text()
     assert main(["compare", str(runs / "float"), str(runs / "slower"), "--split", "32", "--out",
                  str(tmp_path / "cut")]) == 0
     comp = read_json(tmp_path / "cut" / "results.json")["comparisons"][0]
@@ -193,3 +195,22 @@ def test_the_first_1000_accuracy_is_measured_once_and_kept_in_the_summary(tmp_pa
     for other in ({**summary, "status": "diverged"}, {**summary, "dataset": "mnist"}):
         assert "test_acc_first1000" not in table1.with_subset_accuracy(other, tmp_path)
     assert len(calls) == 1
+
+
+def test_curves_need_epoch_records_and_legends_tell_equal_names_apart(runs, tmp_path):
+    import shutil
+
+    from stelab.experiments.compare import plot_compared_curves, run_labels
+
+    assert run_labels(["a/seed0/cell", "b/seed0/cell", "b/seed0/other"]) == ["a/seed0/cell", "b/seed0/cell",
+                                                                           "b/seed0/other"]
+    assert run_labels(["x/float", "x/slower"]) == ["float", "slower"]
+    bare = tmp_path / "bare"  # a run folder without metrics.jsonl: nothing to draw
+    bare.mkdir()
+    for f in ("config.json", "results.json", "checkpoint.pt"):
+        shutil.copy(runs / "float" / f, bare / f)
+    assert plot_compared_curves([str(bare)], tmp_path / "none.png") is None and not (tmp_path / "none.png").exists()
+    out = tmp_path / "cmp"
+    assert main(["compare", str(bare), str(bare), "--out", str(out), "--no-progress"]) == 0
+    assert read_json(out / "results.json")["curves"] is None and "curves.png" not in (out / "report.md").read_text()
+    assert plot_compared_curves([str(bare), str(runs / "slower")], tmp_path / "one.png") == tmp_path / "one.png"

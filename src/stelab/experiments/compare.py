@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..io import JsonConfig, markdown_table, write_json, write_text
+from ..io import JsonConfig, epoch_axis, markdown_table, save_figure, write_json, write_text
 from .shape import finding
 
 EXACT_CIFAR10 = 1000  # the default split for CIFAR-10 (see split_for)
@@ -175,15 +176,64 @@ def render_markdown(results: dict[str, Any]) -> str:
     if results["split"]:
         lines += ["", f"The test images are also split at {results['split']:,} (`--split`; for CIFAR-10 the first "
                   "1,000 by default: REPRODUCTION.md compares those with papers)."]
+    if results.get("curves"):
+        lines += ["", "How each run got there (training loss and test accuracy per epoch, from its `metrics.jsonl`):",
+                  "", f"![training curves of the compared runs]({results['curves']})"]
     return "\n".join(lines) + "\n"
 
 
+def run_labels(runs: Sequence[str]) -> list[str]:
+    """Short names for plot legends: each run folder's name, with its parent while two names would be equal."""
+    paths = [Path(r) for r in runs]
+    for depth in range(1, max(len(p.parts) for p in paths) + 1):
+        labels = ["/".join(p.parts[-depth:]) for p in paths]
+        if len(set(labels)) == len(labels):
+            return labels
+    return [str(p) for p in paths]
+
+
+def plot_compared_curves(runs: Sequence[str], path: Path) -> Path | None:
+    """Training loss (log) and test accuracy per epoch of every run with epoch records, the baseline first (a thick
+    line): how each got where it is compared, e.g. a short and a long schedule from the same start. None when no
+    run kept its ``metrics.jsonl``."""
+    from ..train.runs import epoch_records
+
+    curves = [(label, epoch_records(run)) for label, run in zip(run_labels(runs), runs, strict=True)]
+    if not any(records for _, records in curves):
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.8), layout="constrained")
+    epochs = []
+    for i, (label, records) in enumerate(curves):
+        if not records:
+            continue
+        x = [r["epoch"] for r in records]
+        epochs += x
+        style = {"lw": 2.4 if i == 0 else 1.4, "marker": "o", "ms": 3,
+                 "label": label + (" (baseline)" if i == 0 else "")}
+        ax_loss.plot(x, [r["train_loss"] for r in records], **style)
+        ax_acc.plot(x, [100 * r["test_acc"] for r in records], **style)
+    ax_loss.set(xlabel="epoch", yscale="log", ylabel="training loss (log)", title="training loss")
+    ax_acc.set(xlabel="epoch", ylabel="test accuracy (%)", title="test accuracy (the run's own test split)")
+    for ax in (ax_loss, ax_acc):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        epoch_axis(ax, epochs)
+    return save_figure(fig, path)
+
+
 def run_compare(config: CompareConfig, out: str | Path, progress: bool = True) -> dict[str, Any]:
-    """:func:`compare`, written to ``out`` (``config.json``, ``results.json``, ``report.md``) once computed, so a
-    refused comparison leaves no folder; ``progress`` as in :func:`compare`."""
+    """:func:`compare`, written to ``out`` (``config.json``, ``results.json``, ``report.md`` and, when the runs kept
+    their epoch records, ``curves.png``) once computed, so a refused comparison leaves no folder; ``progress`` as in
+    :func:`compare`."""
     results = compare(config, progress)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    results["curves"] = "curves.png" if plot_compared_curves(config.runs, out / "curves.png") else None
     write_json(out / "config.json", config.to_dict())
     write_json(out / "results.json", results)
     write_text(out / "report.md", render_markdown(results))
