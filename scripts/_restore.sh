@@ -18,6 +18,10 @@ restore_cells() {
         [ -d "$dir" ] || continue  # no cell committed: the glob stayed a pattern
         cell=$(basename "$dir")
         [ "$cell" = float ] || [ -f "$dst/$cell/config.json" ] && continue
+        if [ ! -f "$dir/results.json" ] && [ ! -f "$dir/checkpoint.pt" ]; then  # it would start again, silently
+            echo "restore_cells: $dir has neither results.json (finished) nor checkpoint.pt (to continue)" >&2
+            return 1
+        fi
         mkdir -p "$dst/$cell"
         cp "$dir"* "$dst/$cell/"
         echo "restored $dst/$cell from $dir" >&2

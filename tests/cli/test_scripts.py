@@ -102,3 +102,21 @@ def test_the_vgg11_resume_restores_the_finished_cells_and_reports_all(tmp_path: 
     assert not (runs / "float/model.pt").exists() and (runs / "float/checkpoint.pt").is_file()
     (call,) = calls
     assert "--bits 2 4 --stes identity relu clipped_relu" in call and "--out runs/t1-vgg11" in call
+
+
+def test_a_committed_cell_without_summary_or_checkpoint_stops_the_restore(tmp_path: Path) -> None:
+    """A checkpoint left out of a commit (``*.pt`` is ignored unless under results/) must not restart the cell from
+    its first epoch unnoticed."""
+    here = tmp_path / "results/table1-cifar10-resnet20"
+    _files(here / "seed0/float", {"config.json": "{}", "results.json": "{}", "model.pt": "float weights"})
+    _files(here / "long60/seed0/2bit-clipped_relu", {"config.json": "{}", "metrics.jsonl": ""})
+    done, calls = _dry_run(tmp_path, script="results/table1-cifar10-resnet20/long-cells.sh")
+    assert done.returncode != 0 and calls == []
+    assert "has neither results.json (finished) nor checkpoint.pt (to continue)" in done.stderr
+
+
+def test_committed_checkpoints_under_results_are_not_ignored() -> None:
+    if shutil.which("git") is None or not (ROOT / ".git").exists():
+        pytest.skip("needs a git checkout")
+    done = subprocess.run(["git", "check-ignore", "-q", "results/x/seed0/cell/checkpoint.pt"], cwd=ROOT)
+    assert done.returncode == 1  # 1: not ignored (0: ignored)
