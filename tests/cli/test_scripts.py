@@ -79,7 +79,8 @@ def test_the_resnet20_long_cells_restore_committed_cells_and_run_one_cell_at_a_t
     checkpoint (to continue), and a cell already started in runs/ is left as it is."""
     here, runs = tmp_path / "results/table1-cifar10-resnet20", tmp_path / "runs/t1-r20-60/resnet20/seed0"
     _files(here / "seed0/float", {"config.json": "{}", "results.json": "{}", "model.pt": "float weights"})
-    _files(here / "long60/seed0/2bit-clipped_relu", {"config.json": "{}", "metrics.jsonl": "", "checkpoint.pt": "ep 30"})
+    _files(here / "long60/seed0/2bit-clipped_relu",
+           {"config.json": "{}", "metrics.jsonl": "", "checkpoint.pt": "ep 30"})
     _files(here / "long60/seed0/4bit-clipped_relu", {"config.json": "committed", "checkpoint.pt": "ep 5"})
     _files(runs / "4bit-clipped_relu", {"config.json": "newer", "checkpoint.pt": "ep 9"})
     done, calls = _dry_run(tmp_path, script="results/table1-cifar10-resnet20/long-cells.sh")
