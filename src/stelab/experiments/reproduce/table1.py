@@ -233,8 +233,9 @@ def with_subset_accuracy(summary: dict[str, Any], run_dir: Path) -> dict[str, An
             if acc is not None and saved.is_file():
                 try:
                     write_json(saved, {**read_json(saved), "test_acc_first1000": acc})
-                except OSError:  # a read-only folder: measured again next time, nothing else differs
-                    pass
+                except OSError as err:  # a read-only folder: measured again next time, nothing else differs
+                    print(f"note: could not keep the first-1,000 accuracy in {saved} ({err}); it is measured again "
+                          "next time", file=sys.stderr)
         out["test_acc_first1000"] = acc
     return out
 
