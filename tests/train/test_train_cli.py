@@ -99,6 +99,27 @@ def test_a_failed_start_does_not_block_the_rerun(tmp_path):
         train(config.replace(seed=1), progress=False)
 
 
+class InterruptSecondEpoch:
+    every = 1
+
+    def __call__(self, *, step, **_):
+        if step == 3:  # the 1st step of epoch 2 (2 steps per epoch)
+            raise KeyboardInterrupt
+
+
+def test_trained_epochs_without_their_checkpoint_are_refused(tmp_path):
+    config = TrainConfig(synthetic=64, batch_size=32, epochs=2, out=str(tmp_path / "run"))
+    with pytest.raises(KeyboardInterrupt):
+        train(config, hooks=[InterruptSecondEpoch()], progress=False)
+    run = tmp_path / "run"
+    (run / "checkpoint.pt").unlink()  # lost, e.g. a folder copied without its weights
+    before = (run / "metrics.jsonl").read_text()
+    for resume in (True, False):  # neither a silent restart at epoch 1 nor a fresh start over the records
+        with pytest.raises(ValueError, match=r"1 trained epoch\(s\) in metrics.jsonl but has no checkpoint.pt"):
+            train(config, resume=resume, progress=False)
+    assert (run / "metrics.jsonl").read_text() == before
+
+
 def test_other_commands_check_the_pair_first(tmp_path, capsys):
     out = tmp_path / "table"
     assert main(["reproduce", "table1", "--dataset", "cifar10", "--models", "vgg11", "lenet5", "--synthetic", "64",

@@ -35,7 +35,7 @@ from .hooks import TrainHook, check_hooks, run_hooks
 from .progress import progress_bar, update_bar
 from .quant_weights import deployed_weights, wrap_optimizer
 from .resolutions import bad_resolutions, healthy, learned_resolutions, optimizer_groups
-from .rules import _check_resume_config, config_differences  # noqa: F401
+from .rules import _check_not_orphaned, _check_resume_config, config_differences  # noqa: F401
 from .runs import CONFIG, METRICS, SUMMARY, build_model, is_done, plot_curves, read_summary, run_summary, write_summary
 from .schedule import make_scheduler, warmup_step
 
@@ -188,6 +188,7 @@ def _check_start(run: _Run, resume: bool) -> dict | None:
         # Only a trained epoch blocks a fresh start: a start that failed or diverged before its first checkpoint
         # has nothing to lose and must not block the corrected re-run.
         raise ValueError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out")
+    _check_not_orphaned(run_dir)
     return None
 
 

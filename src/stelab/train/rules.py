@@ -8,8 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from ..io import read_json
+from .checkpoint import CHECKPOINT
 from .config import TrainConfig, may_change
-from .runs import CONFIG
+from .runs import CONFIG, METRICS, epoch_records
 
 # Nested config sections and the prefix of their command-line flags (quant.bits -> --bits, weights.bits ->
 # --weight-bits).
@@ -42,6 +43,15 @@ def _check_resume_config(run_dir: Path, config: TrainConfig) -> None:
     if diff:
         raise ValueError(f"--resume with a different configuration than {run_dir / CONFIG} ({'; '.join(diff)}); "
                          "resume with the same flags or start a new --out folder")
+
+
+def _check_not_orphaned(run_dir: Path) -> None:
+    """Refuse a folder whose trained epochs lost the checkpoint they were saved with (deleted, or not copied with
+    the folder): starting it afresh would overwrite their records, and 'resuming' it would silently start at epoch 1."""
+    trained = epoch_records(run_dir)
+    if trained and not (run_dir / CHECKPOINT).is_file():
+        raise ValueError(f"{run_dir} records {len(trained)} trained epoch(s) in {METRICS} but has no {CHECKPOINT} to "
+                         f"continue from; put {CHECKPOINT} back to continue, or move the folder away to start over")
 
 
 def _jsonable(v: Any) -> Any:
