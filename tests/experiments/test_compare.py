@@ -106,6 +106,29 @@ def test_the_config_round_trips_and_checks_its_fields():
         CompareConfig(runs=("a", "b"), split=-1)
     with pytest.raises(ValueError, match="BASELINE RUN"):
         CompareConfig(runs=("a",))
+    labelled = CompareConfig(runs=("x/a", "y/a"), labels=("15 epochs", "60 epochs"))
+    assert CompareConfig.from_json(labelled.to_json()) == labelled and labelled.names() == ["15 epochs", "60 epochs"]
+    assert CompareConfig(runs=("x/a", "y/a")).names() == ["x/a", "y/a"]  # equal folder names told apart
+    with pytest.raises(ValueError, match="gives 1 name\\(s\\) for 2 runs; give one per run"):
+        CompareConfig(runs=("a", "b"), labels=("one",))
+    with pytest.raises(ValueError, match="distinct and not empty"):
+        CompareConfig(runs=("a", "b"), labels=("same", "same"))
+
+
+def test_labels_name_the_runs_in_the_report_the_findings_and_the_legend(runs, tmp_path, capsys):
+    out = tmp_path / "named"
+    assert main(["compare", str(runs / "float"), str(runs / "slower"), "--labels", "fast start", "slow start",
+                 "--out", str(out), "--no-progress"]) == 0
+    assert "[measured] slow start vs the baseline, all (128 images)" in capsys.readouterr().out
+    results = read_json(out / "results.json")
+    assert results["baseline_label"] == "fast start" and results["comparisons"][0]["label"] == "slow start"
+    report = (out / "report.md").read_text()
+    assert "Baseline (fast start):" in report and f"- slow start (`{runs / 'slower'}`)" in report
+    assert "| slow start | all | 128 |" in report
+    assert read_json(out / "config.json")["labels"] == ["fast start", "slow start"]
+    assert main(["compare", str(runs / "float"), str(runs / "slower"), "--labels", "one", "--out",
+                 str(tmp_path / "refused")]) == 2
+    assert "gives 1 name(s) for 2 runs" in capsys.readouterr().err and not (tmp_path / "refused").exists()
 
 
 def test_the_first_1000_accuracy_of_the_committed_float_resnet20_is_the_recorded_one(shared_data_dir, monkeypatch):

@@ -19,6 +19,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split", type=int, default=None, metavar="N",
                    help="also compare on the first N test images and on the rest (default: 1000 for cifar10, "
                         "none otherwise; 0: no split)")
+    p.add_argument("--labels", nargs="+", default=(), metavar="NAME",
+                   help="the runs' names in the report and the curves' legends, one per RUN in the same order, e.g. "
+                        "--labels '15 epochs' '60 epochs' (default: their folder names)")
     p.add_argument("--out", type=Path, default=None, help="report folder (default runs/compare-<timestamp>)")
     p.add_argument("--force", action="store_true", help="overwrite a report already in --out")
     p.add_argument("--no-progress", action="store_true", help="do not name each run on stderr as it is evaluated")
@@ -30,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
     from ..experiments.shape import finding_lines
     from ..io import REPORTS, check_out_dir
 
-    config = CompareConfig(runs=tuple(str(r) for r in args.runs), split=args.split)
+    config = CompareConfig(runs=tuple(str(r) for r in args.runs), split=args.split, labels=tuple(args.labels))
     out = args.out or Path("runs") / f"compare-{time.strftime('%Y%m%d-%H%M%S')}"
     check_out_dir(out, reports=REPORTS, force=args.force)
     results = run_compare(config, out, progress=not args.no_progress)

@@ -42,10 +42,12 @@ EXACT_CIFAR10 = 1000  # the default split for CIFAR-10 (see split_for)
 @dataclass(frozen=True)
 class CompareConfig(JsonConfig):
     """What ``stelab compare`` compares: run folders, the first the baseline; ``split`` where the test images are
-    also cut in two (None: :func:`split_for`'s default; 0: no cut)."""
+    also cut in two (None: :func:`split_for`'s default; 0: no cut); ``labels`` names the runs in the same order in
+    the report and the legends (default: their folder names, with parents where two would be equal)."""
 
     runs: tuple[str, ...] = field(default=())
     split: int | None = None
+    labels: tuple[str, ...] = field(default=())
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "runs", tuple(str(r) for r in self.runs))
@@ -54,6 +56,16 @@ class CompareConfig(JsonConfig):
                              "stelab compare BASELINE RUN [RUN ...]")
         if self.split is not None and not (isinstance(self.split, int) and self.split >= 0):
             raise ValueError(f"split must be an int >= 0 (0: no split), got {self.split!r} (--split)")
+        object.__setattr__(self, "labels", tuple(str(x) for x in self.labels))
+        if self.labels and len(self.labels) != len(self.runs):
+            raise ValueError(f"--labels gives {len(self.labels)} name(s) for {len(self.runs)} runs; give one per run, "
+                             "the baseline's first, or none")
+        if len(set(self.labels)) != len(self.labels) or not all(x.strip() for x in self.labels):
+            raise ValueError(f"--labels must be distinct and not empty, got {list(self.labels)}")
+
+    def names(self) -> list[str]:
+        """The runs' names in the report and the legends: ``labels``, else :func:`run_labels`."""
+        return list(self.labels) if self.labels else run_labels(self.runs)
 
 
 def mcnemar(base: Tensor, other: Tensor) -> dict[str, Any]:
@@ -125,15 +137,16 @@ def compare(config: CompareConfig, progress: bool = False) -> dict[str, Any]:
     parts = {"all": slice(None)}
     if 0 < cut < len(base.labels):
         parts.update({f"first {cut:,}": slice(0, cut), f"from {cut:,} on": slice(cut, None)})
-    results: dict[str, Any] = {"baseline": base.run, "baseline_describe": base.describe, "dataset": base.dataset,
-                               "split": cut, "comparisons": []}
+    names = config.names()
+    results: dict[str, Any] = {"baseline": base.run, "baseline_label": names[0], "baseline_describe": base.describe,
+                               "dataset": base.dataset, "split": cut, "comparisons": []}
     for i, run in enumerate(runs[1:], 1):
         other = evaluated(i)
         if not (torch.equal(other.labels, base.labels) and torch.equal(other.images, base.images)):
             raise ValueError(f"{run} was evaluated on other test images than {base.run} ({other.dataset}, "
                              f"{len(other.labels)} images, against {base.dataset}, {len(base.labels)}); only runs on "
                              "the same images pair (same data set, --limit-test, and seed for --synthetic runs)")
-        results["comparisons"].append({"run": other.run, "describe": other.describe,
+        results["comparisons"].append({"run": other.run, "label": names[i], "describe": other.describe,
                                        **{name: mcnemar(base.right[s], other.right[s]) for name, s in parts.items()}})
     results["findings"] = compare_findings(results)
     results["seconds"] = time.perf_counter() - start
@@ -145,7 +158,7 @@ def compare_findings(results: dict[str, Any], level: float = 0.05) -> list[dict[
     separates the two at ``level``."""
     found = []
     for comp in results["comparisons"]:
-        name = Path(comp["run"]).name
+        name = _label(comp)
         for part, m in comp.items():
             if isinstance(m, dict):
                 verdict = ("better" if m["diff"] > 0 else "worse") if m["p"] < level else "not distinguishable"
@@ -161,15 +174,16 @@ def render_markdown(results: dict[str, Any]) -> str:
     for comp in results["comparisons"]:
         for name, m in comp.items():
             if isinstance(m, dict):
-                rows.append([Path(comp["run"]).name, name, m["n"], f"{100 * m['acc_base']:.2f}",
+                rows.append([_label(comp), name, m["n"], f"{100 * m['acc_base']:.2f}",
                              f"{100 * m['acc_other']:.2f}", f"{100 * m['diff']:+.2f} ± {100 * m['se_paired']:.2f}",
                              f"{100 * m['se_unpaired']:.2f}", f"{m['b']} / {m['c']}", f"{m['z']:+.2f}",
                              f"{m['p']:.3g}"])
     headers = ["run", "images", "n", "baseline acc (%)", "run acc (%)", "difference ± paired SE (points)",
                "unpaired SE", "b / c", "z", "p (exact)"]
+    base = results.get("baseline_label")
     lines = [f"# Paired comparison against `{results['baseline']}`", "",
-             f"Baseline: {results['baseline_describe']}.", ""]
-    lines += [f"- `{Path(c['run']).name}`: {c['describe']}." for c in results["comparisons"]]
+             f"Baseline{f' ({base})' if base else ''}: {results['baseline_describe']}.", ""]
+    lines += [f"- {_label(c)} (`{c['run']}`): {c['describe']}." for c in results["comparisons"]]
     lines += ["", "b: images the baseline gets right and the run wrong; c: the reverse. The p value is McNemar's exact "
               "two-sided test on b and c (no difference in accuracy); z = (c - b)/sqrt(b + c).", "",
               markdown_table(headers, rows)]
@@ -182,6 +196,11 @@ def render_markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _label(comp: dict[str, Any]) -> str:
+    """A compared run's name in the report (a results.json written before labels existed: its folder name)."""
+    return comp.get("label") or Path(comp["run"]).name
+
+
 def run_labels(runs: Sequence[str]) -> list[str]:
     """Short names for plot legends: each run folder's name, with its parent while two names would be equal."""
     paths = [Path(r) for r in runs]
@@ -192,13 +211,13 @@ def run_labels(runs: Sequence[str]) -> list[str]:
     return [str(p) for p in paths]
 
 
-def plot_compared_curves(runs: Sequence[str], path: Path) -> Path | None:
+def plot_compared_curves(runs: Sequence[str], path: Path, labels: Sequence[str] | None = None) -> Path | None:
     """Training loss (log) and test accuracy per epoch of every run with epoch records, the baseline first (a thick
     line): how each got where it is compared, e.g. a short and a long schedule from the same start. None when no
-    run kept its ``metrics.jsonl``."""
+    run kept its ``metrics.jsonl``. ``labels``: the legend's names (default :func:`run_labels`)."""
     from ..train.runs import epoch_records
 
-    curves = [(label, epoch_records(run)) for label, run in zip(run_labels(runs), runs, strict=True)]
+    curves = [(label, epoch_records(run)) for label, run in zip(labels or run_labels(runs), runs, strict=True)]
     if not any(records for _, records in curves):
         return None
     import matplotlib
@@ -233,7 +252,8 @@ def run_compare(config: CompareConfig, out: str | Path, progress: bool = True) -
     results = compare(config, progress)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    results["curves"] = "curves.png" if plot_compared_curves(config.runs, out / "curves.png") else None
+    drawn = plot_compared_curves(config.runs, out / "curves.png", config.names())
+    results["curves"] = "curves.png" if drawn else None
     write_json(out / "config.json", config.to_dict())
     write_json(out / "results.json", results)
     write_text(out / "report.md", render_markdown(results))
