@@ -158,7 +158,7 @@ def compare_findings(results: dict[str, Any], level: float = 0.05) -> list[dict[
     separates the two at ``level``."""
     found = []
     for comp in results["comparisons"]:
-        name = _label(comp)
+        name = comp["label"]
         for part, m in comp.items():
             if isinstance(m, dict):
                 verdict = ("better" if m["diff"] > 0 else "worse") if m["p"] < level else "not distinguishable"
@@ -174,16 +174,15 @@ def render_markdown(results: dict[str, Any]) -> str:
     for comp in results["comparisons"]:
         for name, m in comp.items():
             if isinstance(m, dict):
-                rows.append([_label(comp), name, m["n"], f"{100 * m['acc_base']:.2f}",
+                rows.append([comp["label"], name, m["n"], f"{100 * m['acc_base']:.2f}",
                              f"{100 * m['acc_other']:.2f}", f"{100 * m['diff']:+.2f} ± {100 * m['se_paired']:.2f}",
                              f"{100 * m['se_unpaired']:.2f}", f"{m['b']} / {m['c']}", f"{m['z']:+.2f}",
                              f"{m['p']:.3g}"])
     headers = ["run", "images", "n", "baseline acc (%)", "run acc (%)", "difference ± paired SE (points)",
                "unpaired SE", "b / c", "z", "p (exact)"]
-    base = results.get("baseline_label")
     lines = [f"# Paired comparison against `{results['baseline']}`", "",
-             f"Baseline{f' ({base})' if base else ''}: {results['baseline_describe']}.", ""]
-    lines += [f"- {_label(c)} (`{c['run']}`): {c['describe']}." for c in results["comparisons"]]
+             f"Baseline ({results['baseline_label']}): {results['baseline_describe']}.", ""]
+    lines += [f"- {c['label']} (`{c['run']}`): {c['describe']}." for c in results["comparisons"]]
     lines += ["", "b: images the baseline gets right and the run wrong; c: the reverse. The p value is McNemar's exact "
               "two-sided test on b and c (no difference in accuracy); z = (c - b)/sqrt(b + c).", "",
               markdown_table(headers, rows)]
@@ -194,11 +193,6 @@ def render_markdown(results: dict[str, Any]) -> str:
         lines += ["", "How each run got there (training loss and test accuracy per epoch, from its `metrics.jsonl`):",
                   "", f"![training curves of the compared runs]({results['curves']})"]
     return "\n".join(lines) + "\n"
-
-
-def _label(comp: dict[str, Any]) -> str:
-    """A compared run's name in the report (a results.json written before labels existed: its folder name)."""
-    return comp.get("label") or Path(comp["run"]).name
 
 
 def run_labels(runs: Sequence[str]) -> list[str]:

@@ -48,8 +48,10 @@ def _check_resume_config(run_dir: Path, config: TrainConfig) -> None:
 def _check_not_orphaned(run_dir: Path) -> None:
     """Refuse a folder whose trained epochs lost the checkpoint they were saved with (deleted, or not copied with
     the folder): starting it afresh would overwrite their records, and 'resuming' it would silently start at epoch 1."""
+    if (run_dir / CHECKPOINT).is_file():
+        return
     trained = epoch_records(run_dir)
-    if trained and not (run_dir / CHECKPOINT).is_file():
+    if trained:
         raise ValueError(f"{run_dir} records {len(trained)} trained epoch(s) in {METRICS} but has no {CHECKPOINT} to "
                          f"continue from; put {CHECKPOINT} back to continue, or move the folder away to start over")
 
