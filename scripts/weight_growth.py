@@ -49,7 +49,8 @@ def measure(run_dir: str, images: int, batch: int = 256) -> dict:
     model = build_model(config, init=run_dir)
     model.train()  # batch statistics, as in training
     state = model.state_dict()
-    gammas = [v.abs().max() for k, v in state.items() if k.endswith(".weight") and v.dim() == 1 and "bn" in k]
+    gammas = [m.weight.detach().abs().max() for m in model.modules()
+              if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.affine]
     row = {"run": run_dir, "bits": config.quant.bits if config.quant else None,
            "ste": config.quant.ste if config.quant else None,
            "max_bn_gamma": float(max(gammas)) if gammas else None,

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from stelab.train import read_config
+from stelab.train.checkpoint import read_weights
 from stelab.train.evaluation import right_or_recorded
 from stelab.train.loop import train
 
@@ -33,8 +34,7 @@ class HoldBN2Scale:
     every = 1
 
     def __init__(self) -> None:
-        state = torch.load(ROOT / FLOAT / "model.pt", map_location="cpu", weights_only=False)
-        state = state.get("model", state)
+        state, _ = read_weights(ROOT / FLOAT)
         self.values = {k: v.float() for k, v in state.items() if k.endswith("bn2.weight")}
 
     def __call__(self, *, model, **_) -> None:
@@ -64,13 +64,13 @@ def main() -> None:
                "test_acc": summary["test_acc"], "test_acc_first_1000": float(right[:1000].float().mean())}
         row.update({k: v for k, v in growth.measure(str(out), 1280).items() if k not in ("run", "bits", "ste")})
         rows.append(row)
-    if args.limit_train:  # a quick check: nothing to record
-        print(growth.table(rows))
+    print(growth.table(rows))
+    if args.limit_train:
+        print(f"--limit-train {args.limit_train}: a quick check, so {HERE / 'summary.md'} is left as it was")
         return
     (HERE / "summary.json").write_text(json.dumps(rows, indent=1) + "\n")
     (HERE / "summary.md").write_text(f"# ResNet-20, 2-bit identity, {args.epochs} epochs: BN2 scale free or held\n\n"
                                      + growth.table(rows) + "\n")
-    print(growth.table(rows))
 
 
 if __name__ == "__main__":
